@@ -1,0 +1,103 @@
+//! How a chunk is stored and sent: one tag byte, then the raw bytes or their
+//! zstd compression, whichever is smaller. The id is always blake3 of the
+//! raw bytes, and decoding checks it, so a chunk is never handed out unverified.
+
+use crate::{chunking::MAX_CHUNK_BYTES, ChunkId, Error, Result};
+
+const TAG_RAW: u8 = 0;
+const TAG_ZSTD: u8 = 1;
+
+/// Encodes `raw` for storage or the wire, compressing at zstd `level` when
+/// that saves space.
+pub fn encode_chunk(raw: &[u8], level: i32) -> Vec<u8> {
+    if let Ok(compressed) = zstd::bulk::compress(raw, level) {
+        if compressed.len() < raw.len() {
+            let mut out = Vec::with_capacity(1 + compressed.len());
+            out.push(TAG_ZSTD);
+            out.extend_from_slice(&compressed);
+            return out;
+        }
+    }
+    let mut out = Vec::with_capacity(1 + raw.len());
+    out.push(TAG_RAW);
+    out.extend_from_slice(raw);
+    out
+}
+
+/// Decodes an encoded chunk and checks it against `expected`. Decompression
+/// is bounded by [`MAX_CHUNK_BYTES`], so a small input cannot expand without limit.
+pub fn decode_chunk(encoded: &[u8], expected: &ChunkId) -> Result<Vec<u8>> {
+    let raw = match encoded.split_first() {
+        Some((&TAG_RAW, raw)) if raw.len() <= MAX_CHUNK_BYTES as usize => raw.to_vec(),
+        Some((&TAG_RAW, _)) => return Err(Error::invalid("chunk", "longer than 4 MiB")),
+        Some((&TAG_ZSTD, compressed)) => {
+            zstd::bulk::decompress(compressed, MAX_CHUNK_BYTES as usize)
+                .map_err(|e| Error::invalid("chunk", format!("bad zstd data: {e}")))?
+        }
+        Some((tag, _)) => return Err(Error::invalid("chunk", format!("unknown encoding {tag}"))),
+        None => return Err(Error::invalid("chunk", "empty")),
+    };
+    let actual = ChunkId::of(&raw);
+    if actual != *expected {
+        return Err(Error::ChunkMismatch {
+            expected: *expected,
+            actual,
+        });
+    }
+    Ok(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn compressible_chunks_are_compressed_and_random_ones_are_not() {
+        let text = b"fleetmesh ".repeat(1000);
+        let enc = encode_chunk(&text, 3);
+        assert_eq!(enc[0], TAG_ZSTD);
+        assert!(enc.len() < text.len() / 10);
+        assert_eq!(
+            decode_chunk(&enc, &ChunkId::of(&text)).expect("valid"),
+            text
+        );
+
+        let noise: Vec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        let enc = encode_chunk(&noise, 3);
+        assert!(enc.len() <= noise.len() + 1);
+        assert_eq!(
+            decode_chunk(&enc, &ChunkId::of(&noise)).expect("valid"),
+            noise
+        );
+    }
+
+    proptest! {
+        /// A flipped bit in the chunk's bytes is always caught; one in its
+        /// encoding either fails to decode or (in zstd framing bits that do not
+        /// affect the output) decodes to the original bytes: never to other data.
+        #[test]
+        fn any_flipped_bit_is_caught(data in proptest::collection::vec(any::<u8>(), 1..3000), bit in any::<usize>()) {
+            let id = ChunkId::of(&data);
+            let mut flipped = data.clone();
+            let raw_bit = bit % (flipped.len() * 8);
+            flipped[raw_bit / 8] ^= 1 << (raw_bit % 8);
+            let err = decode_chunk(&encode_chunk(&flipped, 3), &id);
+            prop_assert!(matches!(err, Err(Error::ChunkMismatch { .. })), "{:?}", err);
+
+            let mut enc = encode_chunk(&data, 3);
+            let enc_bit = bit % (enc.len() * 8);
+            enc[enc_bit / 8] ^= 1 << (enc_bit % 8);
+            if let Ok(decoded) = decode_chunk(&enc, &id) {
+                prop_assert_eq!(decoded, data);
+            }
+        }
+
+        #[test]
+        fn random_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..3000)) {
+            let _ = decode_chunk(&data, &ChunkId([0; 32]));
+        }
+    }
+}
