@@ -1,1 +1,10 @@
-//! placeholder
+//! The fleetmesh edge agent.
+//!
+//! Today: durable file helpers, key files and the content-addressed chunk
+//! store that the seed and nodes share. The mesh and the updater build on it.
+
+pub mod fsutil;
+pub mod keyfile;
+pub mod store;
+
+pub use store::{ChunkStore, ReleaseInfo, StoreError};

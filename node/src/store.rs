@@ -1,0 +1,417 @@
+//! The content-addressed chunk store shared by the seed and the nodes.
+//!
+//! Chunk bytes live in files named by their id, `chunks/ab/abcd…`, in the
+//! encoding of [`fleetmesh_protocol::chunk`]. Metadata (signed manifests,
+//! release records, counters) lives in sled. Following iroh-blobs: data in
+//! files, small data in the database, and no database write per chunk.
+//!
+//! Writes go through a [`ChunkWriter`]: each chunk is verified against its id,
+//! written under `tmp/`; [`ChunkWriter::commit`] makes all of them durable with
+//! one `syncfs` (a group commit; fsync per file costs ~0.5 ms each here), then
+//! renames them into place and fsyncs the shard directories. A reader never
+//! sees a partial chunk, and every read is verified, so a corrupt file is an
+//! error, never data. A writer dropped without commit removes its temp files,
+//! and [`ChunkStore::open`] removes any a crash left behind.
+
+use crate::fsutil::{self, Context, IoError};
+use fleetmesh_protocol::chunk::{decode_chunk, encode_chunk};
+use fleetmesh_protocol::manifest::Manifest;
+use fleetmesh_protocol::{codec, ChunkId, ReleaseId, Signed};
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Store failures. `Corrupt` and `Missing` name the chunk; everything else
+/// names the file or the database.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file operation failed.
+    #[error(transparent)]
+    Io(#[from] IoError),
+    /// The metadata database failed.
+    #[error("metadata database: {0}")]
+    Db(#[from] sled::Error),
+    /// The chunk is not in the store.
+    #[error("chunk {0} is not in the store")]
+    Missing(ChunkId),
+    /// The chunk file does not decode to bytes with its id.
+    #[error("chunk {id} on disk is corrupt: {source}")]
+    Corrupt {
+        /// The chunk.
+        id: ChunkId,
+        /// What is wrong with it.
+        source: fleetmesh_protocol::Error,
+    },
+    /// Bytes offered for storage failed verification.
+    #[error(transparent)]
+    Invalid(#[from] fleetmesh_protocol::Error),
+    /// A metadata record does not decode.
+    #[error("metadata record for release {id}: {reason}")]
+    BadRecord {
+        /// The release.
+        id: ReleaseId,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// What the store records about a release, as `fleetmesh-seed publish` prints it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseInfo {
+    /// Semantic version.
+    pub version: String,
+    /// Channel.
+    pub channel: String,
+    /// Release id (hex).
+    pub release_id: String,
+    /// Image length.
+    pub image_bytes: u64,
+    /// Chunks in the manifest.
+    pub chunks: u64,
+    /// Chunks that were not in the store before this release.
+    pub new_chunks: u64,
+    /// Uncompressed bytes of those new chunks.
+    pub new_bytes: u64,
+    /// Bytes those new chunks take on disk (compressed where that helped).
+    pub stored_bytes: u64,
+}
+
+/// A chunk store rooted at one directory.
+#[derive(Debug)]
+pub struct ChunkStore {
+    chunks: PathBuf,
+    tmp: PathBuf,
+    db: sled::Db,
+    manifests: sled::Tree,
+    infos: sled::Tree,
+    counters: sled::Tree,
+}
+
+impl ChunkStore {
+    /// Opens (creating if needed) the store in `dir`, and removes temp files
+    /// an interrupted writer left.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let chunks = dir.join("chunks");
+        let tmp = dir.join("tmp");
+        for shard in 0..=255u8 {
+            let path = chunks.join(hex::encode([shard]));
+            fs::create_dir_all(&path).ctx("create directory", &path)?;
+        }
+        fs::create_dir_all(&tmp).ctx("create directory", &tmp)?;
+        for entry in fs::read_dir(&tmp).ctx("list", &tmp)? {
+            let path = entry.ctx("list", &tmp)?.path();
+            fs::remove_file(&path).ctx("remove stale temp file", &path)?;
+        }
+        let db_path = dir.join("meta");
+        let db = sled::open(&db_path).map_err(|e| match e {
+            sled::Error::Io(source) => StoreError::Io(IoError {
+                op: "open database (is another fleetmesh process using it?)",
+                path: db_path.clone(),
+                source,
+            }),
+            other => StoreError::Db(other),
+        })?;
+        Ok(ChunkStore {
+            chunks,
+            tmp,
+            manifests: db.open_tree("manifests")?,
+            infos: db.open_tree("release_info")?,
+            counters: db.open_tree("counters")?,
+            db,
+        })
+    }
+
+    /// Where chunk `id` lives.
+    pub fn chunk_path(&self, id: &ChunkId) -> PathBuf {
+        self.shard_dir(id).join(id.to_hex())
+    }
+
+    fn shard_dir(&self, id: &ChunkId) -> PathBuf {
+        self.chunks.join(hex::encode(&id.0[..1]))
+    }
+
+    /// True if a file for `id` exists (its content is checked on read).
+    pub fn has_chunk(&self, id: &ChunkId) -> bool {
+        self.chunk_path(id).is_file()
+    }
+
+    /// The chunk's stored encoding, verified against `id`: what a peer is sent.
+    pub fn read_encoded(&self, id: &ChunkId) -> Result<Vec<u8>, StoreError> {
+        Ok(self.read_verified(id)?.0)
+    }
+
+    /// The chunk's raw bytes, verified against `id`.
+    pub fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>, StoreError> {
+        Ok(self.read_verified(id)?.1)
+    }
+
+    fn read_verified(&self, id: &ChunkId) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+        let path = self.chunk_path(id);
+        let encoded = match fs::read(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::Missing(*id)),
+            other => other.ctx("read", &path)?,
+        };
+        let raw =
+            decode_chunk(&encoded, id).map_err(|source| StoreError::Corrupt { id: *id, source })?;
+        Ok((encoded, raw))
+    }
+
+    /// Starts a batch of chunk writes, compressing raw chunks at zstd `level`.
+    pub fn writer(&self, level: i32) -> ChunkWriter<'_> {
+        ChunkWriter {
+            store: self,
+            level,
+            staged: Mutex::new(BTreeMap::new()),
+            committed: false,
+        }
+    }
+
+    /// Removes chunks (a failed publish's new chunks) and makes that durable.
+    pub fn remove_chunks(&self, ids: &[ChunkId]) -> Result<(), StoreError> {
+        let mut dirs = BTreeSet::new();
+        for id in ids {
+            let path = self.chunk_path(id);
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                other => other.ctx("remove", &path)?,
+            }
+            dirs.insert(self.shard_dir(id));
+        }
+        for dir in dirs {
+            fsutil::fsync_dir(&dir)?;
+        }
+        Ok(())
+    }
+
+    /// Records a release whose chunks are all durable in the store: the
+    /// signed manifest, its info and the counters, in one transaction,
+    /// flushed before returning.
+    pub fn record_release(
+        &self,
+        signed: &Signed<Manifest>,
+        info: &ReleaseInfo,
+    ) -> Result<(), StoreError> {
+        let id = signed.release_id();
+        let manifest = codec::encode(signed)?;
+        let info_bytes = serde_json::to_vec(info).map_err(|e| StoreError::BadRecord {
+            id,
+            reason: e.to_string(),
+        })?;
+        let counters = self.counters()?;
+        let bump = |name: &str, by: u64| {
+            (
+                name.to_owned(),
+                counters.get(name).copied().unwrap_or(0) + by,
+            )
+        };
+        let updated = [
+            bump("releases", 1),
+            bump("chunks_written", info.new_chunks),
+            bump("bytes_written", info.stored_bytes),
+        ];
+        (&self.manifests, &self.infos, &self.counters)
+            .transaction(|(m, i, c)| {
+                m.insert(&id.0, manifest.as_slice())?;
+                i.insert(&id.0, info_bytes.as_slice())?;
+                for (name, value) in &updated {
+                    c.insert(name.as_bytes(), &value.to_be_bytes())?;
+                }
+                Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                sled::transaction::TransactionError::Storage(e) => StoreError::Db(e),
+                sled::transaction::TransactionError::Abort(()) => {
+                    StoreError::Db(sled::Error::Unsupported("transaction aborted".into()))
+                }
+            })?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Every recorded release's info, in no particular order.
+    pub fn releases(&self) -> Result<Vec<ReleaseInfo>, StoreError> {
+        self.infos
+            .iter()
+            .map(|item| {
+                let (key, value) = item?;
+                serde_json::from_slice(&value).map_err(|e| StoreError::BadRecord {
+                    id: release_id_from_key(&key),
+                    reason: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// The signed manifest of a recorded release.
+    pub fn manifest(&self, id: &ReleaseId) -> Result<Option<Signed<Manifest>>, StoreError> {
+        let Some(bytes) = self.manifests.get(id.0)? else {
+            return Ok(None);
+        };
+        codec::decode(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::BadRecord {
+                id: *id,
+                reason: e.to_string(),
+            })
+    }
+
+    /// The store's counters: `releases`, `chunks_written`, `bytes_written`.
+    pub fn counters(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        self.counters
+            .iter()
+            .map(|item| {
+                let (key, value) = item?;
+                let n = value
+                    .as_ref()
+                    .try_into()
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
+                Ok((String::from_utf8_lossy(&key).into_owned(), n))
+            })
+            .collect()
+    }
+}
+
+fn release_id_from_key(key: &[u8]) -> ReleaseId {
+    let mut id = [0u8; 32];
+    let n = key.len().min(32);
+    id[..n].copy_from_slice(&key[..n]);
+    ReleaseId(id)
+}
+
+/// The outcome of adding one chunk to a [`ChunkWriter`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Added {
+    /// The chunk's id.
+    pub id: ChunkId,
+    /// False if the store (or this batch) already had it.
+    pub new: bool,
+    /// Bytes it takes on disk if new, else 0.
+    pub stored_bytes: u64,
+}
+
+/// A batch of chunk writes, safe to use from several threads. Nothing is
+/// visible in the store until [`ChunkWriter::commit`].
+#[derive(Debug)]
+pub struct ChunkWriter<'a> {
+    store: &'a ChunkStore,
+    level: i32,
+    staged: Mutex<BTreeMap<ChunkId, PathBuf>>,
+    committed: bool,
+}
+
+impl ChunkWriter<'_> {
+    /// Adds a chunk given its raw bytes; its id is computed here.
+    pub fn add_raw(&self, raw: &[u8]) -> Result<Added, StoreError> {
+        let id = ChunkId::of(raw);
+        self.stage(id, || Ok(encode_chunk(raw, self.level)))
+    }
+
+    /// Adds a chunk received in its stored encoding; it must decode to bytes
+    /// whose id is `id`.
+    pub fn add_encoded(&self, id: ChunkId, encoded: &[u8]) -> Result<Added, StoreError> {
+        self.stage(id, || {
+            decode_chunk(encoded, &id)?;
+            Ok(encoded.to_vec())
+        })
+    }
+
+    fn stage(
+        &self,
+        id: ChunkId,
+        encode: impl FnOnce() -> Result<Vec<u8>, StoreError>,
+    ) -> Result<Added, StoreError> {
+        let tmp = self.store.tmp.join(id.to_hex());
+        {
+            let mut staged = self.staged.lock().unwrap_or_else(|p| p.into_inner());
+            if staged.contains_key(&id) || self.store.has_chunk(&id) {
+                return Ok(Added {
+                    id,
+                    new: false,
+                    stored_bytes: 0,
+                });
+            }
+            staged.insert(id, tmp.clone());
+        }
+        let written = encode().and_then(|bytes| {
+            fs::write(&tmp, &bytes).ctx("write", &tmp)?;
+            Ok(bytes.len() as u64)
+        });
+        match written {
+            Ok(stored_bytes) => Ok(Added {
+                id,
+                new: true,
+                stored_bytes,
+            }),
+            Err(e) => {
+                self.staged
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+                let _ = fs::remove_file(&tmp);
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes every added chunk durable and visible; returns the ids placed.
+    /// On error, nothing of this batch remains in the store.
+    pub fn commit(mut self) -> Result<Vec<ChunkId>, StoreError> {
+        self.committed = true;
+        let staged = std::mem::take(&mut *self.staged.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut placed = Vec::with_capacity(staged.len());
+        let result = self.place(&staged, &mut placed);
+        if let Err(e) = result {
+            let _ = self.store.remove_chunks(&placed);
+            for tmp in staged.values() {
+                let _ = fs::remove_file(tmp);
+            }
+            return Err(e);
+        }
+        Ok(placed)
+    }
+
+    fn place(
+        &self,
+        staged: &BTreeMap<ChunkId, PathBuf>,
+        placed: &mut Vec<ChunkId>,
+    ) -> Result<(), StoreError> {
+        if staged.is_empty() {
+            return Ok(());
+        }
+        fsutil::syncfs(&self.store.tmp)?;
+        let mut dirs = BTreeSet::new();
+        for (id, tmp) in staged {
+            let path = self.store.chunk_path(id);
+            fs::rename(tmp, &path).ctx("rename into", &path)?;
+            placed.push(*id);
+            dirs.insert(self.store.shard_dir(id));
+        }
+        for dir in dirs {
+            fsutil::fsync_dir(&dir)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ChunkWriter<'_> {
+    fn drop(&mut self) {
+        if !self.committed {
+            for tmp in self
+                .staged
+                .get_mut()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+            {
+                let _ = fs::remove_file(tmp);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,126 @@
+use super::*;
+use fleetmesh_protocol::keys::{Release, SecretKey};
+use fleetmesh_protocol::{ChunkParams, ChunkRef, ImageHash, UnixTime};
+
+fn store() -> (tempfile::TempDir, ChunkStore) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = ChunkStore::open(dir.path()).expect("open");
+    (dir, store)
+}
+
+#[test]
+fn chunks_become_visible_only_on_commit_and_dedupe() {
+    let (_dir, store) = store();
+    let data = b"hello chunk".repeat(100);
+    let writer = store.writer(3);
+    let first = writer.add_raw(&data).expect("add");
+    assert!(first.new && first.stored_bytes > 0);
+    assert!(
+        !writer.add_raw(&data).expect("add again").new,
+        "same batch dedupes"
+    );
+    assert!(!store.has_chunk(&first.id), "visible before commit");
+    assert_eq!(writer.commit().expect("commit"), vec![first.id]);
+    assert_eq!(store.read_chunk(&first.id).expect("read"), data);
+    assert!(
+        !store.writer(3).add_raw(&data).expect("add").new,
+        "store dedupes"
+    );
+}
+
+#[test]
+fn a_dropped_writer_leaves_nothing() {
+    let (dir, store) = store();
+    let writer = store.writer(3);
+    let added = writer.add_raw(b"abandoned").expect("add");
+    drop(writer);
+    assert!(!store.has_chunk(&added.id));
+    assert_eq!(fs::read_dir(dir.path().join("tmp")).expect("ls").count(), 0);
+}
+
+#[test]
+fn corrupt_and_missing_chunks_are_errors_not_data() {
+    let (_dir, store) = store();
+    let writer = store.writer(3);
+    let id = writer.add_raw(&[7u8; 5000]).expect("add").id;
+    writer.commit().expect("commit");
+    let path = store.chunk_path(&id);
+    let mut bytes = fs::read(&path).expect("read");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    fs::write(&path, bytes).expect("corrupt it");
+    assert!(matches!(
+        store.read_chunk(&id),
+        Err(StoreError::Corrupt { .. })
+    ));
+    assert!(matches!(
+        store.read_encoded(&id),
+        Err(StoreError::Corrupt { .. })
+    ));
+    let absent = ChunkId([1; 32]);
+    assert!(matches!(
+        store.read_chunk(&absent),
+        Err(StoreError::Missing(_))
+    ));
+}
+
+#[test]
+fn encoded_chunks_are_verified_before_they_are_staged() {
+    let (dir, store) = store();
+    let good = encode_chunk(b"payload", 3);
+    let writer = store.writer(3);
+    let err = writer
+        .add_encoded(ChunkId::of(b"other"), &good)
+        .expect_err("mismatch");
+    assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+    assert_eq!(fs::read_dir(dir.path().join("tmp")).expect("ls").count(), 0);
+    let id = ChunkId::of(b"payload");
+    assert!(writer.add_encoded(id, &good).expect("valid").new);
+    writer.commit().expect("commit");
+    assert_eq!(store.read_encoded(&id).expect("read"), good);
+}
+
+#[test]
+fn releases_and_counters_persist_across_reopen_and_stale_temps_go() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifest = Manifest {
+        version: semver::Version::new(1, 0, 0),
+        channel: "stable".into(),
+        platforms: vec!["generic".into()],
+        image_len: 7,
+        image_hash: ImageHash::of(b"payload"),
+        chunking: ChunkParams::DEFAULT,
+        chunks: vec![ChunkRef {
+            id: ChunkId::of(b"payload"),
+            offset: 0,
+            len: 7,
+        }],
+        created_at: UnixTime(1),
+        expires_at: UnixTime(2),
+    };
+    let signed =
+        Signed::sign(&manifest, &[&SecretKey::<Release>::from_seed([1; 32])]).expect("sign");
+    let info = ReleaseInfo {
+        version: "1.0.0".into(),
+        channel: "stable".into(),
+        release_id: signed.release_id().to_hex(),
+        image_bytes: 7,
+        chunks: 1,
+        new_chunks: 1,
+        new_bytes: 7,
+        stored_bytes: 8,
+    };
+    {
+        let store = ChunkStore::open(dir.path()).expect("open");
+        store.record_release(&signed, &info).expect("record");
+    }
+    fs::write(dir.path().join("tmp").join("leftover"), b"x").expect("simulate crash leftovers");
+    let store = ChunkStore::open(dir.path()).expect("reopen");
+    assert_eq!(store.releases().expect("list"), vec![info]);
+    assert_eq!(
+        store.manifest(&signed.release_id()).expect("get"),
+        Some(signed)
+    );
+    assert_eq!(store.counters().expect("counters")["bytes_written"], 8);
+    assert_eq!(fs::read_dir(dir.path().join("tmp")).expect("ls").count(), 0);
+}
