@@ -62,6 +62,9 @@ impl Message for Manifest {
     const MAX_BYTES: usize = 1024 + MAX_CHUNKS * 48 + MAX_PLATFORMS * (MAX_NAME_LEN + 2);
 }
 
+// The largest signed manifest must fit the codec's allocation limit.
+const _: () = assert!(<Signed<Manifest> as Message>::MAX_BYTES <= crate::codec::MAX_MESSAGE_BYTES);
+
 impl SignedBody for Manifest {
     type Role = Release;
     const SIGNED_KIND: Kind = Kind::SignedManifest;

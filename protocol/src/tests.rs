@@ -195,5 +195,4 @@ fn message_limits_fit_the_largest_valid_documents() {
     let m = manifest(manifest::MAX_CHUNKS);
     let bytes = codec::encode(&m).expect("largest manifest encodes");
     assert!(bytes.len() <= Manifest::MAX_BYTES);
-    assert!(<Signed<Manifest> as Message>::MAX_BYTES <= codec::MAX_MESSAGE_BYTES);
 }

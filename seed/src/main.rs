@@ -1,1 +1,231 @@
-fn main() {}
+//! `fleetmesh-seed`: the operator's command line. Parsing, the clock,
+//! randomness and printing live here; the work is in the library.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use fleetmesh_protocol::UnixTime;
+use fleetmesh_seed::layout::Seed;
+use fleetmesh_seed::publish::{publish, PublishRequest};
+use fleetmesh_seed::{init, verify};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// The fleetmesh seed: publishes signed OS releases to the fleet.
+#[derive(Debug, Parser)]
+#[command(name = "fleetmesh-seed", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create keys, the first trust document and a config in DIR; print the
+    /// root public key nodes are provisioned with.
+    Init {
+        /// Seed directory (created if absent; must be empty).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Use a non-empty DIR; an existing seed there is replaced.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Chunk, compress, store and sign an image as a new release; print its
+    /// summary as JSON.
+    Publish {
+        /// Seed directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The OS image.
+        #[arg(long)]
+        image: PathBuf,
+        /// Release version (semver), greater than the newest in the channel.
+        #[arg(long, value_name = "X.Y.Z", value_parser = parse_version)]
+        version: semver::Version,
+        /// Release channel [default: the config's default_channel].
+        #[arg(long)]
+        channel: Option<String>,
+        /// A platform the image runs on; repeat for several [default: the config's].
+        #[arg(long = "platform", value_name = "NAME")]
+        platforms: Vec<String>,
+    },
+    /// List releases.
+    Releases {
+        /// Seed directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-read and re-hash every chunk and check every signature; exit 1 and
+    /// name the bad chunks if anything is wrong.
+    Verify {
+        /// Seed directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Only this release.
+        #[arg(long, value_name = "X.Y.Z", value_parser = parse_version)]
+        version: Option<semver::Version>,
+    },
+}
+
+fn parse_version(s: &str) -> Result<semver::Version, String> {
+    semver::Version::parse(s).map_err(|e| format!("not a semantic version X.Y.Z: {e}"))
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // clap's first line names the argument and the problem.
+            let rendered = e.render().to_string();
+            eprintln!(
+                "{}",
+                rendered.lines().next().unwrap_or("error: bad arguments")
+            );
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FLEETMESH_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn now() -> UnixTime {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    UnixTime(secs)
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Init { dir, force } => {
+            let root = init::init(&dir, force, now(), &mut rand_core::OsRng)?;
+            println!("{root}");
+            eprintln!(
+                "initialised seed in {}; provision nodes with the root public key above",
+                dir.display()
+            );
+        }
+        Command::Publish {
+            dir,
+            image,
+            version,
+            channel,
+            platforms,
+        } => {
+            let seed = Seed::open(&dir)?;
+            let req = PublishRequest {
+                image,
+                version,
+                channel,
+                platforms,
+            };
+            let len = std::fs::metadata(&req.image).map_or(0, |m| m.len());
+            let bar = progress_bar(len);
+            let info = publish(&seed, &req, now(), &|done| bar.set_position(done))?;
+            bar.finish_and_clear();
+            println!("{}", serde_json::to_string(&info)?);
+        }
+        Command::Releases { dir, json } => {
+            let mut releases = Seed::open(&dir)?.store()?.releases()?;
+            releases.sort_by(|a, b| {
+                let key = |r: &fleetmesh_node::ReleaseInfo| {
+                    (r.channel.clone(), semver::Version::parse(&r.version).ok())
+                };
+                key(a).cmp(&key(b))
+            });
+            if json {
+                println!("{}", serde_json::to_string_pretty(&releases)?);
+            } else {
+                print_releases(&releases)?;
+            }
+        }
+        Command::Verify { dir, version } => {
+            let checks = verify::verify(&Seed::open(&dir)?, version.as_ref(), now())?;
+            return Ok(print_checks(&checks));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn progress_bar(len: u64) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    let style = indicatif::ProgressStyle::with_template(
+        "{spinner} publishing [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    );
+    if let Ok(style) = style {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+fn print_releases(releases: &[fleetmesh_node::ReleaseInfo]) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<12} {:<10} {:>14} {:>8} {:>10}  RELEASE ID",
+        "VERSION", "CHANNEL", "IMAGE BYTES", "CHUNKS", "NEW"
+    )
+    .context("write to stdout")?;
+    for r in releases {
+        writeln!(
+            out,
+            "{:<12} {:<10} {:>14} {:>8} {:>10}  {}",
+            r.version, r.channel, r.image_bytes, r.chunks, r.new_chunks, r.release_id
+        )
+        .context("write to stdout")?;
+    }
+    Ok(())
+}
+
+fn print_checks(checks: &[verify::ReleaseCheck]) -> ExitCode {
+    let mut bad = false;
+    for check in checks {
+        if check.ok() {
+            println!(
+                "ok   {} ({}) {}",
+                check.version, check.channel, check.release_id
+            );
+            continue;
+        }
+        bad = true;
+        println!(
+            "BAD  {} ({}) {}",
+            check.version, check.channel, check.release_id
+        );
+        for problem in &check.problems {
+            println!("     {problem}");
+        }
+        for (id, reason) in &check.bad_chunks {
+            println!("     bad chunk {id}: {reason}");
+        }
+    }
+    if bad {
+        eprintln!("error: verification failed");
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,169 @@
+//! The seed's `config.toml`. Unknown keys are errors, so a typo is caught
+//! rather than silently ignored.
+
+use crate::{Result, SeedError};
+use fleetmesh_protocol::manifest::is_valid_name;
+use fleetmesh_protocol::ChunkParams;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// How releases are made.
+    pub publish: PublishConfig,
+}
+
+/// `[publish]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublishConfig {
+    /// Largest image `publish` accepts.
+    pub max_image_bytes: u64,
+    /// Average chunk size; a power of two, 256 B-1 MiB.
+    pub chunk_avg_bytes: u32,
+    /// zstd level for stored chunks (1-19).
+    pub zstd_level: i32,
+    /// Days until a manifest expires (nodes refuse it after).
+    pub release_ttl_days: u64,
+    /// Channel when `--channel` is not given.
+    pub default_channel: String,
+    /// Platforms when no `--platform` is given.
+    pub default_platforms: Vec<String>,
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        PublishConfig {
+            max_image_bytes: 16 << 30,
+            chunk_avg_bytes: ChunkParams::DEFAULT.avg,
+            zstd_level: 3,
+            release_ttl_days: 365,
+            default_channel: "stable".into(),
+            default_platforms: vec!["generic".into()],
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| SeedError::Config {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|e| SeedError::Config {
+            path: path.to_owned(),
+            reason: one_line(&text, &e),
+        })?;
+        config.validate().map_err(|reason| SeedError::Config {
+            path: path.to_owned(),
+            reason,
+        })?;
+        Ok(config)
+    }
+
+    /// The commented file `init` writes.
+    pub fn to_commented_toml(&self) -> String {
+        let p = &self.publish;
+        format!(
+            "# fleetmesh seed configuration (see docs/seed.md)\n\n\
+             [publish]\n\
+             # Largest image `publish` accepts, in bytes.\n\
+             max_image_bytes = {}\n\
+             # Average content-defined chunk size (power of two, 256-1048576); see docs/chunking.md.\n\
+             chunk_avg_bytes = {}\n\
+             # zstd level for stored chunks (1-19); chunks are stored raw when that is smaller.\n\
+             zstd_level = {}\n\
+             # Days until a release manifest expires; nodes refuse expired manifests.\n\
+             release_ttl_days = {}\n\
+             # Channel and platforms used when publish is not given --channel / --platform.\n\
+             default_channel = {:?}\n\
+             default_platforms = {:?}\n",
+            p.max_image_bytes,
+            p.chunk_avg_bytes,
+            p.zstd_level,
+            p.release_ttl_days,
+            p.default_channel,
+            p.default_platforms,
+        )
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        let p = &self.publish;
+        if p.max_image_bytes == 0 {
+            return Err("publish.max_image_bytes must be at least 1".into());
+        }
+        ChunkParams::for_avg(p.chunk_avg_bytes)
+            .validate()
+            .ok()
+            .filter(|()| p.chunk_avg_bytes <= 1 << 20)
+            .ok_or("publish.chunk_avg_bytes must be a power of two from 256 to 1048576")?;
+        if !(1..=19).contains(&p.zstd_level) {
+            return Err("publish.zstd_level must be 1-19".into());
+        }
+        if !(1..=3650).contains(&p.release_ttl_days) {
+            return Err("publish.release_ttl_days must be 1-3650".into());
+        }
+        if !is_valid_name(&p.default_channel) {
+            return Err("publish.default_channel is not a valid name".into());
+        }
+        if p.default_platforms.is_empty() || !p.default_platforms.iter().all(|n| is_valid_name(n)) {
+            return Err("publish.default_platforms must be non-empty valid names".into());
+        }
+        Ok(())
+    }
+
+    /// The chunking parameters publish uses.
+    pub fn chunk_params(&self) -> ChunkParams {
+        ChunkParams::for_avg(self.publish.chunk_avg_bytes)
+    }
+}
+
+/// toml's message with its line number, on one line.
+fn one_line(text: &str, e: &toml::de::Error) -> String {
+    let line = e
+        .span()
+        .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+    let msg = e.message().trim().replace('\n', " ");
+    match line {
+        Some(n) => format!("line {n}: {msg}"),
+        None => msg,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn written_config_reads_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, Config::default().to_commented_toml()).expect("write");
+        assert_eq!(Config::load(&path).expect("load"), Config::default());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.toml");
+        for (text, expect) in [
+            (
+                "[publish]\nchunk_avg_bytes = 1000\n",
+                "publish.chunk_avg_bytes",
+            ),
+            (
+                "[publish]\nzstd_levl = 3\n",
+                "line 2: unknown field `zstd_levl`",
+            ),
+            ("[publish]\nmax_image_bytes = \"big\"\n", "line 2"),
+        ] {
+            std::fs::write(&path, text).expect("write");
+            let err = Config::load(&path).expect_err(text).to_string();
+            assert!(err.contains(expect), "{err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
+    }
+}

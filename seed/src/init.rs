@@ -1,0 +1,100 @@
+//! `fleetmesh-seed init`: keys, the first trust document, the config.
+
+use crate::config::Config;
+use crate::layout::Layout;
+use crate::{Result, SeedError};
+use fleetmesh_node::fsutil::{self, Context, IoError};
+use fleetmesh_node::keyfile;
+use fleetmesh_protocol::keys::{Policy, Release, Root, SecretKey};
+use fleetmesh_protocol::{codec, RoleKeys, Signed, TrustChain, TrustDoc, UnixTime};
+use rand_core::CryptoRngCore;
+use std::fs;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
+
+/// How long the first trust document is valid.
+pub const TRUST_TTL_SECS: u64 = 365 * 24 * 3600;
+
+/// Creates a seed in `dir` and returns the root public key (hex).
+///
+/// `dir` must be absent or empty unless `force`; with `force`, a seed already
+/// there is replaced (its keys, trust, config and store are removed; other
+/// files are left alone).
+pub fn init(
+    dir: &Path,
+    force: bool,
+    now: UnixTime,
+    rng: &mut impl CryptoRngCore,
+) -> Result<String> {
+    let layout = Layout::new(dir);
+    prepare_dir(&layout, force)?;
+    let keys = layout.keys();
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&keys)
+        .ctx("create directory", &keys)?;
+
+    let root = SecretKey::<Root>::generate(rng);
+    let release = SecretKey::<Release>::generate(rng);
+    let policy = SecretKey::<Policy>::generate(rng);
+    keyfile::write(&layout.key::<Root>(), &root)?;
+    keyfile::write(&layout.key::<Release>(), &release)?;
+    keyfile::write(&layout.key::<Policy>(), &policy)?;
+    fsutil::fsync_dir(&keys)?;
+
+    let doc = TrustDoc {
+        version: 1,
+        issued_at: now,
+        expires_at: now.plus_secs(TRUST_TTL_SECS),
+        root: RoleKeys::single(root.public()),
+        release: RoleKeys::single(release.public()),
+        policy: RoleKeys::single(policy.public()),
+    };
+    let chain = TrustChain {
+        docs: vec![Signed::sign(&doc, &[&root])?],
+    };
+    fsutil::write_atomic(&layout.trust_chain(), &codec::encode(&chain)?, 0o644)?;
+    let root_hex = root.public().to_string();
+    fsutil::write_atomic(
+        &layout.root_pub(),
+        format!("{root_hex}\n").as_bytes(),
+        0o644,
+    )?;
+    // Last: config.toml is what marks the directory as an initialised seed.
+    let config = Config::default().to_commented_toml();
+    fsutil::write_atomic(&layout.config(), config.as_bytes(), 0o644)?;
+    Ok(root_hex)
+}
+
+fn prepare_dir(layout: &Layout, force: bool) -> Result<()> {
+    let dir = layout.dir();
+    let is_empty = match fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut builder = fs::DirBuilder::new();
+            builder.recursive(true).mode(0o755);
+            builder.create(dir).ctx("create directory", dir)?;
+            return Ok(());
+        }
+        Err(source) => {
+            let op = "read directory";
+            return Err(IoError {
+                op,
+                path: dir.to_owned(),
+                source,
+            }
+            .into());
+        }
+        Ok(mut entries) => entries.next().is_none(),
+    };
+    if !is_empty && !force {
+        return Err(SeedError::NotEmpty(dir.to_owned()));
+    }
+    for path in layout.entries() {
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => fs::remove_dir_all(&path).ctx("remove", &path)?,
+            Ok(_) => fs::remove_file(&path).ctx("remove", &path)?,
+            Err(_) => {}
+        }
+    }
+    Ok(())
+}

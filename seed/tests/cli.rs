@@ -1,0 +1,441 @@
+//! The `fleetmesh-seed` binary as an operator uses it: real processes, real
+//! files. Every bad input must fail with one line, a non-zero exit and no
+//! change to the seed directory.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+const SEED: &str = env!("CARGO_BIN_EXE_fleetmesh-seed");
+
+fn seed(args: &[&str]) -> Output {
+    Command::new(SEED)
+        .args(args)
+        .output()
+        .expect("run fleetmesh-seed")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = seed(args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 stdout")
+}
+
+/// Runs a command that must fail and returns its one-line error.
+fn fails(args: &[&str]) -> String {
+    let out = seed(args);
+    assert!(!out.status.success(), "{args:?} unexpectedly succeeded");
+    let err = String::from_utf8(out.stderr).expect("utf-8 stderr");
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+    err
+}
+
+/// Deterministic bytes, compressible in part, so chunks differ.
+fn image(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if (i / 4096) % 3 == 0 {
+                b'a' + (i % 7) as u8
+            } else {
+                x as u8
+            }
+        })
+        .collect()
+}
+
+struct Lab {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    root: PathBuf,
+}
+
+impl Lab {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().to_owned();
+        let dir = root.join("seed");
+        ok(&["init", "--dir", dir.to_str().expect("utf-8")]);
+        Lab {
+            _tmp: tmp,
+            dir,
+            root,
+        }
+    }
+
+    fn d(&self) -> &str {
+        self.dir.to_str().expect("utf-8")
+    }
+
+    fn write_image(&self, name: &str, bytes: &[u8]) -> String {
+        let path = self.root.join(name);
+        fs::write(&path, bytes).expect("write image");
+        path.to_str().expect("utf-8").to_owned()
+    }
+
+    fn publish(&self, image: &str, version: &str) -> serde_json::Value {
+        let out = ok(&[
+            "publish",
+            "--dir",
+            self.d(),
+            "--image",
+            image,
+            "--version",
+            version,
+        ]);
+        serde_json::from_str(&out).expect("publish prints JSON")
+    }
+
+    /// Everything a failed command must leave untouched.
+    fn snapshot(&self) -> BTreeMap<PathBuf, Vec<u8>> {
+        let mut files = BTreeMap::new();
+        collect(&self.dir, &self.dir, &mut files);
+        files.insert(
+            "releases".into(),
+            ok(&["releases", "--dir", self.d(), "--json"]).into_bytes(),
+        );
+        files
+    }
+}
+
+fn collect(base: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+    for entry in fs::read_dir(dir).expect("ls") {
+        let path = entry.expect("entry").path();
+        let rel = path.strip_prefix(base).expect("under base").to_owned();
+        if rel.starts_with("store/meta") {
+            continue; // sled's own files; releases are compared through the CLI
+        }
+        if path.is_dir() {
+            collect(base, &path, out);
+        } else {
+            out.insert(rel, fs::read(&path).expect("read"));
+        }
+    }
+}
+
+#[test]
+fn init_prints_the_root_key_and_protects_secrets() {
+    let lab = Lab::new();
+    let root = fs::read_to_string(lab.dir.join("root.pub")).expect("root.pub");
+    assert_eq!(root.trim().len(), 64);
+    use std::os::unix::fs::PermissionsExt;
+    for key in ["root", "release", "policy"] {
+        let meta = fs::metadata(lab.dir.join(format!("keys/{key}.key"))).expect("key file");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{key}");
+    }
+    let err = fails(&["init", "--dir", lab.d()]);
+    assert!(err.contains("is not empty; use --force"), "{err}");
+    let again = ok(&["init", "--dir", lab.d(), "--force"]);
+    assert_eq!(again.trim().len(), 64);
+    assert_ne!(again.trim(), root.trim(), "--force makes new keys");
+}
+
+#[test]
+fn publish_reports_delta_and_releases_lists_it() {
+    let lab = Lab::new();
+    let v1 = image(1, 3 << 20);
+    let mut v2 = v1.clone();
+    v2[1_000_000..1_000_100].fill(0xEE);
+    v2.splice(2_000_000..2_000_000, image(9, 5000));
+    let p1 = lab.publish(&lab.write_image("v1.img", &v1), "1.0.0");
+    let p2 = lab.publish(&lab.write_image("v2.img", &v2), "1.1.0");
+    assert_eq!(p1["image_bytes"], 3 << 20);
+    assert_eq!(p1["new_chunks"], p1["chunks"]);
+    let (chunks, new) = (
+        p2["chunks"].as_u64().expect("n"),
+        p2["new_chunks"].as_u64().expect("n"),
+    );
+    assert!((2..=8).contains(&new), "{new} new chunks of {chunks}");
+    assert!(p2["stored_bytes"].as_u64().expect("n") < 200_000);
+    for key in [
+        "version",
+        "channel",
+        "release_id",
+        "image_bytes",
+        "chunks",
+        "new_chunks",
+        "stored_bytes",
+    ] {
+        assert!(p2.get(key).is_some(), "publish output lacks {key}");
+    }
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&["releases", "--dir", lab.d(), "--json"])).expect("JSON");
+    assert_eq!(list.as_array().map(Vec::len), Some(2));
+    assert_eq!(list[1], p2);
+    let verified = ok(&["verify", "--dir", lab.d()]);
+    assert_eq!(
+        verified.lines().filter(|l| l.starts_with("ok ")).count(),
+        2,
+        "{verified}"
+    );
+}
+
+#[test]
+fn bad_input_fails_with_one_line_and_changes_nothing() {
+    let lab = Lab::new();
+    let good = lab.write_image("good.img", &image(2, 200_000));
+    lab.publish(&good, "1.2.0");
+    let empty = lab.write_image("empty.img", &[]);
+    let missing = lab.root.join("missing.img");
+    let missing = missing.to_str().expect("utf-8");
+    let before = lab.snapshot();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--image", missing, "--version", "2.0.0"],
+            "missing.img: No such file",
+        ),
+        (
+            &["--image", &empty, "--version", "2.0.0"],
+            "empty.img: is empty",
+        ),
+        (
+            &["--image", &good, "--version", "2.0"],
+            "not a semantic version",
+        ),
+        (
+            &["--image", &good, "--version", "1.2.0"],
+            "not greater than 1.2.0",
+        ),
+        (
+            &["--image", &good, "--version", "1.1.9"],
+            "not greater than 1.2.0",
+        ),
+        (
+            &[
+                "--image",
+                &good,
+                "--version",
+                "2.0.0",
+                "--channel",
+                "Bad Channel",
+            ],
+            "channel \"Bad Channel\"",
+        ),
+        (
+            &["--image", lab.d(), "--version", "2.0.0"],
+            "not a regular file",
+        ),
+    ];
+    for (args, expect) in cases {
+        let mut full = vec!["publish", "--dir", lab.d()];
+        full.extend_from_slice(args);
+        let err = fails(&full);
+        assert!(err.contains(expect), "{args:?}: {err}");
+        assert_eq!(lab.snapshot(), before, "{args:?} changed the seed");
+    }
+    let not_seed = lab.root.to_str().expect("utf-8");
+    let err = fails(&[
+        "publish",
+        "--dir",
+        not_seed,
+        "--image",
+        &good,
+        "--version",
+        "3.0.0",
+    ]);
+    assert!(err.contains("is not a seed directory"), "{err}");
+    let err = fails(&["releases", "--dir", "/nonexistent/seed"]);
+    assert!(
+        err.contains("open seed directory /nonexistent/seed"),
+        "{err}"
+    );
+}
+
+#[test]
+fn image_over_the_configured_limit_is_refused() {
+    let lab = Lab::new();
+    let config = lab.dir.join("config.toml");
+    let text = fs::read_to_string(&config).expect("config");
+    let text = text.replace("max_image_bytes = 17179869184", "max_image_bytes = 100000");
+    fs::write(&config, text).expect("write config");
+    let big = lab.write_image("big.img", &image(3, 100_001));
+    let before = lab.snapshot();
+    let err = fails(&[
+        "publish",
+        "--dir",
+        lab.d(),
+        "--image",
+        &big,
+        "--version",
+        "1.0.0",
+    ]);
+    assert!(
+        err.contains("over the limit of 100000 (publish.max_image_bytes)"),
+        "{err}"
+    );
+    assert_eq!(lab.snapshot(), before);
+}
+
+#[test]
+fn verify_names_corrupt_and_missing_chunks() {
+    let lab = Lab::new();
+    let out = lab.publish(&lab.write_image("v.img", &image(4, 500_000)), "1.0.0");
+    let mut chunk_files = Vec::new();
+    collect_chunk_files(&lab.dir.join("store/chunks"), &mut chunk_files);
+    assert_eq!(
+        chunk_files.len() as u64,
+        out["new_chunks"].as_u64().expect("n")
+    );
+    let corrupt = &chunk_files[0];
+    let mut bytes = fs::read(corrupt).expect("read");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    fs::write(corrupt, bytes).expect("corrupt");
+    fs::remove_file(&chunk_files[1]).expect("remove");
+    let res = seed(&["verify", "--dir", lab.d(), "--version", "1.0.0"]);
+    assert!(!res.status.success());
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    for path in &chunk_files[..2] {
+        let id = path.file_name().and_then(|n| n.to_str()).expect("name");
+        assert!(
+            stdout.contains(&format!("bad chunk {id}")),
+            "{id} not named: {stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("corrupt") && stdout.contains("not in the store"),
+        "{stdout}"
+    );
+    let err = fails(&["verify", "--dir", lab.d(), "--version", "9.9.9"]);
+    assert!(err.contains("no release with version 9.9.9"), "{err}");
+}
+
+fn collect_chunk_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in fs::read_dir(dir).expect("ls") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            collect_chunk_files(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+    out.sort();
+}
+
+#[test]
+fn killed_publish_leaves_no_half_release() {
+    let lab = Lab::new();
+    let big = lab.write_image("big.img", &image(5, 300 << 20));
+    let tmp = lab.dir.join("store/tmp");
+    let mut child = Command::new(SEED)
+        .args([
+            "publish",
+            "--dir",
+            lab.d(),
+            "--image",
+            &big,
+            "--version",
+            "1.0.0",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn publish");
+    // Kill it once it has written some chunks, i.e. truly mid-publish.
+    let mut staged = 0;
+    for _ in 0..2000 {
+        staged = fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0);
+        if staged > 20 || child.try_wait().expect("wait").is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().expect("kill -9");
+    child.wait().expect("reap");
+    assert!(
+        staged > 20,
+        "publish finished or never started: {staged} staged"
+    );
+    let list = ok(&["releases", "--dir", lab.d(), "--json"]);
+    assert_eq!(list.trim(), "[]", "a half release was recorded");
+    assert_eq!(
+        fs::read_dir(&tmp).expect("ls").count(),
+        0,
+        "reopen cleans temp files"
+    );
+    let out = lab.publish(&big, "1.0.0");
+    assert_eq!(out["image_bytes"], 300u64 << 20);
+    ok(&["verify", "--dir", lab.d()]);
+}
+
+/// Disk full during publish, on a real full filesystem: a small tmpfs. Needs
+/// root to mount it (CI runs as root); elsewhere it says so and passes.
+#[test]
+fn disk_full_during_publish_changes_nothing() {
+    if !rustix_is_root() {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let outer = tempfile::tempdir().expect("tempdir");
+    let mnt = outer.path().join("small");
+    fs::create_dir(&mnt).expect("mkdir");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .expect("run mount");
+    assert!(mounted.success(), "mount tmpfs");
+    let result = std::panic::catch_unwind(|| {
+        let dir = mnt.join("seed");
+        let d = dir.to_str().expect("utf-8");
+        ok(&["init", "--dir", d]);
+        let img = outer.path().join("big.img");
+        fs::write(&img, image(6, 12 << 20)).expect("write image");
+        let small = outer.path().join("small.img");
+        fs::write(&small, image(7, 300_000)).expect("write image");
+        let img = img.to_str().expect("utf-8");
+        let small = small.to_str().expect("utf-8");
+        ok(&[
+            "publish",
+            "--dir",
+            d,
+            "--image",
+            small,
+            "--version",
+            "1.0.0",
+        ]);
+        let chunks_before = count_files(&dir.join("store/chunks"));
+        let err = fails(&["publish", "--dir", d, "--image", img, "--version", "2.0.0"]);
+        assert!(err.contains("no space left on device"), "{err}");
+        assert_eq!(
+            count_files(&dir.join("store/chunks")),
+            chunks_before,
+            "new chunks left behind"
+        );
+        assert_eq!(
+            count_files(&dir.join("store/tmp")),
+            0,
+            "temp files left behind"
+        );
+        let list: serde_json::Value =
+            serde_json::from_str(&ok(&["releases", "--dir", d, "--json"])).expect("JSON");
+        assert_eq!(list.as_array().map(Vec::len), Some(1));
+        ok(&["verify", "--dir", d]);
+    });
+    let _ = Command::new("umount").arg(&mnt).status();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn count_files(dir: &Path) -> usize {
+    let mut files = Vec::new();
+    collect_chunk_files(dir, &mut files);
+    files.len()
+}
+
+fn rustix_is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
