@@ -21,7 +21,7 @@ pub struct Config {
 pub struct PublishConfig {
     /// Largest image `publish` accepts.
     pub max_image_bytes: u64,
-    /// Average chunk size; a power of two, 256 B-1 MiB.
+    /// Average chunk size; a power of two, 1 KiB-1 MiB.
     pub chunk_avg_bytes: u32,
     /// zstd level for stored chunks (1-19).
     pub zstd_level: i32,
@@ -72,7 +72,7 @@ impl Config {
              [publish]\n\
              # Largest image `publish` accepts, in bytes.\n\
              max_image_bytes = {}\n\
-             # Average content-defined chunk size (power of two, 256-1048576); see docs/chunking.md.\n\
+             # Average content-defined chunk size (power of two, 1024-1048576); see docs/chunking.md.\n\
              chunk_avg_bytes = {}\n\
              # zstd level for stored chunks (1-19); chunks are stored raw when that is smaller.\n\
              zstd_level = {}\n\
@@ -98,8 +98,8 @@ impl Config {
         ChunkParams::for_avg(p.chunk_avg_bytes)
             .validate()
             .ok()
-            .filter(|()| p.chunk_avg_bytes <= 1 << 20)
-            .ok_or("publish.chunk_avg_bytes must be a power of two from 256 to 1048576")?;
+            .filter(|()| (1 << 10..=1 << 20).contains(&p.chunk_avg_bytes))
+            .ok_or("publish.chunk_avg_bytes must be a power of two from 1024 to 1048576")?;
         if !(1..=19).contains(&p.zstd_level) {
             return Err("publish.zstd_level must be 1-19".into());
         }

@@ -1,1 +1,177 @@
-fn main() {}
+//! `fleetmesh-testnet`: the local lab.
+
+mod demo;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use fleetmesh_testnet::image::{write_image, EditPlan};
+use fleetmesh_testnet::parse_size;
+use fleetmesh_testnet::sweep::SweepInput;
+use std::fs::File;
+use std::io::{BufReader, BufWriter};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// The fleetmesh lab: demo, images and measurements.
+#[derive(Debug, Parser)]
+#[command(name = "fleetmesh-testnet", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run the local demo: seed init, publish v1 and a v2 delta, verify, report.
+    Demo {
+        /// Working directory; an earlier demo there is replaced.
+        #[arg(long, default_value = "fleetmesh-demo")]
+        work: PathBuf,
+        /// Image size (B, KiB, MiB, GiB).
+        #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+        size: u64,
+        /// Seed of the generated image.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Write a deterministic image (and optionally its v2) and print the edit
+    /// plan's changed bytes as JSON.
+    GenImage {
+        /// Image size.
+        #[arg(long, value_parser = parse_size)]
+        size: u64,
+        /// Generator seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Output file for v1.
+        #[arg(long)]
+        out: PathBuf,
+        /// Output file for v2 (5% in 1 MiB regions, small edits, one insertion).
+        #[arg(long)]
+        v2: Option<PathBuf>,
+        /// Scattered small edits in v2.
+        #[arg(long, default_value_t = 300)]
+        small_edits: usize,
+    },
+    /// Measure delta ratio and per-chunk costs for several average chunk sizes.
+    ChunkSweep {
+        /// Image size (held in memory twice).
+        #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+        size: u64,
+        /// Generator seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Scattered small edits in v2.
+        #[arg(long, default_value_t = 300)]
+        small_edits: usize,
+        /// Average chunk sizes to try.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "4096,8192,16384,32768,65536,131072"
+        )]
+        avg: Vec<u32>,
+        /// FastCDC normalisation levels to try.
+        #[arg(long, value_delimiter = ',', default_value = "1")]
+        normalization: Vec<u8>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cmd: Cmd) -> Result<ExitCode> {
+    match cmd {
+        Cmd::Demo { work, size, seed } => {
+            let cfg = demo::DemoConfig {
+                work,
+                size,
+                seed,
+                small_edits: 100,
+            };
+            let report = demo::run(&cfg, &mut |line| eprintln!("demo: {line}"))?;
+            println!("image            {} bytes", report.image_bytes);
+            println!(
+                "publish v1       {:.2} s, stored/image {:.3}",
+                report.v1_seconds, report.stored_ratio
+            );
+            println!(
+                "publish v2       {:.2} s, new chunk bytes / changed bytes {:.3}",
+                report.v2_seconds, report.delta_ratio
+            );
+            for c in &report.checks {
+                println!(
+                    "[{}] {} ({})",
+                    if c.ok { " ok " } else { "FAIL" },
+                    c.name,
+                    c.detail
+                );
+            }
+            println!(
+                "report           {}",
+                cfg.work.join("report.json").display()
+            );
+            if !report.passed() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Cmd::GenImage {
+            size,
+            seed,
+            out,
+            v2,
+            small_edits,
+        } => {
+            write_image(seed, size, BufWriter::new(File::create(&out)?))?;
+            let plan = EditPlan::standard(size, seed, 0.05, small_edits);
+            if let Some(v2) = v2 {
+                plan.apply(
+                    BufReader::new(File::open(&out)?),
+                    BufWriter::new(File::create(v2)?),
+                )?;
+            }
+            println!(
+                "{}",
+                serde_json::json!({ "size": size, "seed": seed, "edits": plan.edits.len(), "changed_bytes": plan.changed_bytes() })
+            );
+        }
+        Cmd::ChunkSweep {
+            size,
+            seed,
+            small_edits,
+            avg,
+            normalization,
+        } => {
+            let input = SweepInput::generate(size, seed, small_edits)?;
+            println!(
+                "{:>8} {:>5} {:>8} {:>8} {:>12} {:>8} {:>10} {:>9}",
+                "AVG", "NORM", "CHUNKS", "NEW", "NEW BYTES", "DELTA", "MANIFEST", "TRANSFER"
+            );
+            for a in avg {
+                for &n in &normalization {
+                    let r = input.measure(a, n)?;
+                    println!(
+                        "{:>8} {:>5} {:>8} {:>8} {:>12} {:>8.3} {:>10} {:>9.3}",
+                        r.avg,
+                        r.normalization,
+                        r.chunks,
+                        r.new_chunks,
+                        r.new_bytes,
+                        r.delta_ratio,
+                        r.manifest_bytes,
+                        r.transfer_ratio
+                    );
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
