@@ -8,20 +8,50 @@ const TAG_RAW: u8 = 0;
 const TAG_ZSTD: u8 = 1;
 
 /// Encodes `raw` for storage or the wire, compressing at zstd `level` when
-/// that saves space.
+/// that saves space. For many chunks, reuse a [`ChunkEncoder`].
 pub fn encode_chunk(raw: &[u8], level: i32) -> Vec<u8> {
-    if let Ok(compressed) = zstd::bulk::compress(raw, level) {
-        if compressed.len() < raw.len() {
-            let mut out = Vec::with_capacity(1 + compressed.len());
-            out.push(TAG_ZSTD);
-            out.extend_from_slice(&compressed);
-            return out;
+    ChunkEncoder::new(level).encode(raw)
+}
+
+/// Encodes chunks with one reused zstd context: creating a context costs
+/// more than compressing an 8 KiB chunk.
+pub struct ChunkEncoder {
+    compressor: Option<zstd::bulk::Compressor<'static>>,
+    scratch: Vec<u8>,
+}
+
+impl std::fmt::Debug for ChunkEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkEncoder").finish_non_exhaustive()
+    }
+}
+
+impl ChunkEncoder {
+    /// An encoder compressing at zstd `level` (raw only if zstd cannot start).
+    pub fn new(level: i32) -> Self {
+        ChunkEncoder {
+            compressor: zstd::bulk::Compressor::new(level).ok(),
+            scratch: Vec::new(),
         }
     }
-    let mut out = Vec::with_capacity(1 + raw.len());
-    out.push(TAG_RAW);
-    out.extend_from_slice(raw);
-    out
+
+    /// Encodes one chunk: compressed if strictly smaller, raw otherwise.
+    pub fn encode(&mut self, raw: &[u8]) -> Vec<u8> {
+        self.scratch.clear();
+        self.scratch.reserve(raw.len());
+        let compressed = self.compressor.as_mut().is_some_and(|c| {
+            c.compress_to_buffer(raw, &mut self.scratch).is_ok() && self.scratch.len() < raw.len()
+        });
+        let (tag, body) = if compressed {
+            (TAG_ZSTD, &self.scratch[..])
+        } else {
+            (TAG_RAW, raw)
+        };
+        let mut out = Vec::with_capacity(1 + body.len());
+        out.push(tag);
+        out.extend_from_slice(body);
+        out
+    }
 }
 
 /// Decodes an encoded chunk and checks it against `expected`. Decompression

@@ -3,6 +3,8 @@
 //! Boundaries depend only on the bytes near them, so an edit or an insertion
 //! changes the chunks around it and leaves the rest of the image's chunks, and
 //! their ids, as they were. See docs/chunking.md for how the sizes were chosen.
+//! Cutting runs on whole buffers ([`BlockChunker`]): faster than a byte
+//! stream, and a buffer of chunks is the unit handed to worker threads.
 
 use crate::{Error, Result};
 use fastcdc::v2020::{self, Normalization};
@@ -80,35 +82,107 @@ impl ChunkParams {
     }
 }
 
-/// One chunk cut from a stream.
+/// Complete chunks cut from a stream, in one buffer: what a reader hands to
+/// the threads that hash, compress and store them.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Chunk {
-    /// Position of the first byte in the stream.
+pub struct Block {
+    /// Stream offset of `data[0]`.
     pub offset: u64,
-    /// The chunk's bytes.
+    /// The bytes of the chunks, back to back.
     pub data: Vec<u8>,
+    /// `(start, len)` of each chunk within `data`, in order, covering it.
+    pub chunks: Vec<(usize, usize)>,
 }
 
-/// Cuts `reader` into chunks, streaming: memory use is bounded by
-/// `params.max`, whatever the image size.
-pub fn chunk_reader<R: Read>(
+/// Cuts a stream into [`Block`]s of about `block_size` bytes. Boundaries are
+/// exactly those [`chunk_bounds`] finds on the whole stream: the last chunk
+/// found in a buffer may have been cut short by the buffer's end, so it is
+/// carried into the next buffer and cut again. Memory is bounded by
+/// `block_size` + `params.max`, whatever the stream's length.
+#[derive(Debug)]
+pub struct BlockChunker<R> {
     reader: R,
     params: ChunkParams,
-) -> Result<impl Iterator<Item = Result<Chunk>>> {
-    params.validate()?;
-    let cdc =
-        v2020::StreamCDC::with_level(reader, params.min, params.avg, params.max, params.level());
-    Ok(cdc.map(|res| {
-        res.map(|c| Chunk {
-            offset: c.offset,
-            data: c.data,
-        })
-        .map_err(|e| Error::Io(e.into()))
-    }))
+    block_size: usize,
+    carry: Vec<u8>,
+    offset: u64,
+    done: bool,
 }
 
-/// The `(offset, length)` of every chunk of an in-memory buffer; the same
-/// boundaries as [`chunk_reader`] gives for the same bytes.
+impl<R: Read> BlockChunker<R> {
+    /// A chunker over `reader`; `block_size` is raised to twice `params.max`
+    /// so that every buffer holds at least one final cut.
+    pub fn new(reader: R, params: ChunkParams, block_size: usize) -> Result<Self> {
+        params.validate()?;
+        Ok(BlockChunker {
+            reader,
+            params,
+            block_size: block_size.max(2 * params.max as usize),
+            carry: Vec::new(),
+            offset: 0,
+            done: false,
+        })
+    }
+
+    fn next_block(&mut self) -> Result<Option<Block>> {
+        let mut data = std::mem::take(&mut self.carry);
+        let eof = fill(&mut self.reader, &mut data, self.block_size)?;
+        if data.is_empty() {
+            self.done = true;
+            return Ok(None);
+        }
+        let mut chunks = chunk_bounds(&data, self.params)?;
+        if !eof {
+            // Cut again with what follows; every earlier cut is final.
+            if let Some((start, _)) = chunks.pop() {
+                self.carry = data.split_off(start);
+            }
+        }
+        self.done = eof;
+        let block = Block {
+            offset: self.offset,
+            data,
+            chunks,
+        };
+        self.offset += block.data.len() as u64;
+        Ok(Some(block))
+    }
+}
+
+/// Reads into `buf` until it holds `target` bytes; true at end of stream.
+fn fill(reader: &mut impl Read, buf: &mut Vec<u8>, target: usize) -> Result<bool> {
+    let mut filled = buf.len();
+    buf.resize(target.max(filled), 0);
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => {
+                buf.truncate(filled);
+                return Ok(true);
+            }
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(false)
+}
+
+impl<R: Read> Iterator for BlockChunker<R> {
+    type Item = Result<Block>;
+
+    fn next(&mut self) -> Option<Result<Block>> {
+        if self.done {
+            return None;
+        }
+        let next = self.next_block();
+        if next.is_err() {
+            self.done = true;
+        }
+        next.transpose()
+    }
+}
+
+/// The `(offset, length)` of every chunk of an in-memory buffer.
 pub fn chunk_bounds(data: &[u8], params: ChunkParams) -> Result<Vec<(usize, usize)>> {
     params.validate()?;
     let cdc = v2020::FastCDC::with_level(data, params.min, params.avg, params.max, params.level());
@@ -139,22 +213,33 @@ mod tests {
     }
 
     #[test]
-    fn stream_and_slice_agree_and_cover_the_input() {
+    fn blocks_agree_with_the_whole_and_cover_the_input() {
         let data = random_bytes(1, 300_000);
-        let streamed: Vec<Chunk> = chunk_reader(&data[..], SMALL)
-            .expect("valid params")
-            .collect::<Result<_>>()
-            .expect("no I/O error");
-        let bounds = chunk_bounds(&data, SMALL).expect("valid params");
-        assert_eq!(streamed.len(), bounds.len());
-        let mut next = 0;
-        for (chunk, (offset, len)) in streamed.iter().zip(&bounds) {
-            assert_eq!(chunk.offset as usize, *offset);
-            assert_eq!(chunk.offset as usize, next);
-            assert_eq!(chunk.data, data[*offset..offset + len]);
-            next += len;
+        let whole = chunk_bounds(&data, SMALL).expect("valid params");
+        // Block sizes below, near and above the chunk sizes, and one that
+        // holds everything.
+        for block_size in [1, 2048, 5000, 65_536, 1 << 20] {
+            let mut got = Vec::new();
+            let mut next = 0u64;
+            for block in BlockChunker::new(&data[..], SMALL, block_size).expect("valid params") {
+                let block = block.expect("no I/O error");
+                assert_eq!(block.offset, next);
+                let mut pos = 0;
+                for &(start, len) in &block.chunks {
+                    assert_eq!(start, pos, "chunks cover the block");
+                    got.push((block.offset as usize + start, len));
+                    pos += len;
+                }
+                assert_eq!(pos, block.data.len());
+                assert_eq!(block.data[..], data[next as usize..next as usize + pos]);
+                next += pos as u64;
+            }
+            assert_eq!(got, whole, "block size {block_size}");
         }
-        assert_eq!(next, data.len());
+        let empty: Vec<_> = BlockChunker::new(&[][..], SMALL, 4096)
+            .expect("valid")
+            .collect();
+        assert!(empty.is_empty());
     }
 
     #[test]

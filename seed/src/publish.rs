@@ -11,15 +11,17 @@ use crate::layout::Seed;
 use crate::{Result, SeedError};
 use fleetmesh_node::store::{Added, ChunkWriter};
 use fleetmesh_node::{ChunkStore, ReleaseInfo, StoreError};
-use fleetmesh_protocol::chunking::{chunk_reader, Chunk};
+use fleetmesh_protocol::chunk::ChunkEncoder;
+use fleetmesh_protocol::chunking::{Block, BlockChunker};
 use fleetmesh_protocol::keys::Release;
 use fleetmesh_protocol::manifest::is_valid_name;
 use fleetmesh_protocol::{ChunkParams, ChunkRef, Manifest, Signed, UnixTime};
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Mutex};
+use std::time::Instant;
 
 /// What to publish.
 #[derive(Clone, Debug)]
@@ -63,15 +65,32 @@ pub fn publish(
 
     let params = seed.config.chunk_params();
     let limit = cfg.max_image_bytes;
-    let writer = store.writer(cfg.zstd_level);
-    let cut = cut_image(file, &req.image, params, limit, &writer, progress)?;
+    let writer = store.writer();
+    let started = Instant::now();
+    let cut = cut_image(
+        file,
+        &req.image,
+        params,
+        limit,
+        cfg.zstd_level,
+        &writer,
+        progress,
+    )?;
     if cut.image_len != image_len {
         return Err(bad_image(
             &req.image,
             "changed while it was being published",
         ));
     }
+    let staged_secs = started.elapsed().as_secs_f64();
     let placed = writer.commit()?;
+    let durable_secs = started.elapsed().as_secs_f64();
+    tracing::debug!(
+        staged_secs,
+        durable_secs,
+        chunks = cut.chunks.len(),
+        "chunks stored"
+    );
 
     let manifest = Manifest {
         version: req.version.clone(),
@@ -195,22 +214,30 @@ struct Cut {
     totals: Totals,
 }
 
-/// Chunks sent to workers in flight at most, per worker.
-const QUEUE_PER_WORKER: usize = 4;
+/// Bytes read and cut at a time: large enough that channel and lock costs
+/// vanish, small enough that blocks in flight stay a few MiB.
+const BLOCK_BYTES: usize = 4 << 20;
+/// Blocks queued for the workers, per worker.
+const QUEUE_PER_WORKER: usize = 2;
 
-/// Streams `file` through the chunker into `writer` using all cores.
+type BlockResult = (usize, Vec<(ChunkRef, Added)>);
+
+/// Streams `file` through the chunker into `writer` using all cores: this
+/// thread reads, cuts and hashes the whole image; workers hash, compress and
+/// stage each chunk.
 fn cut_image(
     file: File,
     path: &Path,
     params: ChunkParams,
     limit: u64,
+    level: i32,
     writer: &ChunkWriter<'_>,
     progress: Progress<'_>,
 ) -> Result<Cut> {
     let workers = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .min(8);
-    let (tx, rx) = mpsc::sync_channel::<(usize, Chunk)>(workers * QUEUE_PER_WORKER);
+    let (tx, rx) = mpsc::sync_channel::<(usize, Block)>(workers * QUEUE_PER_WORKER);
     let rx = Mutex::new(rx);
     let results = Mutex::new(Vec::new());
     let failure: Mutex<Option<StoreError>> = Mutex::new(None);
@@ -218,9 +245,9 @@ fn cut_image(
 
     let read = std::thread::scope(|s| {
         for _ in 0..workers {
-            s.spawn(|| store_chunks(&rx, writer, &results, &failure, &stop));
+            s.spawn(|| store_blocks(&rx, writer, level, &results, &failure, &stop));
         }
-        let read = read_chunks(file, path, params, limit, &tx, &stop, progress);
+        let read = read_blocks(file, path, params, limit, &tx, &stop, progress);
         drop(tx);
         read
     });
@@ -228,12 +255,13 @@ fn cut_image(
         return Err(e.into());
     }
     let (image_len, image_hash) = read?;
-    let mut results = results.into_inner().unwrap_or_else(|p| p.into_inner());
-    results.sort_unstable_by_key(|(seq, _, _)| *seq);
+    let mut results: Vec<BlockResult> = results.into_inner().unwrap_or_else(|p| p.into_inner());
+    results.sort_unstable_by_key(|(seq, _)| *seq);
     let mut totals = Totals::default();
     let chunks = results
         .into_iter()
-        .map(|(_, chunk, added)| {
+        .flat_map(|(_, block)| block)
+        .map(|(chunk, added)| {
             if added.new {
                 totals.new_chunks += 1;
                 totals.new_bytes += u64::from(chunk.len);
@@ -251,22 +279,22 @@ fn cut_image(
 }
 
 /// The reading side: chunk boundaries and the whole-image hash.
-fn read_chunks(
+fn read_blocks(
     file: File,
     path: &Path,
     params: ChunkParams,
     limit: u64,
-    tx: &mpsc::SyncSender<(usize, Chunk)>,
+    tx: &mpsc::SyncSender<(usize, Block)>,
     stop: &AtomicBool,
     progress: Progress<'_>,
 ) -> Result<(u64, blake3::Hash)> {
-    let reader = BufReader::with_capacity(1 << 20, file.take(limit.saturating_add(1)));
     let mut hasher = blake3::Hasher::new();
     let mut len = 0u64;
-    for (seq, chunk) in chunk_reader(reader, params)?.enumerate() {
-        let chunk = chunk.map_err(|e| bad_image(path, &e.to_string()))?;
-        hasher.update(&chunk.data);
-        len += chunk.data.len() as u64;
+    let blocks = BlockChunker::new(file.take(limit.saturating_add(1)), params, BLOCK_BYTES)?;
+    for (seq, block) in blocks.enumerate() {
+        let block = block.map_err(|e| bad_image(path, &e.to_string()))?;
+        hasher.update(&block.data);
+        len += block.data.len() as u64;
         if len > limit {
             return Err(bad_image(
                 path,
@@ -274,39 +302,34 @@ fn read_chunks(
             ));
         }
         progress(len);
-        if stop.load(Ordering::Relaxed) || tx.send((seq, chunk)).is_err() {
+        if stop.load(Ordering::Relaxed) || tx.send((seq, block)).is_err() {
             break;
         }
     }
     Ok((len, hasher.finalize()))
 }
 
-/// The worker side: hash, compress and stage each chunk.
-fn store_chunks(
-    rx: &Mutex<mpsc::Receiver<(usize, Chunk)>>,
+/// The worker side: hash, compress and stage each chunk of each block.
+fn store_blocks(
+    rx: &Mutex<mpsc::Receiver<(usize, Block)>>,
     writer: &ChunkWriter<'_>,
-    results: &Mutex<Vec<(usize, ChunkRef, Added)>>,
+    level: i32,
+    results: &Mutex<Vec<BlockResult>>,
     failure: &Mutex<Option<StoreError>>,
     stop: &AtomicBool,
 ) {
+    let mut encoder = ChunkEncoder::new(level);
     loop {
         let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-        let Ok((seq, chunk)) = next else { return };
+        let Ok((seq, block)) = next else { return };
         if stop.load(Ordering::Relaxed) {
             continue; // drain so the reader never blocks on a full queue
         }
-        match writer.add_raw(&chunk.data) {
-            Ok(added) => {
-                let r = ChunkRef {
-                    id: added.id,
-                    offset: chunk.offset,
-                    len: chunk.data.len() as u32,
-                };
-                results
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push((seq, r, added));
-            }
+        match store_block(&block, writer, &mut encoder) {
+            Ok(done) => results
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((seq, done)),
             Err(e) => {
                 stop.store(true, Ordering::Relaxed);
                 failure
@@ -316,4 +339,27 @@ fn store_chunks(
             }
         }
     }
+}
+
+fn store_block(
+    block: &Block,
+    writer: &ChunkWriter<'_>,
+    encoder: &mut ChunkEncoder,
+) -> Result<Vec<(ChunkRef, Added)>, StoreError> {
+    block
+        .chunks
+        .iter()
+        .map(|&(start, len)| {
+            let added = writer.add_raw(&block.data[start..start + len], encoder)?;
+            let offset = block.offset + start as u64;
+            Ok((
+                ChunkRef {
+                    id: added.id,
+                    offset,
+                    len: len as u32,
+                },
+                added,
+            ))
+        })
+        .collect()
 }

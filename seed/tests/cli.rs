@@ -110,7 +110,7 @@ fn collect(base: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
     for entry in fs::read_dir(dir).expect("ls") {
         let path = entry.expect("entry").path();
         let rel = path.strip_prefix(base).expect("under base").to_owned();
-        if rel.starts_with("store/meta") {
+        if rel.starts_with("store/meta") || rel == Path::new("store/dirty") {
             continue; // sled's own files; releases are compared through the CLI
         }
         if path.is_dir() {
@@ -324,7 +324,7 @@ fn collect_chunk_files(dir: &Path, out: &mut Vec<PathBuf>) {
 fn killed_publish_leaves_no_half_release() {
     let lab = Lab::new();
     let big = lab.write_image("big.img", &image(5, 300 << 20));
-    let tmp = lab.dir.join("store/tmp");
+    let chunks = lab.dir.join("store/chunks");
     let mut child = Command::new(SEED)
         .args([
             "publish",
@@ -342,7 +342,7 @@ fn killed_publish_leaves_no_half_release() {
     // Kill it once it has written some chunks, i.e. truly mid-publish.
     let mut staged = 0;
     for _ in 0..2000 {
-        staged = fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0);
+        staged = count_temp_files(&chunks);
         if staged > 20 || child.try_wait().expect("wait").is_some() {
             break;
         }
@@ -356,11 +356,7 @@ fn killed_publish_leaves_no_half_release() {
     );
     let list = ok(&["releases", "--dir", lab.d(), "--json"]);
     assert_eq!(list.trim(), "[]", "a half release was recorded");
-    assert_eq!(
-        fs::read_dir(&tmp).expect("ls").count(),
-        0,
-        "reopen cleans temp files"
-    );
+    assert_eq!(count_temp_files(&chunks), 0, "reopen cleans temp files");
     let out = lab.publish(&big, "1.0.0");
     assert_eq!(out["image_bytes"], 300u64 << 20);
     ok(&["verify", "--dir", lab.d()]);
@@ -411,7 +407,7 @@ fn disk_full_during_publish_changes_nothing() {
             "new chunks left behind"
         );
         assert_eq!(
-            count_files(&dir.join("store/tmp")),
+            count_temp_files(&dir.join("store/chunks")),
             0,
             "temp files left behind"
         );
@@ -424,6 +420,19 @@ fn disk_full_during_publish_changes_nothing() {
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
+}
+
+/// Temp files in the store's shards; 0 before the store exists.
+fn count_temp_files(chunks: &Path) -> usize {
+    let Ok(shards) = fs::read_dir(chunks) else {
+        return 0;
+    };
+    shards
+        .flatten()
+        .filter_map(|shard| fs::read_dir(shard.path()).ok())
+        .flat_map(|entries| entries.flatten())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .count()
 }
 
 fn count_files(dir: &Path) -> usize {

@@ -1,6 +1,11 @@
 use super::*;
+use fleetmesh_protocol::chunk::ChunkEncoder;
 use fleetmesh_protocol::keys::{Release, SecretKey};
 use fleetmesh_protocol::{ChunkParams, ChunkRef, ImageHash, UnixTime};
+
+fn enc() -> ChunkEncoder {
+    ChunkEncoder::new(3)
+}
 
 fn store() -> (tempfile::TempDir, ChunkStore) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -12,37 +17,43 @@ fn store() -> (tempfile::TempDir, ChunkStore) {
 fn chunks_become_visible_only_on_commit_and_dedupe() {
     let (_dir, store) = store();
     let data = b"hello chunk".repeat(100);
-    let writer = store.writer(3);
-    let first = writer.add_raw(&data).expect("add");
+    let writer = store.writer();
+    let first = writer.add_raw(&data, &mut enc()).expect("add");
     assert!(first.new && first.stored_bytes > 0);
     assert!(
-        !writer.add_raw(&data).expect("add again").new,
+        !writer.add_raw(&data, &mut enc()).expect("add again").new,
         "same batch dedupes"
     );
     assert!(!store.has_chunk(&first.id), "visible before commit");
     assert_eq!(writer.commit().expect("commit"), vec![first.id]);
     assert_eq!(store.read_chunk(&first.id).expect("read"), data);
     assert!(
-        !store.writer(3).add_raw(&data).expect("add").new,
+        !store.writer().add_raw(&data, &mut enc()).expect("add").new,
         "store dedupes"
     );
 }
 
 #[test]
 fn a_dropped_writer_leaves_nothing() {
-    let (dir, store) = store();
-    let writer = store.writer(3);
-    let added = writer.add_raw(b"abandoned").expect("add");
+    let (_dir, store) = store();
+    let writer = store.writer();
+    let added = writer.add_raw(b"abandoned", &mut enc()).expect("add");
+    let shard = store.shard_dir(&added.id);
+    assert_eq!(
+        fs::read_dir(&shard).expect("ls").count(),
+        1,
+        "temp file staged"
+    );
     drop(writer);
     assert!(!store.has_chunk(&added.id));
-    assert_eq!(fs::read_dir(dir.path().join("tmp")).expect("ls").count(), 0);
+    assert_eq!(fs::read_dir(&shard).expect("ls").count(), 0);
 }
 
 #[test]
 fn corrupt_and_missing_chunks_are_errors_not_data() {
     let (_dir, store) = store();
-    let writer = store.writer(3);
-    let id = writer.add_raw(&[7u8; 5000]).expect("add").id;
+    let writer = store.writer();
+    let id = writer.add_raw(&[7u8; 5000], &mut enc()).expect("add").id;
     writer.commit().expect("commit");
     let path = store.chunk_path(&id);
     let mut bytes = fs::read(&path).expect("read");
@@ -66,14 +77,16 @@ fn corrupt_and_missing_chunks_are_errors_not_data() {
 
 #[test]
 fn encoded_chunks_are_verified_before_they_are_staged() {
-    let (dir, store) = store();
-    let good = encode_chunk(b"payload", 3);
-    let writer = store.writer(3);
-    let err = writer
-        .add_encoded(ChunkId::of(b"other"), &good)
-        .expect_err("mismatch");
+    let (_dir, store) = store();
+    let good = enc().encode(b"payload");
+    let writer = store.writer();
+    let other = ChunkId::of(b"other");
+    let err = writer.add_encoded(other, &good).expect_err("mismatch");
     assert!(matches!(err, StoreError::Invalid(_)), "{err}");
-    assert_eq!(fs::read_dir(dir.path().join("tmp")).expect("ls").count(), 0);
+    assert_eq!(
+        fs::read_dir(store.shard_dir(&other)).expect("ls").count(),
+        0
+    );
     let id = ChunkId::of(b"payload");
     assert!(writer.add_encoded(id, &good).expect("valid").new);
     writer.commit().expect("commit");
@@ -114,13 +127,21 @@ fn releases_and_counters_persist_across_reopen_and_stale_temps_go() {
         let store = ChunkStore::open(dir.path()).expect("open");
         store.record_release(&signed, &info).expect("record");
     }
-    fs::write(dir.path().join("tmp").join("leftover"), b"x").expect("simulate crash leftovers");
+    // A crashed writer: the dirty marker and a temp file are left behind.
+    let leftover = dir.path().join("chunks/ab/.abcd.tmp");
+    fs::write(&leftover, b"x").expect("simulate crash leftovers");
+    fs::write(dir.path().join("dirty"), b"open\n").expect("simulate crash");
     let store = ChunkStore::open(dir.path()).expect("reopen");
+    assert!(!leftover.exists(), "stale temp file removed");
     assert_eq!(store.releases().expect("list"), vec![info]);
     assert_eq!(
         store.manifest(&signed.release_id()).expect("get"),
         Some(signed)
     );
     assert_eq!(store.counters().expect("counters")["bytes_written"], 8);
-    assert_eq!(fs::read_dir(dir.path().join("tmp")).expect("ls").count(), 0);
+    drop(store);
+    assert!(
+        !dir.path().join("dirty").exists(),
+        "clean close clears the marker"
+    );
 }
