@@ -409,17 +409,49 @@ impl ChunkWriter<'_> {
             return Ok(());
         }
         fsutil::syncfs(&self.store.chunks)?;
+        // Renames are independent per shard; ids are sorted, so contiguous
+        // parts touch few shards each. One thread per core.
+        let entries: Vec<(&ChunkId, &PathBuf)> = staged.iter().collect();
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(8);
+        let parts = std::thread::scope(|s| {
+            let handles: Vec<_> = entries
+                .chunks(entries.len().div_ceil(threads))
+                .map(|part| s.spawn(move || self.place_part(part)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                .collect::<Vec<_>>()
+        });
+        let mut result = Ok(());
+        for (done, outcome) in parts {
+            placed.extend(done);
+            if result.is_ok() {
+                result = outcome;
+            }
+        }
+        result
+    }
+
+    /// Renames one part of a batch into place and fsyncs its shard
+    /// directories; returns what it placed even when it fails midway.
+    fn place_part(&self, part: &[(&ChunkId, &PathBuf)]) -> (Vec<ChunkId>, Result<(), StoreError>) {
+        let mut placed = Vec::with_capacity(part.len());
         let mut dirs = BTreeSet::new();
-        for (id, tmp) in staged {
+        for (id, tmp) in part {
             let path = self.store.chunk_path(id);
-            fs::rename(tmp, &path).ctx("rename into", &path)?;
-            placed.push(*id);
+            if let Err(e) = fs::rename(tmp, &path).ctx("rename into", &path) {
+                return (placed, Err(e.into()));
+            }
+            placed.push(**id);
             dirs.insert(self.store.shard_dir(id));
         }
         for dir in dirs {
-            fsutil::fsync_dir(&dir)?;
+            if let Err(e) = fsutil::fsync_dir(&dir) {
+                return (placed, Err(e.into()));
+            }
         }
-        Ok(())
+        (placed, Ok(()))
     }
 }
 
