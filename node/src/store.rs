@@ -412,7 +412,9 @@ impl ChunkWriter<'_> {
         // Renames are independent per shard; ids are sorted, so contiguous
         // parts touch few shards each. One thread per core.
         let entries: Vec<(&ChunkId, &PathBuf)> = staged.iter().collect();
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(8);
+        let threads = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .min(8);
         let parts = std::thread::scope(|s| {
             let handles: Vec<_> = entries
                 .chunks(entries.len().div_ceil(threads))
@@ -420,7 +422,10 @@ impl ChunkWriter<'_> {
                 .collect();
             handles
                 .into_iter()
-                .map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
                 .collect::<Vec<_>>()
         });
         let mut result = Ok(());

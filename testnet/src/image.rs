@@ -133,7 +133,13 @@ impl EditPlan {
     pub fn standard(size: u64, seed: u64, region_fraction: f64, small_edits: usize) -> Self {
         const REGION: u64 = 1 << 20;
         let mut rng = block_rng(seed, u64::MAX, 2);
+        // At least one region when the image is large enough to hold it.
         let regions = ((size as f64 * region_fraction) / REGION as f64).round() as usize;
+        let regions = if size >= 4 * REGION {
+            regions.max(1)
+        } else {
+            regions
+        };
         let mut edits: Vec<Edit> = Vec::new();
         let mut place = |edits: &mut Vec<Edit>, len: u64, insert: bool| {
             if size <= len + 1 {

@@ -91,11 +91,14 @@ fn main() -> ExitCode {
 fn run(cmd: Cmd) -> Result<ExitCode> {
     match cmd {
         Cmd::Demo { work, size, seed } => {
+            // About 100 small edits per 64 MiB: the benchmark's density (300
+            // per GiB) raised so that a small demo image still sees them.
+            let small_edits = (size / (640 << 10)).max(1) as usize;
             let cfg = demo::DemoConfig {
                 work,
                 size,
                 seed,
-                small_edits: 100,
+                small_edits,
             };
             let report = demo::run(&cfg, &mut |line| eprintln!("demo: {line}"))?;
             println!("image            {} bytes", report.image_bytes);
