@@ -18,6 +18,7 @@ pub mod manifest;
 pub mod signed;
 mod time;
 pub mod trust;
+pub mod update;
 
 pub use chunking::ChunkParams;
 pub use error::{Error, Result};
