@@ -5,6 +5,7 @@
 
 pub mod fsutil;
 pub mod keyfile;
+pub mod slots;
 pub mod store;
 
 pub use store::{ChunkStore, ReleaseInfo, StoreError};
