@@ -4,6 +4,7 @@
 //! store that the seed and nodes share. The mesh and the updater build on it.
 
 pub mod fsutil;
+pub mod install;
 pub mod keyfile;
 pub mod slots;
 pub mod store;
