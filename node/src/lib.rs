@@ -3,10 +3,12 @@
 //! Today: durable file helpers, key files and the content-addressed chunk
 //! store that the seed and nodes share. The mesh and the updater build on it.
 
+pub mod config;
 pub mod fsutil;
 pub mod install;
 pub mod keyfile;
 pub mod slots;
 pub mod store;
+pub mod updater;
 
 pub use store::{ChunkStore, ReleaseInfo, StoreError};

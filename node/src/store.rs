@@ -262,6 +262,17 @@ impl ChunkStore {
             })
     }
 
+    /// A named metadata tree in the store's database (the updater's journal).
+    pub fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree(name)?)
+    }
+
+    /// Makes every metadata write so far durable.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
     /// The store's counters: `releases`, `chunks_written`, `bytes_written`.
     pub fn counters(&self) -> Result<BTreeMap<String, u64>, StoreError> {
         self.counters

@@ -119,6 +119,8 @@ pub enum FailReason {
         /// Offered version.
         offered: String,
     },
+    /// The release's signatures, trust or expiry no longer check out.
+    Signature(String),
     /// Writing or verifying the inactive slot failed.
     Write(String),
     /// The slot does not have room for the image.
@@ -140,6 +142,7 @@ impl fmt::Display for FailReason {
                     "downgrade from {running} to {offered} not allowed by policy"
                 )
             }
+            FailReason::Signature(e) => write!(f, "signature: {e}"),
             FailReason::Write(e) => write!(f, "write: {e}"),
             FailReason::InsufficientStorage(e) => write!(f, "insufficient storage: {e}"),
             FailReason::BootConfig(e) => write!(f, "boot config: {e}"),

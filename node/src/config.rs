@@ -1,0 +1,164 @@
+//! The node's `node.toml`. Paths are relative to the node directory.
+//! Unknown keys are errors naming the line.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {reason}", .path.display())]
+pub struct ConfigError {
+    /// The config file.
+    pub path: PathBuf,
+    /// The key and the problem.
+    pub reason: String,
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's platform; only releases naming it are installed.
+    pub platform: String,
+    /// Where the slots are and how boot is selected.
+    pub slots: SlotsConfig,
+    /// How updates are applied.
+    #[serde(default)]
+    pub update: UpdateConfig,
+}
+
+/// Which slot backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Slot files and a boot-state file (simulated bootloader).
+    File,
+    /// grub-editenv.
+    Grub,
+    /// fw_setenv / fw_printenv.
+    Uboot,
+}
+
+/// `[slots]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotsConfig {
+    /// `file`, `grub` or `uboot`.
+    pub backend: BackendKind,
+    /// Slot A's file or block device.
+    pub slot_a: PathBuf,
+    /// Slot B's file or block device.
+    pub slot_b: PathBuf,
+    /// file: the boot-state file.
+    #[serde(default = "default_boot_state")]
+    pub boot_state: PathBuf,
+    /// grub: the grubenv file.
+    #[serde(default = "default_grubenv")]
+    pub grubenv: PathBuf,
+    /// uboot: the libubootenv configuration.
+    #[serde(default = "default_fw_env")]
+    pub fw_env_config: PathBuf,
+    /// grub, uboot: the kernel command line carrying `fleetmesh.slot=`.
+    #[serde(default = "default_cmdline")]
+    pub cmdline: PathBuf,
+}
+
+fn default_boot_state() -> PathBuf {
+    "boot-state.json".into()
+}
+fn default_grubenv() -> PathBuf {
+    "/boot/grub/grubenv".into()
+}
+fn default_fw_env() -> PathBuf {
+    "/etc/fw_env.config".into()
+}
+fn default_cmdline() -> PathBuf {
+    "/proc/cmdline".into()
+}
+
+/// How a trial boot is judged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthKind {
+    /// The booted slot is the target and reads back as the signed image.
+    #[default]
+    Builtin,
+    /// `health_command` exits 0 within the timeout.
+    Command,
+    /// `fleetmesh-node mark-good` / `mark-bad` within the timeout.
+    External,
+}
+
+/// `[update]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpdateConfig {
+    /// Install a staged release at once (until a signed policy decides).
+    pub install_when_staged: bool,
+    /// How the trial boot is judged.
+    pub health: HealthKind,
+    /// The command for `health = "command"`, as argv.
+    pub health_command: Vec<String>,
+    /// Seconds the health check may take.
+    pub health_timeout_secs: u64,
+    /// grub, uboot: how to reboot (the file backend restarts the process).
+    pub reboot_command: Vec<String>,
+}
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        UpdateConfig {
+            install_when_staged: true,
+            health: HealthKind::Builtin,
+            health_command: Vec::new(),
+            health_timeout_secs: 60,
+            reboot_command: vec!["systemctl".into(), "reboot".into()],
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Reads `DIR/node.toml` and resolves its paths against DIR.
+    pub fn load(dir: &Path) -> Result<Self, ConfigError> {
+        let path = dir.join("node.toml");
+        let err = |reason: String| ConfigError {
+            path: path.clone(),
+            reason,
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| err(e.to_string()))?;
+        let mut config: NodeConfig = toml::from_str(&text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let msg = e.message().trim().replace('\n', " ");
+            err(line.map_or(msg.clone(), |n| format!("line {n}: {msg}")))
+        })?;
+        if !fleetmesh_protocol::manifest::is_valid_name(&config.platform) {
+            return Err(err(format!(
+                "platform {:?} is not a valid name",
+                config.platform
+            )));
+        }
+        let u = &config.update;
+        if u.health == HealthKind::Command && u.health_command.is_empty() {
+            return Err(err(
+                "update.health_command must be set when update.health = \"command\"".into(),
+            ));
+        }
+        if !(1..=86_400).contains(&u.health_timeout_secs) {
+            return Err(err("update.health_timeout_secs must be 1-86400".into()));
+        }
+        let s = &mut config.slots;
+        for p in [
+            &mut s.slot_a,
+            &mut s.slot_b,
+            &mut s.boot_state,
+            &mut s.grubenv,
+            &mut s.fw_env_config,
+            &mut s.cmdline,
+        ] {
+            *p = dir.join(&*p);
+        }
+        Ok(config)
+    }
+}

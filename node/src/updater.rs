@@ -1,0 +1,414 @@
+//! The updater: runs the update state machine over a slot backend, the
+//! chunk store and a journal in sled.
+//!
+//! Every `Action::Journal` is written and flushed before the next action
+//! runs, and after it `run/status.json` is replaced for `fleetmesh-node
+//! status`. One `Updater` lives for one boot: [`Updater::start`] asks the
+//! backend what booted, [`Updater::resume`] carries on from the journal, and
+//! [`Updater::offer`] stages the newest verified release for this platform.
+
+use crate::config::{HealthKind, UpdateConfig};
+use crate::fsutil::{self, IoError};
+use crate::install::{hash_prefix, install};
+use crate::slots::{SlotBackend, SlotError};
+use crate::{ChunkStore, StoreError};
+use fleetmesh_protocol::update::{
+    Action, BootInfo, Event, FailReason, Machine, Slot, State, Target,
+};
+use fleetmesh_protocol::{ReleaseId, TrustState, UnixTime, VerifiedManifest};
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What the caller must do next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Nothing pending.
+    Idle,
+    /// Reboot (the file backend: restart the process).
+    Reboot,
+}
+
+/// Failures that stop the updater (the journal keeps its place).
+#[derive(Debug, thiserror::Error)]
+pub enum UpdaterError {
+    /// The store or the journal.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The journal database.
+    #[error("journal: {0}")]
+    Journal(#[from] sled::Error),
+    /// The slot backend.
+    #[error(transparent)]
+    Slot(#[from] SlotError),
+    /// A file.
+    #[error(transparent)]
+    Io(#[from] IoError),
+    /// A journal record that does not decode.
+    #[error("journal record: {0}")]
+    BadRecord(String),
+}
+
+/// What `fleetmesh-node status` shows.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct Status {
+    /// The running slot.
+    pub active_slot: Slot,
+    /// The running release's version, if known.
+    pub booted_version: Option<String>,
+    /// The update in progress or last finished.
+    pub update: UpdateStatus,
+}
+
+/// The update part of [`Status`].
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct UpdateStatus {
+    /// The state's name.
+    pub state: String,
+    /// The release being applied.
+    pub target_version: Option<String>,
+    /// Why it rolled back or failed.
+    pub reason: Option<String>,
+}
+
+/// The updater for one boot.
+pub struct Updater<'s> {
+    store: &'s ChunkStore,
+    backend: Box<dyn SlotBackend>,
+    journal: sled::Tree,
+    slots: sled::Tree,
+    machine: Machine,
+    trust: TrustState,
+    platform: String,
+    config: UpdateConfig,
+    run_dir: PathBuf,
+    boot: BootInfo,
+}
+
+impl std::fmt::Debug for Updater<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Updater")
+            .field("state", self.machine.state())
+            .field("boot", &self.boot)
+            .finish()
+    }
+}
+
+const STATE_KEY: &str = "state";
+/// Verdict file of `mark-good` / `mark-bad`, in the run directory.
+pub const VERDICT_FILE: &str = "health.verdict";
+/// Status file, in the run directory.
+pub const STATUS_FILE: &str = "status.json";
+
+impl<'s> Updater<'s> {
+    /// Boots: asks the backend what booted and loads the journal.
+    pub fn start(
+        store: &'s ChunkStore,
+        mut backend: Box<dyn SlotBackend>,
+        trust: TrustState,
+        platform: String,
+        config: UpdateConfig,
+        run_dir: PathBuf,
+    ) -> Result<Self, UpdaterError> {
+        let boot = backend.boot()?;
+        let journal = store.tree("journal")?;
+        let state = match journal.get(STATE_KEY)? {
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| UpdaterError::BadRecord(e.to_string()))?,
+            None => State::Idle,
+        };
+        // A verdict from an earlier boot says nothing about this one.
+        let _ = std::fs::remove_file(run_dir.join(VERDICT_FILE));
+        Ok(Updater {
+            store,
+            slots: store.tree("slot_versions")?,
+            backend,
+            journal,
+            machine: Machine::new(state),
+            trust,
+            platform,
+            config,
+            run_dir,
+            boot,
+        })
+    }
+
+    /// The current state.
+    pub fn state(&self) -> &State {
+        self.machine.state()
+    }
+
+    /// What booted.
+    pub fn boot_info(&self) -> BootInfo {
+        self.boot
+    }
+
+    /// Carries on from the journal after this boot.
+    pub fn resume(&mut self, now: UnixTime) -> Result<Next, UpdaterError> {
+        let actions = self.machine.handle(Event::Booted(self.boot));
+        let next = self.execute(actions, now)?;
+        self.write_status(now)?;
+        Ok(next)
+    }
+
+    /// Stages the newest verified release for this platform that is newer
+    /// than what runs (or exactly `version`, and then installs it at once).
+    pub fn offer(
+        &mut self,
+        now: UnixTime,
+        version: Option<&semver::Version>,
+    ) -> Result<Next, UpdaterError> {
+        if !self.machine.state().at_rest() {
+            return Ok(Next::Idle);
+        }
+        let running = self
+            .running_version(now)?
+            .unwrap_or(semver::Version::new(0, 0, 0));
+        let releases = self.verified_releases(now)?;
+        let pick = match version {
+            Some(v) => releases.into_iter().find(|m| m.manifest().version == *v),
+            None => releases
+                .into_iter()
+                .filter(|m| m.manifest().version > running)
+                .max_by(|a, b| a.manifest().version.cmp(&b.manifest().version)),
+        };
+        let Some(release) = pick else {
+            return Ok(Next::Idle);
+        };
+        let m = release.manifest();
+        let mut actions = self.machine.handle(Event::Staged {
+            release: release.id(),
+            version: m.version.clone(),
+            image_hash: m.image_hash,
+            running,
+            downgrade_allowed: false,
+        });
+        let allowed = self.config.install_when_staged || version.is_some();
+        actions.extend(self.machine.handle(Event::InstallAllowed(allowed)));
+        let next = self.execute(actions, now)?;
+        self.write_status(now)?;
+        Ok(next)
+    }
+
+    fn execute(&mut self, actions: Vec<Action>, now: UnixTime) -> Result<Next, UpdaterError> {
+        let mut queue = VecDeque::from(actions);
+        while let Some(action) = queue.pop_front() {
+            tracing::debug!(?action, "update action");
+            let event = match action {
+                Action::Journal(state) => {
+                    self.write_journal(&state, now)?;
+                    None
+                }
+                Action::Install(target) => {
+                    self.slots.remove(target.slot.to_string())?;
+                    Some(Event::InstallFinished(self.install(&target, now)))
+                }
+                Action::SetTrial(slot) => Some(Event::TrialSet(
+                    self.backend.set_trial(slot).map_err(|e| e.to_string()),
+                )),
+                Action::Reboot => return Ok(Next::Reboot),
+                Action::RunHealthCheck => Some(Event::HealthChecked(self.health_check(now))),
+                Action::Commit(slot) => {
+                    self.backend.commit(slot)?;
+                    if let Some(t) = self.machine.state().target() {
+                        self.slots
+                            .insert(slot.to_string(), t.version.to_string().as_bytes())?;
+                        self.store.flush()?;
+                    }
+                    None
+                }
+                Action::ClearTrial => {
+                    self.backend.clear_trial()?;
+                    None
+                }
+            };
+            if let Some(event) = event {
+                queue.extend(self.machine.handle(event));
+            }
+        }
+        Ok(Next::Idle)
+    }
+
+    fn write_journal(&mut self, state: &State, now: UnixTime) -> Result<(), UpdaterError> {
+        let bytes =
+            serde_json::to_vec(state).map_err(|e| UpdaterError::BadRecord(e.to_string()))?;
+        self.journal.insert(STATE_KEY, bytes)?;
+        self.store.flush()?;
+        tracing::info!(state = state.name(), "update state");
+        self.write_status(now)
+    }
+
+    /// The verified manifest of `release`, or why it no longer verifies.
+    fn manifest(&self, release: &ReleaseId, now: UnixTime) -> Result<VerifiedManifest, FailReason> {
+        let signed = self
+            .store
+            .manifest(release)
+            .map_err(|e| FailReason::Signature(e.to_string()))?
+            .ok_or_else(|| {
+                FailReason::Signature(format!("release {release} is not in the store"))
+            })?;
+        let verified = signed
+            .verify_release(&self.trust, now)
+            .map_err(|e| FailReason::Signature(e.to_string()))?;
+        verified
+            .check_platform(&self.platform)
+            .map_err(|e| FailReason::Signature(e.to_string()))?;
+        Ok(verified)
+    }
+
+    fn install(&self, target: &Target, now: UnixTime) -> Result<(), FailReason> {
+        let manifest = self.manifest(&target.release, now)?;
+        install(
+            self.store,
+            &manifest,
+            self.backend.as_ref(),
+            self.boot.booted,
+            target.slot,
+        )
+    }
+
+    fn health_check(&self, now: UnixTime) -> Result<(), String> {
+        let Some(target) = self.machine.state().target() else {
+            return Err("no target".into());
+        };
+        if self.boot.booted != target.slot {
+            return Err(format!(
+                "booted slot {}, expected {}",
+                self.boot.booted, target.slot
+            ));
+        }
+        let timeout = Duration::from_secs(self.config.health_timeout_secs);
+        match self.config.health {
+            HealthKind::Builtin => {
+                let m = self
+                    .manifest(&target.release, now)
+                    .map_err(|e| e.to_string())?;
+                let path = self.backend.slot_path(self.boot.booted);
+                let hash = hash_prefix(path, m.manifest().image_len).map_err(|e| e.to_string())?;
+                if hash == target.image_hash {
+                    Ok(())
+                } else {
+                    Err(format!("slot {} reads back as {hash}", target.slot))
+                }
+            }
+            HealthKind::Command => run_check(&self.config.health_command, &target.version, timeout),
+            HealthKind::External => wait_for_verdict(&self.run_dir.join(VERDICT_FILE), timeout),
+        }
+    }
+
+    fn verified_releases(&self, now: UnixTime) -> Result<Vec<VerifiedManifest>, UpdaterError> {
+        let mut out = Vec::new();
+        for info in self.store.releases()? {
+            let Ok(id) = info.release_id.parse::<ReleaseId>() else {
+                continue;
+            };
+            match self.manifest(&id, now) {
+                Ok(m) => out.push(m),
+                Err(e) => tracing::debug!(version = info.version, %e, "release not usable here"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The running release's version: recorded at commit, or found by
+    /// reading the booted slot back against the releases in the store.
+    pub fn running_version(&self, now: UnixTime) -> Result<Option<semver::Version>, UpdaterError> {
+        let booted = self.boot.booted;
+        if let Some(v) = self.slots.get(booted.to_string())? {
+            return Ok(semver::Version::parse(&String::from_utf8_lossy(&v)).ok());
+        }
+        let path = self.backend.slot_path(booted);
+        let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        for m in self.verified_releases(now)? {
+            let m = m.manifest();
+            if m.image_len <= len && hash_prefix(path, m.image_len).is_ok_and(|h| h == m.image_hash)
+            {
+                self.slots
+                    .insert(booted.to_string(), m.version.to_string().as_bytes())?;
+                self.store.flush()?;
+                return Ok(Some(m.version.clone()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The status as `fleetmesh-node status` shows it.
+    pub fn status(&self, now: UnixTime) -> Result<Status, UpdaterError> {
+        let state = self.machine.state();
+        let reason = match state {
+            State::RolledBack { reason, .. } | State::Failed { reason, .. } => {
+                Some(reason.to_string())
+            }
+            _ => None,
+        };
+        Ok(Status {
+            active_slot: self.boot.booted,
+            booted_version: self.running_version(now)?.map(|v| v.to_string()),
+            update: UpdateStatus {
+                state: state.name().into(),
+                target_version: state.target().map(|t| t.version.to_string()),
+                reason,
+            },
+        })
+    }
+
+    fn write_status(&self, now: UnixTime) -> Result<(), UpdaterError> {
+        let status = self.status(now)?;
+        let bytes = serde_json::to_vec_pretty(&status)
+            .map_err(|e| UpdaterError::BadRecord(e.to_string()))?;
+        Ok(fsutil::write_atomic(
+            &self.run_dir.join(STATUS_FILE),
+            &bytes,
+            0o644,
+        )?)
+    }
+}
+
+/// Runs the health command; exit 0 within `timeout` is healthy.
+fn run_check(argv: &[String], version: &semver::Version, timeout: Duration) -> Result<(), String> {
+    let (program, args) = argv.split_first().ok_or("no health command")?;
+    let mut child = Command::new(program)
+        .args(args)
+        .env("FLEETMESH_TARGET_VERSION", version.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{program}: {e}"))?;
+    let started = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => return Ok(()),
+            Ok(Some(status)) => return Err(format!("{program} exited with {status}")),
+            Ok(None) if started.elapsed() >= timeout => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "{program} did not finish within {} s",
+                    timeout.as_secs()
+                ));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(format!("{program}: {e}")),
+        }
+    }
+}
+
+/// Waits for `mark-good` / `mark-bad` to write the verdict file.
+fn wait_for_verdict(path: &Path, timeout: Duration) -> Result<(), String> {
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            let text = text.trim();
+            return match text.strip_prefix("bad") {
+                Some(reason) => Err(format!("marked bad{reason}")),
+                None if text == "good" => Ok(()),
+                None => Err(format!("unreadable verdict {text:?}")),
+            };
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(format!("not marked good within {} s", timeout.as_secs()))
+}
