@@ -203,7 +203,11 @@ impl<'s> Updater<'s> {
                 }
                 Action::Install(target) => {
                     self.slots.remove(target.slot.to_string())?;
-                    Some(Event::InstallFinished(self.install(&target, now)))
+                    let started = Instant::now();
+                    let result = self.install(&target, now);
+                    let secs = started.elapsed().as_secs_f64();
+                    tracing::info!(slot = %target.slot, version = %target.version, secs, ok = result.is_ok(), "install finished");
+                    Some(Event::InstallFinished(result))
                 }
                 Action::SetTrial(slot) => Some(Event::TrialSet(
                     self.backend.set_trial(slot).map_err(|e| e.to_string()),
