@@ -160,6 +160,14 @@ impl<'s> Updater<'s> {
         now: UnixTime,
         version: Option<&semver::Version>,
     ) -> Result<Next, UpdaterError> {
+        if let State::Staged(t) | State::WaitingForWindow(t) = self.machine.state() {
+            // Already staged: ask again whether it may install now.
+            let allowed = self.config.install_when_staged || version == Some(&t.version);
+            let actions = self.machine.handle(Event::InstallAllowed(allowed));
+            let next = self.execute(actions, now)?;
+            self.write_status(now)?;
+            return Ok(next);
+        }
         if !self.machine.state().at_rest() {
             return Ok(Next::Idle);
         }

@@ -258,3 +258,88 @@ fn sigkill_at_random_points_never_bricks() {
     eprintln!("crash injection: {kills} SIGKILLs over {scenarios} updates; outcomes {outcomes:?}");
     assert!(kills >= 50, "only {kills} kills landed");
 }
+
+fn node_cmd(args: &[&str], dir: &Path) -> std::process::Output {
+    Command::new(bin("fleetmesh-node"))
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
+        .output()
+        .expect("fleetmesh-node")
+}
+
+/// Boots until the node waits in the health check for an external verdict,
+/// gives it, and lets the update settle.
+fn settle_with_verdict(dir: &Path, verdict: &[&str]) {
+    assert_eq!(run_once(dir), 75, "install ends in a reboot");
+    let mut trial = Command::new(bin("fleetmesh-node"))
+        .args(["run", "--once", "--dir"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status(dir)["update"]["state"] != "health_check" {
+        assert!(Instant::now() < deadline, "never reached the health check");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(node_cmd(verdict, dir).status.success());
+    let code = trial.wait().expect("wait").code();
+    assert!(code == Some(0) || code == Some(75), "{code:?}");
+    settle(dir, 4);
+}
+
+#[test]
+fn external_verdicts_policy_hook_and_platform_are_obeyed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let release = publish(tmp.path(), 1 << 20);
+    let external = "health = \"external\"\nhealth_timeout_secs = 30";
+
+    let good = node(&release, &tmp.path().join("good"), external);
+    settle_with_verdict(&good, &["mark-good"]);
+    assert_eq!(status(&good)["update"]["state"], "committed");
+
+    let bad = node(&release, &tmp.path().join("bad"), external);
+    settle_with_verdict(&bad, &["mark-bad", "--reason", "sensor offline"]);
+    let s = status(&bad);
+    assert_eq!(s["update"]["state"], "rolled_back", "{s}");
+    assert!(
+        s["update"]["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("sensor offline"),
+        "{s}"
+    );
+
+    // Not allowed to install yet: it waits, until an operator forces it.
+    let held = node(
+        &release,
+        &tmp.path().join("held"),
+        "install_when_staged = false",
+    );
+    assert_eq!(run_once(&held), 0);
+    assert_eq!(status(&held)["update"]["state"], "waiting_for_window");
+    assert!(node_cmd(&["install", "--version", "2.0.0"], &held)
+        .status
+        .success());
+    settle(&held, 6);
+    assert_eq!(status(&held)["update"]["state"], "committed");
+
+    // A node of another platform never stages these releases.
+    let other = node(&release, &tmp.path().join("other"), "");
+    let config = fs::read_to_string(other.join("node.toml")).expect("config");
+    fs::write(
+        other.join("node.toml"),
+        config.replace("\"generic\"", "\"arm64-board\""),
+    )
+    .expect("config");
+    assert_eq!(run_once(&other), 0);
+    let s = status(&other);
+    assert_eq!(s["update"]["state"], "idle", "{s}");
+    assert_eq!(
+        fs::metadata(other.join("slot-b")).ok().map(|m| m.len()),
+        None,
+        "slot B untouched"
+    );
+}
