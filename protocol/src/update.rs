@@ -428,13 +428,14 @@ impl Machine {
                 let slot = target.slot;
                 self.go(State::Installed(target), &[Action::SetTrial(slot)])
             }
-            Err(reason @ FailReason::InsufficientStorage(_)) => self.go(
-                State::Failed {
-                    target: Some(target),
-                    reason,
-                },
-                &[],
-            ),
+            Err(reason @ (FailReason::InsufficientStorage(_) | FailReason::Signature(_))) => self
+                .go(
+                    State::Failed {
+                        target: Some(target),
+                        reason,
+                    },
+                    &[],
+                ),
             Err(reason) if attempt >= MAX_ATTEMPTS => self.go(
                 State::Failed {
                     target: Some(target),

@@ -513,3 +513,25 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_release_that_no_longer_verifies_fails_without_retries() {
+    let mut m = Machine::new(State::Installing {
+        target: target(),
+        attempt: 1,
+    });
+    m.booted = Some(Slot::A);
+    let a = m.handle(Event::InstallFinished(Err(FailReason::Signature(
+        "manifest expired".into(),
+    ))));
+    assert!(
+        matches!(
+            &a[..],
+            [Action::Journal(State::Failed {
+                reason: FailReason::Signature(_),
+                ..
+            })]
+        ),
+        "{a:?}"
+    );
+}
