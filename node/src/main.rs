@@ -4,14 +4,14 @@
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use fleetmesh_node::config::{BackendKind, NodeConfig, SlotsConfig};
-use fleetmesh_node::fsutil;
 use fleetmesh_node::slots::{
     file::FileBackend, grub::GrubBackend, uboot::UbootBackend, SlotBackend,
 };
 use fleetmesh_node::updater::{Next, Status, Updater, STATUS_FILE, VERDICT_FILE};
 use fleetmesh_node::ChunkStore;
+use fleetmesh_node::{cli, fsutil};
 use fleetmesh_protocol::keys::{PublicKey, Root};
-use fleetmesh_protocol::{codec, RoleKeys, TrustChain, TrustState, UnixTime};
+use fleetmesh_protocol::{codec, RoleKeys, TrustChain, TrustState};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -54,7 +54,7 @@ enum Cmd {
         #[arg(long)]
         dir: PathBuf,
         /// The release's version.
-        #[arg(long, value_name = "X.Y.Z", value_parser = parse_version)]
+        #[arg(long, value_name = "X.Y.Z", value_parser = cli::parse_version)]
         version: semver::Version,
     },
     /// Report the trial boot healthy (for `update.health = "external"`).
@@ -74,48 +74,19 @@ enum Cmd {
     },
 }
 
-fn parse_version(s: &str) -> Result<semver::Version, String> {
-    semver::Version::parse(s).map_err(|e| format!("not a semantic version X.Y.Z: {e}"))
-}
-
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            let rendered = e.render().to_string();
-            eprintln!(
-                "{}",
-                rendered.lines().next().unwrap_or("error: bad arguments")
-            );
-            return ExitCode::from(2);
-        }
+    let args: Cli = match cli::parse_args() {
+        Ok(args) => args,
+        Err(code) => return code,
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FLEETMESH_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
-    match run(cli.command) {
+    cli::init_logging();
+    match run(args.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", cli::error_line(e.as_ref()));
             ExitCode::FAILURE
         }
     }
-}
-
-fn now() -> UnixTime {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    UnixTime(secs)
 }
 
 fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
@@ -202,15 +173,15 @@ fn boot(dir: &Path) -> anyhow::Result<Next> {
         config.update.clone(),
         run.clone(),
     )?;
-    if updater.resume(now())? == Next::Reboot {
+    if updater.resume(cli::unix_now())? == Next::Reboot {
         return Ok(Next::Reboot);
     }
     let request = run.join(INSTALL_REQUEST);
     let forced = match std::fs::read_to_string(&request) {
-        Ok(text) => Some(parse_version(text.trim()).map_err(anyhow::Error::msg)?),
+        Ok(text) => Some(cli::parse_version(text.trim()).map_err(anyhow::Error::msg)?),
         Err(_) => None,
     };
-    let next = updater.offer(now(), forced.as_ref())?;
+    let next = updater.offer(cli::unix_now(), forced.as_ref())?;
     if forced.is_some() {
         std::fs::remove_file(&request).with_context(|| format!("remove {}", request.display()))?;
     }

@@ -3,7 +3,7 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use fleetmesh_protocol::UnixTime;
+use fleetmesh_node::cli;
 use fleetmesh_seed::layout::Seed;
 use fleetmesh_seed::publish::{publish, PublishRequest};
 use fleetmesh_seed::{init, verify};
@@ -41,7 +41,7 @@ enum Command {
         #[arg(long)]
         image: PathBuf,
         /// Release version (semver), greater than the newest in the channel.
-        #[arg(long, value_name = "X.Y.Z", value_parser = parse_version)]
+        #[arg(long, value_name = "X.Y.Z", value_parser = cli::parse_version)]
         version: semver::Version,
         /// Release channel [default: the config's default_channel].
         #[arg(long)]
@@ -66,60 +66,30 @@ enum Command {
         #[arg(long)]
         dir: PathBuf,
         /// Only this release.
-        #[arg(long, value_name = "X.Y.Z", value_parser = parse_version)]
+        #[arg(long, value_name = "X.Y.Z", value_parser = cli::parse_version)]
         version: Option<semver::Version>,
     },
 }
 
-fn parse_version(s: &str) -> Result<semver::Version, String> {
-    semver::Version::parse(s).map_err(|e| format!("not a semantic version X.Y.Z: {e}"))
-}
-
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            // clap's first line names the argument and the problem.
-            let rendered = e.render().to_string();
-            eprintln!(
-                "{}",
-                rendered.lines().next().unwrap_or("error: bad arguments")
-            );
-            return ExitCode::from(2);
-        }
+    let args: Cli = match cli::parse_args() {
+        Ok(args) => args,
+        Err(code) => return code,
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FLEETMESH_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
-    match run(cli.command) {
+    cli::init_logging();
+    match run(args.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", cli::error_line(e.as_ref()));
             ExitCode::FAILURE
         }
     }
 }
 
-fn now() -> UnixTime {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    UnixTime(secs)
-}
-
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Init { dir, force } => {
-            let root = init::init(&dir, force, now(), &mut rand_core::OsRng)?;
+            let root = init::init(&dir, force, cli::unix_now(), &mut rand_core::OsRng)?;
             println!("{root}");
             eprintln!(
                 "initialised seed in {}; provision nodes with the root public key above",
@@ -142,7 +112,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             };
             let len = std::fs::metadata(&req.image).map_or(0, |m| m.len());
             let bar = progress_bar(len);
-            let info = publish(&seed, &req, now(), &|done| bar.set_position(done))?;
+            let info = publish(&seed, &req, cli::unix_now(), &|done| bar.set_position(done))?;
             bar.finish_and_clear();
             println!("{}", serde_json::to_string(&info)?);
         }
@@ -161,7 +131,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Verify { dir, version } => {
-            let checks = verify::verify(&Seed::open(&dir)?, version.as_ref(), now())?;
+            let checks = verify::verify(&Seed::open(&dir)?, version.as_ref(), cli::unix_now())?;
             return Ok(print_checks(&checks));
         }
     }

@@ -6,30 +6,30 @@
 //! ([`BootState::boot`]) and persists it, as a bootloader decrementing its try
 //! counter would.
 
-use super::{SlotBackend, SlotError};
+use super::{Backend, BootEnv, SlotError};
 use crate::fsutil::{self, Context};
-use fleetmesh_protocol::update::{BootInfo, BootState, Slot, Trial};
-use std::path::{Path, PathBuf};
+use fleetmesh_protocol::update::{BootInfo, BootState, Slot};
+use std::path::PathBuf;
 
-/// Slots as files, boot state as a file.
+/// The boot state as a file.
 #[derive(Debug)]
-pub struct FileBackend {
-    slots: [PathBuf; 2],
+pub struct FileEnv {
     state: PathBuf,
 }
 
-impl FileBackend {
-    /// Slot A and B at these paths; the boot state at `state` (created with
-    /// slot A as the default if absent).
-    pub fn new(slot_a: PathBuf, slot_b: PathBuf, state: PathBuf) -> Self {
-        FileBackend {
-            slots: [slot_a, slot_b],
-            state,
-        }
-    }
+/// Slots as files, boot state as a file.
+pub type FileBackend = Backend<FileEnv>;
 
-    /// The persisted boot state.
-    pub fn load(&self) -> Result<BootState, SlotError> {
+impl FileBackend {
+    /// Slot A and B at these paths; the boot state at `state` (slot A is the
+    /// default while it does not exist).
+    pub fn new(slot_a: PathBuf, slot_b: PathBuf, state: PathBuf) -> Self {
+        Backend::with_env(slot_a, slot_b, FileEnv { state })
+    }
+}
+
+impl BootEnv for FileEnv {
+    fn load(&self) -> Result<BootState, SlotError> {
         match std::fs::read(&self.state) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BootState {
                 default: Slot::A,
@@ -53,15 +53,8 @@ impl FileBackend {
         Ok(fsutil::write_atomic(&self.state, &bytes, 0o644)?)
     }
 
-    fn update(&self, change: impl FnOnce(&mut BootState)) -> Result<(), SlotError> {
-        let mut state = self.load()?;
-        change(&mut state);
-        self.store(&state)
-    }
-}
-
-impl SlotBackend for FileBackend {
-    fn boot(&mut self) -> Result<BootInfo, SlotError> {
+    /// The simulated bootloader: decide, persist the counted-down trial.
+    fn booted(&mut self) -> Result<BootInfo, SlotError> {
         let mut state = self.load()?;
         let booted = state.boot();
         self.store(&state)?;
@@ -70,43 +63,15 @@ impl SlotBackend for FileBackend {
             trial: state.trial,
         })
     }
-
-    fn set_trial(&mut self, slot: Slot) -> Result<(), SlotError> {
-        self.update(|s| {
-            s.trial = Some(Trial {
-                slot,
-                tries_left: 1,
-            })
-        })
-    }
-
-    fn commit(&mut self, slot: Slot) -> Result<(), SlotError> {
-        self.update(|s| {
-            *s = BootState {
-                default: slot,
-                trial: None,
-            }
-        })
-    }
-
-    fn clear_trial(&mut self) -> Result<(), SlotError> {
-        self.update(|s| s.trial = None)
-    }
-
-    fn slot_path(&self, slot: Slot) -> &Path {
-        match slot {
-            Slot::A => &self.slots[0],
-            Slot::B => &self.slots[1],
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::slots::open_for_write;
+    use crate::slots::{open_for_write, SlotBackend};
+    use fleetmesh_protocol::update::Trial;
 
-    fn backend(dir: &Path) -> FileBackend {
+    fn backend(dir: &std::path::Path) -> FileBackend {
         FileBackend::new(
             dir.join("slot-a"),
             dir.join("slot-b"),

@@ -13,34 +13,39 @@
 //! command line (`fleetmesh.slot=a`), which the snippet sets.
 
 use super::env_tool::{parse_vars, run};
-use super::{parse_slot, slot_from_cmdline, SlotBackend, SlotError};
+use super::{parse_slot, slot_from_cmdline, Backend, BootEnv, SlotError};
 use fleetmesh_protocol::update::{BootInfo, BootState, Slot, Trial};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
-/// Slots on block devices (or files), boot selection in a grubenv file.
+/// The grubenv file and the kernel command line.
 #[derive(Debug)]
-pub struct GrubBackend {
-    slots: [PathBuf; 2],
+pub struct GrubEnv {
     env: PathBuf,
     cmdline: PathBuf,
-    tool: PathBuf,
 }
+
+/// Slots on block devices (or files), boot selection in a grubenv file.
+pub type GrubBackend = Backend<GrubEnv>;
 
 impl GrubBackend {
     /// `env` is the grubenv file (usually /boot/grub/grubenv); `cmdline` the
     /// kernel command line (usually /proc/cmdline).
     pub fn new(slot_a: PathBuf, slot_b: PathBuf, env: PathBuf, cmdline: PathBuf) -> Self {
-        GrubBackend {
-            slots: [slot_a, slot_b],
-            env,
-            cmdline,
-            tool: "grub-editenv".into(),
-        }
+        Backend::with_env(slot_a, slot_b, GrubEnv { env, cmdline })
     }
+}
 
-    /// The boot state the variables describe.
-    pub fn load(&self) -> Result<BootState, SlotError> {
+impl GrubEnv {
+    fn cmd(&self, verb: &str, args: &[String]) -> Command {
+        let mut cmd = Command::new("grub-editenv");
+        cmd.arg(&self.env).arg(verb).args(args);
+        cmd
+    }
+}
+
+impl BootEnv for GrubEnv {
+    fn load(&self) -> Result<BootState, SlotError> {
         let vars = parse_vars(&run(self.cmd("list", &[]))?);
         let slot = |name: &str| vars.get(name).and_then(|v| parse_slot(v));
         let tries = vars
@@ -56,8 +61,8 @@ impl GrubBackend {
         })
     }
 
-    /// Writes a whole boot state in one `grub-editenv set` call.
-    pub fn store(&self, state: &BootState) -> Result<(), SlotError> {
+    /// One `grub-editenv set` call.
+    fn store(&self, state: &BootState) -> Result<(), SlotError> {
         let trial = state.trial.map_or(String::new(), |t| t.slot.to_string());
         let tries = state.trial.map_or(0, |t| t.tries_left);
         let vars = [
@@ -71,64 +76,25 @@ impl GrubBackend {
         run(self.cmd("set", &vars)).map(drop)
     }
 
-    fn cmd(&self, verb: &str, args: &[String]) -> Command {
-        let mut cmd = Command::new(&self.tool);
-        cmd.arg(&self.env).arg(verb).args(args);
-        cmd
-    }
-
-    fn update(&self, change: impl FnOnce(&mut BootState)) -> Result<(), SlotError> {
-        let mut state = self.load()?;
-        change(&mut state);
-        self.store(&state)
-    }
-}
-
-impl SlotBackend for GrubBackend {
-    fn boot(&mut self) -> Result<BootInfo, SlotError> {
+    fn booted(&mut self) -> Result<BootInfo, SlotError> {
         let booted = slot_from_cmdline(&self.cmdline)?;
         Ok(BootInfo {
             booted,
             trial: self.load()?.trial,
         })
     }
-
-    fn set_trial(&mut self, slot: Slot) -> Result<(), SlotError> {
-        self.update(|s| {
-            s.trial = Some(Trial {
-                slot,
-                tries_left: 1,
-            })
-        })
-    }
-
-    fn commit(&mut self, slot: Slot) -> Result<(), SlotError> {
-        self.store(&BootState {
-            default: slot,
-            trial: None,
-        })
-    }
-
-    fn clear_trial(&mut self) -> Result<(), SlotError> {
-        self.update(|s| s.trial = None)
-    }
-
-    fn slot_path(&self, slot: Slot) -> &Path {
-        match slot {
-            Slot::A => &self.slots[0],
-            Slot::B => &self.slots[1],
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::slots::{BootEnv, SlotBackend};
 
     /// What the grub.cfg snippet does at power-on, on the real grubenv file:
     /// pick the slot, count the trial down with save_env, pass the slot on
     /// the kernel command line.
     fn grub_boots(b: &GrubBackend) {
+        let b = b.env();
         let mut state = b.load().expect("grub reads its env");
         let slot = state.boot();
         b.store(&state).expect("save_env");
@@ -193,7 +159,7 @@ mod tests {
             }
         );
         b.clear_trial().expect("clear is idempotent");
-        assert_eq!(b.load().expect("load").default, Slot::B);
+        assert_eq!(b.env().load().expect("load").default, Slot::B);
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub mod grub;
 pub mod uboot;
 
 use crate::fsutil::{Context, IoError};
-use fleetmesh_protocol::update::{BootInfo, Slot};
+use fleetmesh_protocol::update::{BootInfo, BootState, Slot, Trial};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -67,6 +67,79 @@ pub trait SlotBackend: Send {
     fn clear_trial(&mut self) -> Result<(), SlotError>;
     /// The file or block device holding `slot`.
     fn slot_path(&self, slot: Slot) -> &Path;
+}
+
+/// Where a backend keeps the bootloader's state, and how it learns what booted.
+pub trait BootEnv: Send {
+    /// The boot state as stored.
+    fn load(&self) -> Result<BootState, SlotError>;
+    /// Replaces the boot state in one write.
+    fn store(&self, state: &BootState) -> Result<(), SlotError>;
+    /// At process start: what booted, and the trial as the bootloader left it.
+    fn booted(&mut self) -> Result<BootInfo, SlotError>;
+}
+
+/// Two slots and a boot environment: every backend is one of these.
+#[derive(Debug)]
+pub struct Backend<E> {
+    slots: [PathBuf; 2],
+    env: E,
+}
+
+impl<E> Backend<E> {
+    /// Slot A and B at these paths, boot selection in `env`.
+    pub fn with_env(slot_a: PathBuf, slot_b: PathBuf, env: E) -> Self {
+        Backend {
+            slots: [slot_a, slot_b],
+            env,
+        }
+    }
+
+    /// The boot environment.
+    pub fn env(&self) -> &E {
+        &self.env
+    }
+}
+
+impl<E: BootEnv> Backend<E> {
+    fn update(&self, change: impl FnOnce(&mut BootState)) -> Result<(), SlotError> {
+        let mut state = self.env.load()?;
+        change(&mut state);
+        self.env.store(&state)
+    }
+}
+
+impl<E: BootEnv> SlotBackend for Backend<E> {
+    fn boot(&mut self) -> Result<BootInfo, SlotError> {
+        self.env.booted()
+    }
+
+    fn set_trial(&mut self, slot: Slot) -> Result<(), SlotError> {
+        self.update(|s| {
+            s.trial = Some(Trial {
+                slot,
+                tries_left: 1,
+            })
+        })
+    }
+
+    fn commit(&mut self, slot: Slot) -> Result<(), SlotError> {
+        self.env.store(&BootState {
+            default: slot,
+            trial: None,
+        })
+    }
+
+    fn clear_trial(&mut self) -> Result<(), SlotError> {
+        self.update(|s| s.trial = None)
+    }
+
+    fn slot_path(&self, slot: Slot) -> &Path {
+        match slot {
+            Slot::A => &self.slots[0],
+            Slot::B => &self.slots[1],
+        }
+    }
 }
 
 /// Opens `slot` for writing, refusing the running slot, also when the two

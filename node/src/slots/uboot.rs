@@ -14,31 +14,31 @@
 //! the environment (atomic with a redundant environment).
 
 use super::env_tool::{parse_vars, run};
-use super::{parse_slot, slot_from_cmdline, SlotBackend, SlotError};
+use super::{parse_slot, slot_from_cmdline, Backend, BootEnv, SlotError};
 use fleetmesh_protocol::update::{BootInfo, BootState, Slot, Trial};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-/// Slots on block devices (or files), boot selection in the U-Boot environment.
+/// The libubootenv configuration and the kernel command line.
 #[derive(Debug)]
-pub struct UbootBackend {
-    slots: [PathBuf; 2],
+pub struct UbootEnv {
     config: PathBuf,
     cmdline: PathBuf,
 }
+
+/// Slots on block devices (or files), boot selection in the U-Boot environment.
+pub type UbootBackend = Backend<UbootEnv>;
 
 impl UbootBackend {
     /// `config` is the libubootenv configuration (fw_env.config) naming the
     /// environment's device or file; `cmdline` the kernel command line.
     pub fn new(slot_a: PathBuf, slot_b: PathBuf, config: PathBuf, cmdline: PathBuf) -> Self {
-        UbootBackend {
-            slots: [slot_a, slot_b],
-            config,
-            cmdline,
-        }
+        Backend::with_env(slot_a, slot_b, UbootEnv { config, cmdline })
     }
+}
 
+impl UbootEnv {
     /// The environment's variables.
     pub fn vars(&self) -> Result<std::collections::BTreeMap<String, String>, SlotError> {
         let mut cmd = Command::new("fw_printenv");
@@ -86,9 +86,11 @@ impl UbootBackend {
         }
         Ok(())
     }
+}
 
+impl BootEnv for UbootEnv {
     /// The boot state the variables describe.
-    pub fn load(&self) -> Result<BootState, SlotError> {
+    fn load(&self) -> Result<BootState, SlotError> {
         let vars = self.vars()?;
         let num = |name: &str| {
             vars.get(name)
@@ -115,7 +117,7 @@ impl UbootBackend {
     }
 
     /// Writes a whole boot state in one `fw_setenv -s` call.
-    pub fn store(&self, state: &BootState) -> Result<(), SlotError> {
+    fn store(&self, state: &BootState) -> Result<(), SlotError> {
         let vars = match state.trial {
             Some(t) => [
                 ("fm_slot", t.slot.to_string()),
@@ -135,57 +137,25 @@ impl UbootBackend {
         self.set_vars(&vars)
     }
 
-    fn update(&self, change: impl FnOnce(&mut BootState)) -> Result<(), SlotError> {
-        let mut state = self.load()?;
-        change(&mut state);
-        self.store(&state)
-    }
-}
-
-impl SlotBackend for UbootBackend {
-    fn boot(&mut self) -> Result<BootInfo, SlotError> {
+    fn booted(&mut self) -> Result<BootInfo, SlotError> {
         let booted = slot_from_cmdline(&self.cmdline)?;
         Ok(BootInfo {
             booted,
             trial: self.load()?.trial,
         })
     }
-
-    fn set_trial(&mut self, slot: Slot) -> Result<(), SlotError> {
-        self.update(|s| {
-            s.trial = Some(Trial {
-                slot,
-                tries_left: 1,
-            })
-        })
-    }
-
-    fn commit(&mut self, slot: Slot) -> Result<(), SlotError> {
-        self.store(&BootState {
-            default: slot,
-            trial: None,
-        })
-    }
-
-    fn clear_trial(&mut self) -> Result<(), SlotError> {
-        self.update(|s| s.trial = None)
-    }
-
-    fn slot_path(&self, slot: Slot) -> &Path {
-        match slot {
-            Slot::A => &self.slots[0],
-            Slot::B => &self.slots[1],
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::slots::SlotBackend;
+    use std::path::Path;
 
     /// U-Boot at power-on, on the real environment: count the boot while an
     /// upgrade is available, run altbootcmd past the limit.
     fn uboot_boots(b: &UbootBackend) {
+        let b = b.env();
         let vars = b.vars().expect("env");
         let get = |k: &str| vars.get(k).cloned().unwrap_or_default();
         let mut slot = get("fm_slot");
@@ -242,7 +212,7 @@ mod tests {
         );
 
         b.set_trial(Slot::B).expect("trial");
-        let vars = b.vars().expect("vars");
+        let vars = b.env().vars().expect("vars");
         assert_eq!(vars.get("upgrade_available").map(String::as_str), Some("1"));
         assert_eq!(vars.get("fm_fallback").map(String::as_str), Some("a"));
         uboot_boots(&b);
@@ -278,7 +248,7 @@ mod tests {
             }
         );
         assert_eq!(
-            b.vars().expect("vars").get("bootcount").map(String::as_str),
+            b.env().vars().expect("vars").get("bootcount").map(String::as_str),
             Some("0")
         );
     }
