@@ -91,14 +91,10 @@ fn main() -> ExitCode {
 
 fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        Cmd::Run { dir, once } => loop {
-            let next = boot(&dir)?;
-            match (next, once) {
-                (Next::Reboot, true) => return Ok(ExitCode::from(EXIT_REBOOT)),
-                (Next::Idle, true) => return Ok(ExitCode::SUCCESS),
-                (Next::Reboot, false) => reboot(&dir)?,
-                (Next::Idle, false) => std::thread::sleep(Duration::from_secs(5)),
-            }
+        Cmd::Run { dir, once } => match (boot(&dir, once)?, once) {
+            (Next::Reboot, true) => return Ok(ExitCode::from(EXIT_REBOOT)),
+            (Next::Reboot, false) => reboot(&dir)?,
+            (Next::Idle, _) => {}
         },
         Cmd::Status { dir, json } => {
             let path = dir.join("run").join(STATUS_FILE);
@@ -158,8 +154,10 @@ fn run_dir(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(run)
 }
 
-/// One boot's worth of work: resume the journal, then take any new release.
-fn boot(dir: &Path) -> anyhow::Result<Next> {
+/// One boot: resume the journal, then offer new releases (once, or every
+/// few seconds until a reboot is due). The store and the backend live for
+/// the whole boot, so the bootloader's decision is taken exactly once.
+fn boot(dir: &Path, once: bool) -> anyhow::Result<Next> {
     let config = NodeConfig::load(dir)?;
     let trust = load_trust(dir)?;
     let store = ChunkStore::open(&dir.join("store"))?;
@@ -176,16 +174,22 @@ fn boot(dir: &Path) -> anyhow::Result<Next> {
     if updater.resume(cli::unix_now())? == Next::Reboot {
         return Ok(Next::Reboot);
     }
-    let request = run.join(INSTALL_REQUEST);
-    let forced = match std::fs::read_to_string(&request) {
-        Ok(text) => Some(cli::parse_version(text.trim()).map_err(anyhow::Error::msg)?),
-        Err(_) => None,
-    };
-    let next = updater.offer(cli::unix_now(), forced.as_ref())?;
-    if forced.is_some() {
-        std::fs::remove_file(&request).with_context(|| format!("remove {}", request.display()))?;
+    loop {
+        let request = run.join(INSTALL_REQUEST);
+        let forced = match std::fs::read_to_string(&request) {
+            Ok(text) => Some(cli::parse_version(text.trim()).map_err(anyhow::Error::msg)?),
+            Err(_) => None,
+        };
+        let next = updater.offer(cli::unix_now(), forced.as_ref())?;
+        if forced.is_some() {
+            std::fs::remove_file(&request)
+                .with_context(|| format!("remove {}", request.display()))?;
+        }
+        if next == Next::Reboot || once {
+            return Ok(next);
+        }
+        std::thread::sleep(Duration::from_secs(5));
     }
-    Ok(next)
 }
 
 fn load_trust(dir: &Path) -> anyhow::Result<TrustState> {

@@ -248,7 +248,11 @@ mod tests {
             }
         );
         assert_eq!(
-            b.env().vars().expect("vars").get("bootcount").map(String::as_str),
+            b.env()
+                .vars()
+                .expect("vars")
+                .get("bootcount")
+                .map(String::as_str),
             Some("0")
         );
     }
