@@ -1,0 +1,76 @@
+//! `fleetmesh-node` as an operator meets it: bad input gets one line naming
+//! the problem and a non-zero exit. (The update flows, which need a seed,
+//! are in testnet/tests/update.rs.)
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn node(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fleetmesh-node"))
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
+        .output()
+        .expect("run fleetmesh-node")
+}
+
+fn one_line_error(out: &Output) -> String {
+    assert!(!out.status.success(), "unexpected success");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+    err
+}
+
+#[test]
+fn bad_config_is_one_line_naming_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases = [
+        ("platform = \"generic\"\n[slots]\nbackend = \"floppy\"\nslot_a = \"a\"\nslot_b = \"b\"\n", "line 3"),
+        ("platform = \"generic\"\n[slots]\nbackend = \"file\"\nslot_a = \"a\"\nslot_b = \"b\"\n[update]\nhealth = \"command\"\n", "update.health_command must be set"),
+        ("platform = \"Generic Board\"\n[slots]\nbackend = \"file\"\nslot_a = \"a\"\nslot_b = \"b\"\n", "platform \"Generic Board\""),
+        ("platform = \"generic\"\n[slot]\n", "unknown field `slot`"),
+    ];
+    for (text, expect) in cases {
+        fs::write(dir.path().join("node.toml"), text).expect("write config");
+        let err = one_line_error(&node(&["run", "--once"], dir.path()));
+        assert!(
+            err.contains("node.toml") && err.contains(expect),
+            "{expect}: {err}"
+        );
+    }
+}
+
+#[test]
+fn missing_provisioning_and_status_before_run_are_explained() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(
+        dir.path().join("node.toml"),
+        "platform = \"generic\"\n[slots]\nbackend = \"file\"\nslot_a = \"a\"\nslot_b = \"b\"\n",
+    )
+    .expect("write config");
+    let err = one_line_error(&node(&["run", "--once"], dir.path()));
+    assert!(err.contains("root.pub"), "{err}");
+    let err = one_line_error(&node(&["status"], dir.path()));
+    assert!(err.contains("has `fleetmesh-node run` started?"), "{err}");
+    let out = node(&["install", "--version", "1.0"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(one_line_error(&out).contains("not a semantic version"));
+}
+
+#[test]
+fn verdicts_are_written_for_the_running_node() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    assert!(
+        node(&["mark-bad", "--reason", "disk smart errors"], dir.path())
+            .status
+            .success()
+    );
+    let verdict = fs::read_to_string(dir.path().join("run/health.verdict")).expect("verdict");
+    assert_eq!(verdict, "bad: disk smart errors\n");
+    assert!(node(&["mark-good"], dir.path()).status.success());
+    assert_eq!(
+        fs::read_to_string(dir.path().join("run/health.verdict")).expect("verdict"),
+        "good\n"
+    );
+}
