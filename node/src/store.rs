@@ -111,6 +111,7 @@ impl ChunkStore {
         }
         fsutil::write_atomic(&dirty, b"open\n", 0o644)?;
         let db_path = dir.join("meta");
+        remove_torn_snapshots(&db_path)?;
         let db = sled::open(&db_path).map_err(|e| match e {
             sled::Error::Io(source) => StoreError::Io(IoError {
                 op: "open database (is another fleetmesh process using it?)",
@@ -298,6 +299,29 @@ impl Drop for ChunkStore {
 }
 
 const TEMP_SUFFIX: &str = ".tmp";
+
+/// sled 0.34 writes a snapshot to `snap.N.generating` and renames it when
+/// complete; a process killed in between leaves the partial file, and the
+/// next open fails with "Read corrupted data" (spacejam/sled#1527; our
+/// SIGKILL test hit it). Such a file is by definition incomplete, and sled
+/// recovers from the previous snapshot and its log without it.
+fn remove_torn_snapshots(db: &Path) -> Result<(), StoreError> {
+    let Ok(entries) = fs::read_dir(db) else {
+        return Ok(());
+    };
+    for entry in entries {
+        let path = entry.ctx("list", db)?.path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            tracing::warn!(path = %path.display(), "removing an interrupted sled snapshot");
+            fs::remove_file(&path).ctx("remove interrupted snapshot", &path)?;
+        }
+    }
+    Ok(())
+}
 
 fn remove_temp_files(shard: &Path) -> Result<(), StoreError> {
     for entry in fs::read_dir(shard).ctx("list", shard)? {

@@ -211,11 +211,12 @@ fn sigkill_at_random_points_never_bricks() {
             "health = \"command\"\nhealth_command = [\"sleep\", \"0.2\"]",
         );
         for _ in 0..12 {
+            let log = tmp.path().join("node.log");
             let mut child = Command::new(bin("fleetmesh-node"))
                 .args(["run", "--once", "--dir"])
                 .arg(&dir)
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(fs::File::create(&log).expect("log"))
                 .spawn()
                 .expect("spawn node");
             std::thread::sleep(Duration::from_millis(next() % 400));
@@ -231,7 +232,8 @@ fn sigkill_at_random_points_never_bricks() {
             }
             assert!(
                 done.is_none() || status.code() == Some(75),
-                "node failed: {status}"
+                "node failed: {status}: {}",
+                fs::read_to_string(&log).unwrap_or_default()
             );
         }
         settle(&dir, 8);

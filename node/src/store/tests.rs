@@ -145,3 +145,36 @@ fn releases_and_counters_persist_across_reopen_and_stale_temps_go() {
         "clean close clears the marker"
     );
 }
+
+/// sled 0.34 writes snapshots to `snap.N.generating` and renames them when
+/// done; a kill in between leaves a file that makes the next open fail with
+/// "Read corrupted data" (spacejam/sled#1527, seen in our SIGKILL test).
+#[test]
+fn an_interrupted_sled_snapshot_does_not_stop_the_store_opening() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = ChunkStore::open(dir.path()).expect("open");
+        store
+            .tree("journal")
+            .expect("tree")
+            .insert("state", "rebooting")
+            .expect("insert");
+        store.flush().expect("flush");
+    }
+    fs::write(
+        dir.path().join("meta/snap.00000000FFFFFFFF.generating"),
+        b"",
+    )
+    .expect("torn snapshot");
+    let store = ChunkStore::open(dir.path()).expect("reopens");
+    let state = store
+        .tree("journal")
+        .expect("tree")
+        .get("state")
+        .expect("get");
+    assert_eq!(state.as_deref(), Some(&b"rebooting"[..]));
+    assert!(!dir
+        .path()
+        .join("meta/snap.00000000FFFFFFFF.generating")
+        .exists());
+}
