@@ -13,7 +13,7 @@
 //! command line (`fleetmesh.slot=a`), which the snippet sets.
 
 use super::env_tool::{parse_vars, run};
-use super::{parse_slot, slot_from_cmdline, Backend, BootEnv, SlotError};
+use super::{booted_from_cmdline, parse_slot, Backend, BootEnv, SlotError};
 use fleetmesh_protocol::update::{BootInfo, BootState, Slot, Trial};
 use std::path::PathBuf;
 use std::process::Command;
@@ -77,11 +77,7 @@ impl BootEnv for GrubEnv {
     }
 
     fn booted(&mut self) -> Result<BootInfo, SlotError> {
-        let booted = slot_from_cmdline(&self.cmdline)?;
-        Ok(BootInfo {
-            booted,
-            trial: self.load()?.trial,
-        })
+        booted_from_cmdline(self, &self.cmdline)
     }
 }
 

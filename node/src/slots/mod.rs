@@ -181,6 +181,16 @@ pub fn parse_slot(s: &str) -> Option<Slot> {
     }
 }
 
+/// What booted, for bootloaders that name the slot on the kernel command
+/// line: the slot from `cmdline`, the trial as `env` holds it.
+pub fn booted_from_cmdline(env: &impl BootEnv, cmdline: &Path) -> Result<BootInfo, SlotError> {
+    let booted = slot_from_cmdline(cmdline)?;
+    Ok(BootInfo {
+        booted,
+        trial: env.load()?.trial,
+    })
+}
+
 /// Reads the booted slot from a kernel command line (`fleetmesh.slot=a`).
 pub fn slot_from_cmdline(path: &Path) -> Result<Slot, SlotError> {
     let text = std::fs::read_to_string(path).ctx("read", path)?;

@@ -14,7 +14,7 @@
 //! the environment (atomic with a redundant environment).
 
 use super::env_tool::{parse_vars, run};
-use super::{parse_slot, slot_from_cmdline, Backend, BootEnv, SlotError};
+use super::{booted_from_cmdline, parse_slot, Backend, BootEnv, SlotError};
 use fleetmesh_protocol::update::{BootInfo, BootState, Slot, Trial};
 use std::io::Write;
 use std::path::PathBuf;
@@ -138,11 +138,7 @@ impl BootEnv for UbootEnv {
     }
 
     fn booted(&mut self) -> Result<BootInfo, SlotError> {
-        let booted = slot_from_cmdline(&self.cmdline)?;
-        Ok(BootInfo {
-            booted,
-            trial: self.load()?.trial,
-        })
+        booted_from_cmdline(self, &self.cmdline)
     }
 }
 
