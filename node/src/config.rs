@@ -117,6 +117,19 @@ impl Default for UpdateConfig {
     }
 }
 
+/// A toml error as one line with its line number, for config errors that
+/// name the key and the line.
+pub fn toml_error_line(text: &str, e: &toml::de::Error) -> String {
+    let line = e
+        .span()
+        .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+    let msg = e.message().trim().replace('\n', " ");
+    match line {
+        Some(n) => format!("line {n}: {msg}"),
+        None => msg,
+    }
+}
+
 impl NodeConfig {
     /// Reads `DIR/node.toml` and resolves its paths against DIR.
     pub fn load(dir: &Path) -> Result<Self, ConfigError> {
@@ -126,13 +139,8 @@ impl NodeConfig {
             reason,
         };
         let text = std::fs::read_to_string(&path).map_err(|e| err(e.to_string()))?;
-        let mut config: NodeConfig = toml::from_str(&text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-            let msg = e.message().trim().replace('\n', " ");
-            err(line.map_or(msg.clone(), |n| format!("line {n}: {msg}")))
-        })?;
+        let mut config: NodeConfig =
+            toml::from_str(&text).map_err(|e| err(toml_error_line(&text, &e)))?;
         if !fleetmesh_protocol::manifest::is_valid_name(&config.platform) {
             return Err(err(format!(
                 "platform {:?} is not a valid name",

@@ -26,13 +26,6 @@ fn describe(e: &io::Error) -> String {
     }
 }
 
-impl IoError {
-    /// True if the disk is full.
-    pub fn is_disk_full(&self) -> bool {
-        self.source.kind() == io::ErrorKind::StorageFull
-    }
-}
-
 /// Adds the operation and path to an `io::Result`.
 pub trait Context<T> {
     /// Tags the error with `op` and `path`.

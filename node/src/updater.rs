@@ -140,11 +140,6 @@ impl<'s> Updater<'s> {
         self.machine.state()
     }
 
-    /// What booted.
-    pub fn boot_info(&self) -> BootInfo {
-        self.boot
-    }
-
     /// Carries on from the journal after this boot.
     pub fn resume(&mut self, now: UnixTime) -> Result<Next, UpdaterError> {
         let actions = self.machine.handle(Event::Booted(self.boot));

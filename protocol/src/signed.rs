@@ -154,11 +154,6 @@ impl<T: SignedBody> Signed<T> {
         &self.body
     }
 
-    /// The signatures.
-    pub fn signatures(&self) -> &[Signature] {
-        &self.signatures
-    }
-
     /// Checks that at least `keys.threshold` distinct keys of `keys` signed
     /// the body, then decodes it.
     pub fn verify(&self, keys: &RoleKeys<T::Role>) -> Result<T> {

@@ -8,7 +8,7 @@
 //! may pass through expired documents; only the newest must be unexpired for
 //! anything signed under it to be trusted.
 
-use crate::codec::{self, Kind, Message};
+use crate::codec::{Kind, Message};
 use crate::keys::{Policy, Release, Root};
 use crate::signed::{RoleKeys, Signed, SignedBody};
 use crate::time::UnixTime;
@@ -143,11 +143,6 @@ impl TrustState {
     pub fn version(&self) -> u64 {
         self.current.as_ref().map_or(0, |d| d.version)
     }
-}
-
-/// Decodes a trust chain file or message.
-pub fn decode_chain(bytes: &[u8]) -> Result<TrustChain> {
-    codec::decode(bytes)
 }
 
 #[cfg(test)]

@@ -320,11 +320,6 @@ impl Machine {
         &self.state
     }
 
-    /// The slot this process booted from, once known.
-    pub fn booted(&self) -> Option<Slot> {
-        self.booted
-    }
-
     /// Applies `event` and returns what to do.
     pub fn handle(&mut self, event: Event) -> Vec<Action> {
         match event {

@@ -2,6 +2,7 @@
 //! rather than silently ignored.
 
 use crate::{Result, SeedError};
+use fleetmesh_node::config::toml_error_line;
 use fleetmesh_protocol::manifest::is_valid_name;
 use fleetmesh_protocol::ChunkParams;
 use serde::{Deserialize, Serialize};
@@ -55,7 +56,7 @@ impl Config {
         })?;
         let config: Config = toml::from_str(&text).map_err(|e| SeedError::Config {
             path: path.to_owned(),
-            reason: one_line(&text, &e),
+            reason: toml_error_line(&text, &e),
         })?;
         config.validate().map_err(|reason| SeedError::Config {
             path: path.to_owned(),
@@ -118,18 +119,6 @@ impl Config {
     /// The chunking parameters publish uses.
     pub fn chunk_params(&self) -> ChunkParams {
         ChunkParams::for_avg(self.publish.chunk_avg_bytes)
-    }
-}
-
-/// toml's message with its line number, on one line.
-fn one_line(text: &str, e: &toml::de::Error) -> String {
-    let line = e
-        .span()
-        .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-    let msg = e.message().trim().replace('\n', " ");
-    match line {
-        Some(n) => format!("line {n}: {msg}"),
-        None => msg,
     }
 }
 
