@@ -85,6 +85,7 @@ pub struct Updater<'s> {
     config: UpdateConfig,
     run_dir: PathBuf,
     boot: BootInfo,
+    running: std::cell::OnceCell<Option<semver::Version>>,
 }
 
 impl std::fmt::Debug for Updater<'_> {
@@ -132,6 +133,7 @@ impl<'s> Updater<'s> {
             config,
             run_dir,
             boot,
+            running: std::cell::OnceCell::new(),
         })
     }
 
@@ -322,6 +324,17 @@ impl<'s> Updater<'s> {
     /// The running release's version: recorded at commit, or found by
     /// reading the booted slot back against the releases in the store.
     pub fn running_version(&self, now: UnixTime) -> Result<Option<semver::Version>, UpdaterError> {
+        // The running slot does not change within a boot; without the cache a
+        // factory image that is no release would be re-hashed at every status write.
+        if let Some(known) = self.running.get() {
+            return Ok(known.clone());
+        }
+        let found = self.find_running_version(now)?;
+        let _ = self.running.set(found.clone());
+        Ok(found)
+    }
+
+    fn find_running_version(&self, now: UnixTime) -> Result<Option<semver::Version>, UpdaterError> {
         let booted = self.boot.booted;
         if let Some(v) = self.slots.get(booted.to_string())? {
             return Ok(semver::Version::parse(&String::from_utf8_lossy(&v)).ok());
