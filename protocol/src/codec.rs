@@ -33,6 +33,14 @@ pub enum Kind {
     Manifest = 4,
     /// [`crate::Signed`]`<Manifest>`.
     SignedManifest = 5,
+    /// [`crate::mesh::Announcement`], the body of a signed announcement.
+    Announcement = 6,
+    /// [`crate::Signed`]`<Announcement>`.
+    SignedAnnouncement = 7,
+    /// [`crate::mesh::Request`] on the exchange protocol.
+    Request = 8,
+    /// [`crate::mesh::Response`] on the exchange protocol.
+    Response = 9,
 }
 
 /// A type that travels or is stored through this codec.

@@ -8,6 +8,7 @@
 //! `now` and an RNG in, which is what lets the simulator and the property
 //! tests drive this crate.
 
+pub mod bucket;
 pub mod chunk;
 pub mod chunking;
 pub mod codec;
@@ -15,6 +16,8 @@ mod error;
 mod hash;
 pub mod keys;
 pub mod manifest;
+pub mod mesh;
+pub mod sched;
 pub mod signed;
 mod time;
 pub mod trust;

@@ -1,0 +1,279 @@
+//! What nodes say to each other on the mesh: signed release announcements
+//! (gossip) and the exchange protocol (trust chain, manifests, have-maps and
+//! chunks, peer to peer).
+//!
+//! An announcement is a small signed pointer: the full manifest is fetched by
+//! its release id from any peer and verified on its own signatures, so a
+//! relay never has to be trusted. Every message has a size limit that the
+//! codec checks before decoding.
+
+use crate::codec::{Kind, Message};
+use crate::keys::Release;
+use crate::manifest::{is_valid_name, Manifest, MAX_CHUNKS, MAX_PLATFORMS};
+use crate::signed::{Signed, SignedBody};
+use crate::time::UnixTime;
+use crate::trust::{TrustChain, TrustState};
+use crate::{ChunkId, Error, ReleaseId, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Most chunk ids in one request.
+pub const MAX_BATCH: usize = 64;
+/// A responder stops adding chunks once a response holds this many bytes
+/// (it always sends at least one chunk it has).
+pub const RESPONSE_BUDGET: usize = 1 << 20;
+/// Most announcements a node keeps and hands to a new peer.
+pub const MAX_ANNOUNCEMENTS: usize = 16;
+/// Most piece indices in one incremental have-update.
+pub const MAX_HAVE_ADDED: usize = 8192;
+
+/// A signed pointer to a release: enough to decide whether to fetch it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Announcement {
+    /// The release id (blake3 of the signed manifest body).
+    pub release_id: ReleaseId,
+    /// Its version.
+    pub version: semver::Version,
+    /// Its channel.
+    pub channel: String,
+    /// The platforms it runs on.
+    pub platforms: Vec<String>,
+    /// Image length in bytes.
+    pub image_len: u64,
+    /// When this announcement was signed.
+    pub issued_at: UnixTime,
+    /// After this, nodes ignore it.
+    pub expires_at: UnixTime,
+}
+
+impl Message for Announcement {
+    const KIND: Kind = Kind::Announcement;
+    const WHAT: &'static str = "announcement";
+    const MAX_BYTES: usize = 4096;
+}
+
+impl SignedBody for Announcement {
+    type Role = Release;
+    const SIGNED_KIND: Kind = Kind::SignedAnnouncement;
+}
+
+impl Announcement {
+    /// The announcement of a verified manifest, valid for as long as it.
+    pub fn of(id: ReleaseId, manifest: &Manifest, now: UnixTime) -> Self {
+        Announcement {
+            release_id: id,
+            version: manifest.version.clone(),
+            channel: manifest.channel.clone(),
+            platforms: manifest.platforms.clone(),
+            image_len: manifest.image_len,
+            issued_at: now,
+            expires_at: manifest.expires_at,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |reason: String| Err(Error::invalid(Self::WHAT, reason));
+        if !is_valid_name(&self.channel) {
+            return bad(format!("channel {:?} is not a valid name", self.channel));
+        }
+        if self.platforms.is_empty() || self.platforms.len() > MAX_PLATFORMS {
+            return bad("must name 1-32 platforms".into());
+        }
+        if self.expires_at <= self.issued_at {
+            return bad("expires before it is issued".into());
+        }
+        Ok(())
+    }
+}
+
+impl Signed<Announcement> {
+    /// Checks the release signatures against the current trust document,
+    /// the announcement's rules and its expiry.
+    pub fn verify_announcement(&self, trust: &TrustState, now: UnixTime) -> Result<Announcement> {
+        let doc = trust.current(now)?;
+        let a = self.verify(&doc.release)?;
+        a.validate()?;
+        if now >= a.expires_at {
+            return Err(Error::Expired {
+                what: Announcement::WHAT,
+                expired_at: a.expires_at,
+                now,
+            });
+        }
+        Ok(a)
+    }
+}
+
+/// What a node knows of the releases announced to it: the newest per
+/// channel. Older versions are replays (or a frozen authority) and are
+/// refused; the same release again is a duplicate.
+#[derive(Clone, Debug, Default)]
+pub struct Announcements {
+    newest: BTreeMap<String, (Announcement, Signed<Announcement>)>,
+}
+
+/// What [`Announcements::accept`] made of a valid announcement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Accepted {
+    /// A release this node did not know: act on it and relay it.
+    New(Announcement),
+    /// A release already known (a re-announcement): relay, do not act.
+    Known,
+}
+
+impl Announcements {
+    /// Verifies `signed` and records it if it is the newest of its channel.
+    pub fn accept(
+        &mut self,
+        signed: &Signed<Announcement>,
+        trust: &TrustState,
+        now: UnixTime,
+    ) -> Result<Accepted> {
+        let a = signed.verify_announcement(trust, now)?;
+        if let Some((known, _)) = self.newest.get(&a.channel) {
+            if a.version < known.version {
+                return Err(Error::VersionRollback {
+                    what: Announcement::WHAT,
+                    trusted: known.version.to_string(),
+                    offered: a.version.to_string(),
+                });
+            }
+            if a.version == known.version {
+                if a.release_id != known.release_id {
+                    return Err(Error::invalid(
+                        Announcement::WHAT,
+                        format!("a different release already has version {}", a.version),
+                    ));
+                }
+                return Ok(Accepted::Known);
+            }
+        }
+        if !self.newest.contains_key(&a.channel) && self.newest.len() >= MAX_ANNOUNCEMENTS {
+            return Err(Error::invalid(
+                Announcement::WHAT,
+                "too many channels announced",
+            ));
+        }
+        self.newest
+            .insert(a.channel.clone(), (a.clone(), signed.clone()));
+        Ok(Accepted::New(a))
+    }
+
+    /// The newest announcement of every channel, signed, to hand to a peer.
+    pub fn signed(&self) -> Vec<Signed<Announcement>> {
+        self.newest.values().map(|(_, s)| s.clone()).collect()
+    }
+
+    /// The newest announcement of every channel.
+    pub fn iter(&self) -> impl Iterator<Item = &Announcement> {
+        self.newest.values().map(|(a, _)| a)
+    }
+}
+
+/// A request on the exchange protocol.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Sent on connect: what I trust and what I know is announced.
+    Hello(Hello),
+    /// Which pieces of a release the sender has (pieces are the manifest's
+    /// distinct chunk ids in first-appearance order).
+    Have(Have),
+    /// The signed manifest of a release.
+    Manifest(ReleaseId),
+    /// Chunks of a release by id, at most [`MAX_BATCH`].
+    Chunks {
+        /// The release they belong to.
+        release: ReleaseId,
+        /// Their ids.
+        ids: Vec<ChunkId>,
+    },
+}
+
+/// The trust chain and announcements a node knows.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Every trust document the sender holds, oldest first.
+    pub trust: TrustChain,
+    /// The newest announcement per channel.
+    pub announcements: Vec<Signed<Announcement>>,
+}
+
+/// A have-map or an update to one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Have {
+    /// The release.
+    pub release: ReleaseId,
+    /// Its number of pieces.
+    pub pieces: u32,
+    /// The whole map (bit `i` of byte `i / 8`, lowest bit first), if set.
+    pub full: Option<Vec<u8>>,
+    /// Pieces gained since the last update, at most [`MAX_HAVE_ADDED`].
+    pub added: Vec<u32>,
+}
+
+impl Have {
+    /// Checks the sizes against the piece count.
+    pub fn validate(&self) -> Result<()> {
+        let n = self.pieces as usize;
+        if n == 0 || n > MAX_CHUNKS {
+            return Err(Error::invalid("have", format!("{n} pieces")));
+        }
+        if self.full.as_ref().is_some_and(|m| m.len() != n.div_ceil(8)) {
+            return Err(Error::invalid("have", "map length does not match pieces"));
+        }
+        if self.added.len() > MAX_HAVE_ADDED || self.added.iter().any(|&i| i as usize >= n) {
+            return Err(Error::invalid("have", "added pieces out of range"));
+        }
+        Ok(())
+    }
+}
+
+/// A response on the exchange protocol.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    /// The responder's own hello.
+    Hello(Hello),
+    /// A have-map was taken; if `need_full`, send the whole map next time
+    /// (the responder did not know the release when it came).
+    HaveAck {
+        /// Send the full map again later.
+        need_full: bool,
+    },
+    /// The signed manifest, if the responder has it.
+    Manifest(Option<Signed<Manifest>>),
+    /// Chunks in request order: the stored (compressed) encoding, or `None`
+    /// where the responder has no verified copy or the budget ran out.
+    Chunks(Vec<Option<Vec<u8>>>),
+    /// The responder is at its upload or queue limit; ask again later.
+    Busy,
+}
+
+impl Message for Request {
+    const KIND: Kind = Kind::Request;
+    const WHAT: &'static str = "request";
+    const MAX_BYTES: usize = <TrustChain as Message>::MAX_BYTES
+        + MAX_ANNOUNCEMENTS * <Signed<Announcement> as Message>::MAX_BYTES;
+}
+
+impl Message for Response {
+    const KIND: Kind = Kind::Response;
+    const WHAT: &'static str = "response";
+    const MAX_BYTES: usize = <Signed<Manifest> as Message>::MAX_BYTES + 64;
+}
+
+// A chunk response (the budget plus one oversized chunk) fits the limit.
+const _: () = assert!(RESPONSE_BUDGET + (5 << 20) < <Response as Message>::MAX_BYTES);
+const _: () = assert!(<Response as Message>::MAX_BYTES <= crate::codec::MAX_MESSAGE_BYTES);
+const _: () = assert!(<Request as Message>::MAX_BYTES <= crate::codec::MAX_MESSAGE_BYTES);
+
+/// The distinct chunks of a manifest in first-appearance order: piece `i`
+/// of a have-map is `pieces(m)[i]`.
+pub fn pieces(manifest: &Manifest) -> Vec<(ChunkId, u32)> {
+    let mut seen = std::collections::BTreeSet::new();
+    manifest
+        .chunks
+        .iter()
+        .filter(|c| seen.insert(c.id))
+        .map(|c| (c.id, c.len))
+        .collect()
+}

@@ -1,0 +1,649 @@
+//! The chunk scheduler: which pieces of a release to request from which
+//! peer. Sans-IO: the caller feeds it peers, have-maps, deliveries, failures
+//! and `now` (a monotonic duration since any fixed start), and it returns
+//! requests to send. The node runs it over libp2p; the simulator runs it over
+//! a virtual network.
+//!
+//! Rules, in order:
+//! 1. A piece that a same-site peer has comes from the site (the LAN), from
+//!    the peer with the best throughput per request in flight. If same-site
+//!    peers have it but are all busy, the node waits for them.
+//! 2. Otherwise it may cross the site's WAN link only if this node owns it:
+//!    the node with the highest hash of (node, piece) among the same-site
+//!    nodes fetching the release (rendezvous hashing). So each site fetches
+//!    each piece over its WAN about once, different nodes fetch different
+//!    pieces, and the site fans them out over the LAN. Joins and leaves move
+//!    only the pieces of the node that came or went.
+//! 3. Over the WAN, a cross-site peer that has the piece is preferred to the
+//!    seed; the seed serves what no one else has yet.
+//! 4. Among candidates, rarest first, ties broken by a per-node hash so nodes
+//!    spread out.
+//! 5. A node that has had nothing to do for `wan_fallback_after` (its site
+//!    has stalled) may fetch any piece over the WAN, so nothing starves.
+//! 6. Per-peer caps on pieces in flight; requests time out and their pieces
+//!    go back to be requested elsewhere; a banned peer is never asked.
+//! 7. Endgame: when every missing piece is in flight and few remain, a piece
+//!    may be requested from a second peer.
+
+use crate::ChunkId;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Tunables.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Most pieces in flight to one peer.
+    pub per_peer_pieces: usize,
+    /// Most pieces in one request.
+    pub batch: usize,
+    /// Duplicate requests only when at most this many pieces remain.
+    pub endgame_pieces: usize,
+    /// A request never times out sooner than this.
+    pub min_timeout: Duration,
+    /// How long a peer that sent a bad chunk stays banned.
+    pub ban: Duration,
+    /// Idle time after which any piece may cross the WAN.
+    pub wan_fallback_after: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            per_peer_pieces: 64,
+            batch: 16,
+            endgame_pieces: 8,
+            min_timeout: Duration::from_secs(10),
+            ban: Duration::from_secs(300),
+            wan_fallback_after: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the scheduler needs to know about a peer (or about itself).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// Its site label.
+    pub site: String,
+    /// True for the seed: a source of last resort, never a site member.
+    pub seed: bool,
+    /// A stable 64-bit hash of its identity, for rendezvous hashing.
+    pub tag: u64,
+}
+
+/// A fixed-size bit set; its byte form is the have-map wire format
+/// (bit `i` in byte `i / 8`, lowest bit first).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bits {
+    len: usize,
+    words: Vec<u64>,
+}
+
+impl Bits {
+    /// `len` clear bits.
+    pub fn new(len: usize) -> Self {
+        Bits {
+            len,
+            words: vec![0; len.div_ceil(64)],
+        }
+    }
+
+    /// The set of `len` bits encoded in `bytes` (which must be `len / 8`
+    /// rounded up long); bits past `len` are ignored.
+    pub fn from_bytes(len: usize, bytes: &[u8]) -> Self {
+        let mut bits = Bits::new(len);
+        for i in 0..len {
+            if bytes.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0) {
+                bits.set(i);
+            }
+        }
+        bits
+    }
+
+    /// The wire form.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = vec![0u8; self.len.div_ceil(8)];
+        for i in self.ones() {
+            out[i / 8] |= 1 << (i % 8);
+        }
+        out
+    }
+
+    /// Number of bits.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True if there are no bits at all.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bit `i` (false when out of range).
+    pub fn get(&self, i: usize) -> bool {
+        i < self.len && self.words[i / 64] & (1 << (i % 64)) != 0
+    }
+
+    /// Sets bit `i`; returns true if it was clear. Out of range is ignored.
+    pub fn set(&mut self, i: usize) -> bool {
+        if i >= self.len || self.get(i) {
+            return false;
+        }
+        self.words[i / 64] |= 1 << (i % 64);
+        true
+    }
+
+    /// Clears bit `i`; returns true if it was set.
+    pub fn clear(&mut self, i: usize) -> bool {
+        if !self.get(i) {
+            return false;
+        }
+        self.words[i / 64] &= !(1 << (i % 64));
+        true
+    }
+
+    /// Number of set bits.
+    pub fn count(&self) -> usize {
+        self.words.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    /// The set bits, in order.
+    pub fn ones(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.len).filter(|&i| self.get(i))
+    }
+}
+
+/// Identifies one planned request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RequestId(pub u64);
+
+/// A request the caller should send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Planned<P> {
+    /// Its id, to report the outcome with.
+    pub id: RequestId,
+    /// Who to ask.
+    pub peer: P,
+    /// Piece indices to ask for.
+    pub pieces: Vec<u32>,
+    /// Their uncompressed bytes (what the download budget was charged).
+    pub bytes: u64,
+}
+
+#[derive(Debug)]
+struct Peer {
+    info: PeerInfo,
+    have: Bits,
+    in_flight: usize,
+    /// Bytes per second, smoothed over responses.
+    rate: f64,
+    banned_until: Option<Duration>,
+}
+
+#[derive(Debug)]
+struct Pending<P> {
+    peer: P,
+    pieces: Vec<u32>,
+    sent: Duration,
+    deadline: Duration,
+    bytes: u64,
+}
+
+/// Throughput assumed for a peer before its first response.
+const INITIAL_RATE: f64 = 1e6;
+
+/// The download of one release.
+#[derive(Debug)]
+pub struct Scheduler<P> {
+    cfg: Config,
+    me: PeerInfo,
+    lens: Vec<u32>,
+    keys: Vec<u64>,
+    have: Bits,
+    /// Peers (not banned at the time they told us) that have each piece.
+    avail: Vec<u32>,
+    /// Requests outstanding per piece.
+    requested: Vec<u8>,
+    peers: BTreeMap<P, Peer>,
+    pending: BTreeMap<RequestId, Pending<P>>,
+    next_id: u64,
+    /// Pieces this node fetches over the WAN; `None` when membership changed.
+    mine: Option<Bits>,
+    idle_since: Option<Duration>,
+}
+
+/// splitmix64: a cheap, well-mixed hash for rendezvous and tie-breaks.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+impl<P: Ord + Clone> Scheduler<P> {
+    /// A download of `pieces` (id, length) by the node `me`; `have` says
+    /// which pieces it already holds.
+    pub fn new(
+        cfg: Config,
+        me: PeerInfo,
+        pieces: &[(ChunkId, u32)],
+        have: impl Fn(usize) -> bool,
+    ) -> Self {
+        let n = pieces.len();
+        let mut bits = Bits::new(n);
+        for i in 0..n {
+            if have(i) {
+                bits.set(i);
+            }
+        }
+        Scheduler {
+            cfg,
+            me,
+            lens: pieces.iter().map(|p| p.1).collect(),
+            keys: pieces
+                .iter()
+                .map(|p| u64::from_le_bytes(p.0 .0[..8].try_into().unwrap_or_default()))
+                .collect(),
+            have: bits,
+            avail: vec![0; n],
+            requested: vec![0; n],
+            peers: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            next_id: 0,
+            mine: None,
+            idle_since: None,
+        }
+    }
+
+    /// The pieces held.
+    pub fn have(&self) -> &Bits {
+        &self.have
+    }
+
+    /// True when every piece is held.
+    pub fn is_complete(&self) -> bool {
+        self.have.count() == self.lens.len()
+    }
+
+    /// Number of peers known for this release.
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Records a piece obtained outside a request (for example from another
+    /// release that shares it); returns true if it was new.
+    pub fn got(&mut self, piece: u32) -> bool {
+        self.have.set(piece as usize)
+    }
+
+    /// Forgets a piece (its stored copy turned out corrupt).
+    pub fn lost(&mut self, piece: u32) {
+        self.have.clear(piece as usize);
+    }
+
+    /// A peer that takes part in this release, with nothing known yet.
+    pub fn add_peer(&mut self, peer: P, info: PeerInfo) {
+        if self.peers.contains_key(&peer) {
+            return;
+        }
+        if self.is_member(&info) {
+            self.mine = None;
+        }
+        self.peers.insert(
+            peer,
+            Peer {
+                info,
+                have: Bits::new(self.lens.len()),
+                in_flight: 0,
+                rate: INITIAL_RATE,
+                banned_until: None,
+            },
+        );
+    }
+
+    /// A peer left: its requests fail, its pieces no longer count.
+    pub fn remove_peer(&mut self, peer: &P) {
+        self.fail_requests_to(peer);
+        if let Some(p) = self.peers.remove(peer) {
+            for i in p.have.ones() {
+                self.avail[i] -= 1;
+            }
+            if self.is_member(&p.info) {
+                self.mine = None;
+            }
+        }
+    }
+
+    /// The peer has these pieces.
+    pub fn peer_has(&mut self, peer: &P, pieces: impl IntoIterator<Item = u32>) {
+        let Some(p) = self.peers.get_mut(peer) else {
+            return;
+        };
+        for i in pieces {
+            if p.have.set(i as usize) {
+                self.avail[i as usize] += 1;
+            }
+        }
+    }
+
+    /// Bans a peer (it sent a bad chunk) until `now + ban`; its requests fail.
+    pub fn ban(&mut self, now: Duration, peer: &P) {
+        self.fail_requests_to(peer);
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.banned_until = Some(now + self.cfg.ban);
+            for i in p.have.ones() {
+                self.avail[i] -= 1;
+            }
+            p.have = Bits::new(self.lens.len());
+            if self.me.site == p.info.site {
+                self.mine = None;
+            }
+        }
+    }
+
+    /// True if the peer is banned at `now`.
+    pub fn is_banned(&self, now: Duration, peer: &P) -> bool {
+        self.peers
+            .get(peer)
+            .is_some_and(|p| p.banned_until.is_some_and(|t| now < t))
+    }
+
+    /// A request finished: `got` were received, verified and stored;
+    /// the peer said it `lacks` others. Pieces in neither go back to be
+    /// requested again. Returns the pieces that were new.
+    pub fn finish(&mut self, now: Duration, id: RequestId, got: &[u32], lacks: &[u32]) -> Vec<u32> {
+        let Some(req) = self.take_pending(id) else {
+            return Vec::new();
+        };
+        let new: Vec<u32> = got
+            .iter()
+            .copied()
+            .filter(|&i| req.pieces.contains(&i) && self.have.set(i as usize))
+            .collect();
+        if let Some(p) = self.peers.get_mut(&req.peer) {
+            for &i in lacks {
+                if req.pieces.contains(&i) && p.have.clear(i as usize) {
+                    self.avail[i as usize] -= 1;
+                }
+            }
+            let secs = (now.saturating_sub(req.sent)).as_secs_f64().max(1e-3);
+            let received: u64 = got.iter().map(|&i| u64::from(self.lens[i as usize])).sum();
+            if received > 0 {
+                p.rate = 0.7 * p.rate + 0.3 * (received as f64 / secs);
+            }
+        }
+        new
+    }
+
+    /// A request failed (error, timeout, busy peer): its pieces go back and
+    /// the peer's throughput estimate halves.
+    pub fn failed(&mut self, id: RequestId) {
+        if let Some(req) = self.take_pending(id) {
+            if let Some(p) = self.peers.get_mut(&req.peer) {
+                p.rate /= 2.0;
+            }
+        }
+    }
+
+    /// Requests past their deadline, failed here; the caller drops their
+    /// responses if they still come.
+    pub fn expire(&mut self, now: Duration) -> Vec<RequestId> {
+        let late: Vec<RequestId> = self
+            .pending
+            .iter()
+            .filter(|(_, r)| r.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &late {
+            self.failed(*id);
+        }
+        late
+    }
+
+    /// The earliest deadline of a request in flight.
+    pub fn next_deadline(&self) -> Option<Duration> {
+        self.pending.values().map(|r| r.deadline).min()
+    }
+
+    /// Requests in flight.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Plans new requests, charging at most `budget` bytes.
+    pub fn plan(&mut self, now: Duration, budget: u64) -> Vec<Planned<P>> {
+        let planned = self.plan_inner(now, budget);
+        if planned.is_empty() && self.pending.is_empty() && !self.is_complete() {
+            self.idle_since.get_or_insert(now);
+        } else {
+            self.idle_since = None;
+        }
+        planned
+    }
+
+    fn plan_inner(&mut self, now: Duration, mut budget: u64) -> Vec<Planned<P>> {
+        if self.is_complete() {
+            return Vec::new();
+        }
+        let mut slots: BTreeMap<P, usize> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.banned_until.is_some_and(|t| now < t))
+            .map(|(k, p)| {
+                (
+                    k.clone(),
+                    self.cfg.per_peer_pieces.saturating_sub(p.in_flight),
+                )
+            })
+            .filter(|(_, free)| *free > 0)
+            .collect();
+        let total: usize = slots.values().sum();
+        if total == 0 {
+            return Vec::new();
+        }
+        if self.mine.is_none() {
+            self.mine = Some(self.compute_mine(now));
+        }
+        let fallback = self
+            .idle_since
+            .is_some_and(|t| now.saturating_sub(t) >= self.cfg.wan_fallback_after);
+        let n = self.lens.len();
+        let mut cands: Vec<(u32, u64, u32)> = (0..n)
+            .filter(|&i| !self.have.get(i) && self.requested[i] == 0 && self.avail[i] > 0)
+            .map(|i| (self.avail[i], mix(self.me.tag ^ self.keys[i]), i as u32))
+            .collect();
+        let everything_requested = cands.is_empty();
+        let keep = (total * 8).max(256);
+        if cands.len() > keep {
+            cands.select_nth_unstable(keep);
+            cands.truncate(keep);
+        }
+        cands.sort_unstable();
+        let mut batches: BTreeMap<P, Vec<u32>> = BTreeMap::new();
+        for &(_, _, i) in &cands {
+            let len = u64::from(self.lens[i as usize]);
+            if budget < len {
+                break;
+            }
+            if let Some(src) = self.source(i, &slots, fallback, &[]) {
+                take_slot(&mut slots, &src);
+                batches.entry(src).or_default().push(i);
+                budget -= len;
+            }
+            if slots.is_empty() {
+                break;
+            }
+        }
+        if everything_requested {
+            self.plan_endgame(&mut slots, &mut batches, &mut budget);
+        }
+        self.issue(now, batches)
+    }
+
+    fn plan_endgame(
+        &self,
+        slots: &mut BTreeMap<P, usize>,
+        batches: &mut BTreeMap<P, Vec<u32>>,
+        budget: &mut u64,
+    ) {
+        let open: Vec<u32> = (0..self.lens.len())
+            .filter(|&i| !self.have.get(i) && self.requested[i] == 1)
+            .map(|i| i as u32)
+            .collect();
+        let missing = self.lens.len() - self.have.count();
+        if open.is_empty() || missing > self.cfg.endgame_pieces {
+            return;
+        }
+        for i in open {
+            let len = u64::from(self.lens[i as usize]);
+            if *budget < len {
+                break;
+            }
+            let asked: Vec<P> = self
+                .pending
+                .values()
+                .filter(|r| r.pieces.contains(&i))
+                .map(|r| r.peer.clone())
+                .collect();
+            if let Some(src) = self.source(i, slots, true, &asked) {
+                take_slot(slots, &src);
+                batches.entry(src).or_default().push(i);
+                *budget -= len;
+            }
+        }
+    }
+
+    fn issue(&mut self, now: Duration, batches: BTreeMap<P, Vec<u32>>) -> Vec<Planned<P>> {
+        let mut out = Vec::new();
+        for (peer, pieces) in batches {
+            for part in pieces.chunks(self.cfg.batch.max(1)) {
+                let bytes: u64 = part.iter().map(|&i| u64::from(self.lens[i as usize])).sum();
+                let Some(p) = self.peers.get_mut(&peer) else {
+                    continue;
+                };
+                p.in_flight += part.len();
+                let expected = Duration::from_secs_f64(4.0 * bytes as f64 / p.rate.max(1.0));
+                for &i in part {
+                    self.requested[i as usize] = self.requested[i as usize].saturating_add(1);
+                }
+                let id = RequestId(self.next_id);
+                self.next_id += 1;
+                self.pending.insert(
+                    id,
+                    Pending {
+                        peer: peer.clone(),
+                        pieces: part.to_vec(),
+                        sent: now,
+                        deadline: now + expected.max(self.cfg.min_timeout),
+                        bytes,
+                    },
+                );
+                out.push(Planned {
+                    id,
+                    peer: peer.clone(),
+                    pieces: part.to_vec(),
+                    bytes,
+                });
+            }
+        }
+        out
+    }
+
+    /// The peer to ask for piece `i`, by the rules in the module docs.
+    fn source(&self, i: u32, slots: &BTreeMap<P, usize>, any_wan: bool, skip: &[P]) -> Option<P> {
+        let idx = i as usize;
+        let holders = || {
+            self.peers
+                .iter()
+                .filter(|(k, p)| p.have.get(idx) && !skip.contains(k))
+        };
+        let best = |same_site: bool, seed: bool| {
+            holders()
+                .filter(|(k, p)| {
+                    slots.contains_key(*k)
+                        && (p.info.site == self.me.site && !p.info.seed) == same_site
+                        && p.info.seed == seed
+                })
+                .max_by(|a, b| {
+                    // Throughput per piece in flight, counting this plan's.
+                    let score = |(k, p): &(&P, &Peer)| {
+                        let busy = self.cfg.per_peer_pieces - slots.get(*k).copied().unwrap_or(0);
+                        p.rate / (busy as f64 + 1.0)
+                    };
+                    score(a).total_cmp(&score(b))
+                })
+                .map(|(k, _)| k.clone())
+        };
+        if let Some(lan) = best(true, false) {
+            return Some(lan);
+        }
+        // Banned peers hold nothing (their have-maps are cleared).
+        let lan_has_it = holders().any(|(_, p)| self.is_member(&p.info));
+        let mine = self.mine.as_ref().is_some_and(|m| m.get(idx));
+        if lan_has_it || !(mine || any_wan) {
+            return None;
+        }
+        best(false, false).or_else(|| best(false, true))
+    }
+
+    fn is_member(&self, info: &PeerInfo) -> bool {
+        info.site == self.me.site && !info.seed
+    }
+
+    /// Pieces this node owns for WAN fetching among its site's members.
+    fn compute_mine(&self, now: Duration) -> Bits {
+        let members: Vec<u64> = self
+            .peers
+            .values()
+            .filter(|p| self.is_member(&p.info) && !p.banned_until.is_some_and(|t| now < t))
+            .map(|p| p.info.tag)
+            .collect();
+        let mut mine = Bits::new(self.lens.len());
+        for (i, key) in self.keys.iter().enumerate() {
+            let me = mix(self.me.tag ^ key);
+            if members.iter().all(|t| mix(t ^ key) < me) {
+                mine.set(i);
+            }
+        }
+        mine
+    }
+
+    fn take_pending(&mut self, id: RequestId) -> Option<Pending<P>> {
+        let req = self.pending.remove(&id)?;
+        for &i in &req.pieces {
+            self.requested[i as usize] = self.requested[i as usize].saturating_sub(1);
+        }
+        if let Some(p) = self.peers.get_mut(&req.peer) {
+            p.in_flight = p.in_flight.saturating_sub(req.pieces.len());
+        }
+        Some(req)
+    }
+
+    fn fail_requests_to(&mut self, peer: &P) {
+        let ids: Vec<RequestId> = self
+            .pending
+            .iter()
+            .filter(|(_, r)| &r.peer == peer)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.take_pending(id);
+        }
+    }
+
+    /// Uncompressed bytes of the requests in flight.
+    pub fn bytes_in_flight(&self) -> u64 {
+        self.pending.values().map(|r| r.bytes).sum()
+    }
+}
+
+fn take_slot<P: Ord>(slots: &mut BTreeMap<P, usize>, peer: &P) {
+    if let Some(free) = slots.get_mut(peer) {
+        *free -= 1;
+        if *free == 0 {
+            slots.remove(peer);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,361 @@
+use super::*;
+
+fn pieces(n: usize) -> Vec<(ChunkId, u32)> {
+    (0..n)
+        .map(|i| (ChunkId::of(&(i as u64).to_le_bytes()), 1000))
+        .collect()
+}
+
+fn info(site: &str, tag: u64) -> PeerInfo {
+    PeerInfo {
+        site: site.into(),
+        seed: false,
+        tag,
+    }
+}
+
+fn seed_info() -> PeerInfo {
+    PeerInfo {
+        site: "seed".into(),
+        seed: true,
+        tag: 999,
+    }
+}
+
+fn sched(site: &str, tag: u64, n: usize) -> Scheduler<u32> {
+    Scheduler::new(Config::default(), info(site, tag), &pieces(n), |_| false)
+}
+
+const T0: Duration = Duration::ZERO;
+
+#[test]
+fn bits_round_trip_through_bytes() {
+    let mut b = Bits::new(19);
+    for i in [0, 3, 8, 18] {
+        assert!(b.set(i));
+    }
+    assert!(!b.set(3));
+    assert!(!b.set(19));
+    let again = Bits::from_bytes(19, &b.to_bytes());
+    assert_eq!(again, b);
+    assert_eq!(again.ones().collect::<Vec<_>>(), vec![0, 3, 8, 18]);
+    assert_eq!(b.to_bytes().len(), 3);
+}
+
+#[test]
+fn same_site_peer_is_asked_before_the_seed() {
+    let mut s = sched("a", 1, 8);
+    s.add_peer(0, seed_info());
+    s.add_peer(2, info("a", 2));
+    s.peer_has(&0, 0..8);
+    s.peer_has(&2, 0..8);
+    let plan = s.plan(T0, u64::MAX);
+    assert!(!plan.is_empty());
+    assert!(plan.iter().all(|p| p.peer == 2), "{plan:?}");
+    assert_eq!(plan.iter().map(|p| p.pieces.len()).sum::<usize>(), 8);
+}
+
+#[test]
+fn site_members_split_wan_pieces_between_them() {
+    let n = 400;
+    let mut a = sched("a", 1, n);
+    let mut b = sched("a", 2, n);
+    for (s, other) in [(&mut a, 2), (&mut b, 1)] {
+        s.add_peer(0, seed_info());
+        s.add_peer(other, info("a", other.into()));
+        s.peer_has(&0, 0..n as u32);
+    }
+    let take = |s: &mut Scheduler<u32>| {
+        let mut got = std::collections::BTreeSet::new();
+        loop {
+            let plan = s.plan(T0, u64::MAX);
+            if plan.is_empty() {
+                return got;
+            }
+            for p in plan {
+                assert_eq!(p.peer, 0);
+                got.extend(p.pieces.iter().copied());
+                s.finish(T0, p.id, &p.pieces, &[]);
+            }
+        }
+    };
+    let (from_a, from_b) = (take(&mut a), take(&mut b));
+    assert!(from_a.is_disjoint(&from_b));
+    assert_eq!(from_a.len() + from_b.len(), n);
+    // Rendezvous hashing splits about evenly.
+    assert!((120..=280).contains(&from_a.len()), "{}", from_a.len());
+}
+
+#[test]
+fn a_piece_the_site_has_never_crosses_the_wan() {
+    let mut s = sched("a", 1, 4);
+    s.add_peer(0, seed_info());
+    s.add_peer(2, info("a", 2));
+    s.peer_has(&0, 0..4);
+    s.peer_has(&2, [0, 1, 2, 3]);
+    // Peer 2 is full of our requests: we wait rather than use the seed.
+    let mut cfg = Config::default();
+    cfg.per_peer_pieces = 1;
+    let mut s2 = Scheduler::new(cfg, info("a", 1), &pieces(4), |_| false);
+    s2.add_peer(0, seed_info());
+    s2.add_peer(2, info("a", 2));
+    s2.peer_has(&0, 0..4);
+    s2.peer_has(&2, 0..4);
+    let plan = s2.plan(T0, u64::MAX);
+    assert_eq!(plan.len(), 1);
+    assert_eq!(plan[0].peer, 2);
+    assert!(s.plan(T0, u64::MAX).iter().all(|p| p.peer == 2));
+}
+
+#[test]
+fn rarest_piece_first() {
+    let mut s = sched("a", 1, 3);
+    let mut cfg = Config::default();
+    cfg.batch = 1;
+    s.cfg = cfg;
+    for peer in 10..13 {
+        s.add_peer(peer, info("a", u64::from(peer)));
+    }
+    s.peer_has(&10, [0, 1, 2]);
+    s.peer_has(&11, [0, 1]);
+    s.peer_has(&12, [0]);
+    let plan = s.plan(T0, 1000);
+    assert_eq!(plan.len(), 1);
+    assert_eq!(plan[0].pieces, vec![2]);
+    let plan = s.plan(T0, 1000);
+    assert_eq!(plan[0].pieces, vec![1]);
+}
+
+#[test]
+fn budget_and_per_peer_cap_bound_the_plan() {
+    let mut s = sched("a", 1, 100);
+    s.add_peer(2, info("a", 2));
+    s.peer_has(&2, 0..100);
+    let plan = s.plan(T0, 5500);
+    assert_eq!(plan.iter().map(|p| p.bytes).sum::<u64>(), 5000);
+    let plan = s.plan(T0, u64::MAX);
+    let asked: usize = plan.iter().map(|p| p.pieces.len()).sum();
+    assert_eq!(asked, Config::default().per_peer_pieces - 5);
+    assert!(plan
+        .iter()
+        .all(|p| p.pieces.len() <= Config::default().batch));
+    assert!(s.plan(T0, u64::MAX).is_empty());
+}
+
+#[test]
+fn timed_out_pieces_go_to_another_peer() {
+    let mut s = sched("a", 1, 1);
+    s.cfg.endgame_pieces = 0;
+    s.add_peer(2, info("a", 2));
+    s.add_peer(3, info("a", 3));
+    s.peer_has(&2, [0]);
+    s.peer_has(&3, [0]);
+    let first = s.plan(T0, u64::MAX);
+    assert_eq!(first.len(), 1);
+    assert!(
+        s.plan(T0, u64::MAX).is_empty(),
+        "no duplicate before endgame"
+    );
+    assert!(s.expire(Duration::from_secs(1)).is_empty());
+    let late = s.expire(Duration::from_secs(11));
+    assert_eq!(late, vec![first[0].id]);
+    let retry = s.plan(Duration::from_secs(11), u64::MAX);
+    assert_eq!(retry.len(), 1);
+    assert_ne!(
+        retry[0].peer, first[0].peer,
+        "halved rate prefers the other"
+    );
+    // A late response to the expired request changes nothing.
+    assert!(s
+        .finish(Duration::from_secs(12), first[0].id, &[0], &[])
+        .is_empty());
+    assert!(!s.is_complete());
+}
+
+#[test]
+fn a_banned_peer_is_never_asked_again() {
+    let mut s = sched("a", 1, 20);
+    s.add_peer(2, info("a", 2));
+    s.add_peer(3, info("a", 3));
+    s.peer_has(&2, 0..20);
+    s.peer_has(&3, 0..20);
+    let plan = s.plan(T0, u64::MAX);
+    assert!(plan.iter().any(|p| p.peer == 2));
+    s.ban(T0, &2);
+    assert!(s.is_banned(T0, &2));
+    let mut left = 20;
+    let mut now = T0;
+    while left > 0 {
+        now += Duration::from_secs(11);
+        s.expire(now);
+        for p in s.plan(now, u64::MAX) {
+            assert_eq!(p.peer, 3);
+            left -= s.finish(now, p.id, &p.pieces, &[]).len();
+        }
+    }
+    assert!(s.is_complete());
+}
+
+#[test]
+fn lacking_pieces_are_asked_elsewhere() {
+    let mut s = sched("a", 1, 2);
+    s.add_peer(2, info("a", 2));
+    s.add_peer(3, info("b", 3));
+    s.peer_has(&2, [0, 1]);
+    s.peer_has(&3, [0, 1]);
+    let plan = s.plan(T0, u64::MAX);
+    assert_eq!(plan.len(), 1);
+    assert_eq!(plan[0].peer, 2);
+    let new = s.finish(T0, plan[0].id, &[0], &[1]);
+    assert_eq!(new, vec![0]);
+    // Peer 2 lacks piece 1 after all; no same-site source is left, and
+    // with one member this node owns every piece.
+    let plan = s.plan(T0, u64::MAX);
+    assert_eq!(plan.len(), 1);
+    assert_eq!((plan[0].peer, plan[0].pieces.clone()), (3, vec![1]));
+}
+
+#[test]
+fn endgame_duplicates_only_the_last_pieces() {
+    let mut s = sched("a", 1, 20);
+    s.add_peer(2, info("a", 2));
+    s.add_peer(3, info("a", 3));
+    s.peer_has(&2, 0..20);
+    s.peer_has(&3, 0..20);
+    let plan = s.plan(T0, u64::MAX);
+    assert_eq!(plan.iter().map(|p| p.pieces.len()).sum::<usize>(), 20);
+    assert!(
+        s.plan(T0, u64::MAX).is_empty(),
+        "20 left is not the endgame"
+    );
+    // Deliver all but three pieces.
+    for p in &plan {
+        let keep: Vec<u32> = p.pieces.iter().copied().filter(|&i| i >= 3).collect();
+        s.finish(T0, p.id, &keep, &[]);
+    }
+    let dup = s.plan(T0, u64::MAX);
+    let mut pieces: Vec<u32> = dup.iter().flat_map(|p| p.pieces.clone()).collect();
+    pieces.sort();
+    assert_eq!(pieces, vec![0, 1, 2]);
+}
+
+#[test]
+fn a_stalled_site_falls_back_to_the_wan() {
+    let n = 50;
+    let mut s = sched("a", 1, n);
+    s.add_peer(0, seed_info());
+    s.add_peer(2, info("a", 2));
+    s.peer_has(&0, 0..n as u32);
+    let mut now = T0;
+    let mut fetched = 0;
+    for _ in 0..3 {
+        for p in s.plan(now, u64::MAX) {
+            fetched += s.finish(now, p.id, &p.pieces, &[]).len();
+        }
+    }
+    assert!(fetched < n, "peer 2 owns some pieces");
+    assert!(s.plan(now, u64::MAX).is_empty());
+    now += Duration::from_secs(11);
+    for p in s.plan(now, u64::MAX) {
+        fetched += s.finish(now, p.id, &p.pieces, &[]).len();
+    }
+    assert_eq!(fetched, n);
+}
+
+/// A round-based simulation: a seed and sites of nodes, full mesh, each
+/// peer serving a few pieces per round. Checks that everyone completes and
+/// that each site's WAN link and the seed carry each piece about once.
+fn simulate(sites: &[usize], n: usize) -> (usize, Vec<usize>, usize) {
+    let mut infos = vec![seed_info()];
+    for (s, &count) in sites.iter().enumerate() {
+        for k in 0..count {
+            infos.push(info(&format!("s{s}"), mix((s * 100 + k) as u64)));
+        }
+    }
+    let all = pieces(n);
+    let mut nodes: Vec<Option<Scheduler<usize>>> = vec![None];
+    for (i, me) in infos.iter().enumerate().skip(1) {
+        let mut s = Scheduler::new(Config::default(), me.clone(), &all, |_| false);
+        for (j, other) in infos.iter().enumerate() {
+            if i != j {
+                s.add_peer(j, other.clone());
+            }
+        }
+        s.peer_has(&0, 0..n as u32);
+        nodes.push(Some(s));
+    }
+    let per_round = 8;
+    let mut wan = vec![0; sites.len()];
+    let mut seed_egress = 0;
+    let mut now = T0;
+    for round in 0..10_000 {
+        if nodes.iter().flatten().all(|s| s.is_complete()) {
+            eprintln!("sim {sites:?} n={n}: rounds {round} wan {wan:?} seed {seed_egress}");
+            return (round, wan, seed_egress);
+        }
+        now += Duration::from_secs(1);
+        let have_at_start: Vec<Option<Bits>> = nodes
+            .iter()
+            .map(|s| s.as_ref().map(|s| s.have().clone()))
+            .collect();
+        let mut served = vec![0; infos.len()];
+        let mut gained: Vec<Vec<u32>> = vec![Vec::new(); infos.len()];
+        for i in 1..infos.len() {
+            let s = nodes[i].as_mut().expect("node");
+            s.expire(now);
+            for p in s.plan(now, u64::MAX) {
+                if served[p.peer] >= per_round {
+                    s.failed(p.id);
+                    continue;
+                }
+                served[p.peer] += 1;
+                let has = |k: u32| {
+                    have_at_start[p.peer]
+                        .as_ref()
+                        .is_none_or(|b| b.get(k as usize))
+                };
+                let (got, lacks): (Vec<u32>, Vec<u32>) = p.pieces.iter().partition(|&&k| has(k));
+                if p.peer == 0 {
+                    seed_egress += got.len();
+                }
+                if infos[p.peer].site != infos[i].site {
+                    let site: usize = infos[i].site[1..].parse().expect("site");
+                    wan[site] += got.len();
+                }
+                gained[i].extend(s.finish(now, p.id, &got, &lacks));
+            }
+        }
+        for (i, new) in gained.iter().enumerate() {
+            for (j, node) in nodes.iter_mut().enumerate() {
+                if let (Some(s), true) = (node.as_mut(), i != j) {
+                    s.peer_has(&i, new.iter().copied());
+                }
+            }
+        }
+    }
+    panic!("did not complete in 10000 rounds");
+}
+
+#[test]
+fn simulated_sites_carry_each_piece_about_once() {
+    let n = 600;
+    let (rounds, wan, seed) = simulate(&[3, 3], n);
+    for (site, &w) in wan.iter().enumerate() {
+        assert!(
+            w <= n * 12 / 10,
+            "site {site} pulled {w} pieces over its WAN"
+        );
+    }
+    assert!(seed <= n * 15 / 10, "seed sent {seed}");
+    assert!(rounds < 200, "{rounds} rounds");
+}
+
+#[test]
+fn simulated_four_sites_with_uneven_sizes() {
+    let n = 400;
+    let (_, wan, seed) = simulate(&[1, 5, 2, 4], n);
+    for (site, &w) in wan.iter().enumerate() {
+        assert!(w <= n * 12 / 10, "site {site} pulled {w}");
+    }
+    assert!(seed <= n * 15 / 10, "seed sent {seed}");
+}
