@@ -2,6 +2,7 @@
 //! Unknown keys are errors naming the line.
 
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Why the configuration cannot be used.
@@ -25,6 +26,93 @@ pub struct NodeConfig {
     /// How updates are applied.
     #[serde(default)]
     pub update: UpdateConfig,
+    /// How the node joins the mesh.
+    #[serde(default)]
+    pub mesh: MeshConfig,
+}
+
+/// `[mesh]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeshConfig {
+    /// This node's site: peers with the same label share chunks over the
+    /// LAN and split the site's WAN fetching between them.
+    pub site: String,
+    /// Labels (region, rack, …) for policy groups.
+    pub labels: BTreeMap<String, String>,
+    /// Channels to fetch; empty fetches every channel.
+    pub channels: Vec<String>,
+    /// Multiaddrs to listen on.
+    pub listen: Vec<String>,
+    /// Multiaddrs (with `/p2p/<id>`) of peers to join through, usually the seed.
+    pub bootstrap: Vec<String>,
+    /// Find LAN peers with mDNS.
+    pub mdns: bool,
+    /// Download cap in bytes/s; 0 means none.
+    pub download_bytes_per_sec: u64,
+    /// Upload cap in bytes/s; 0 means none.
+    pub upload_bytes_per_sec: u64,
+    /// Most connected peers.
+    pub max_peers: usize,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        MeshConfig {
+            site: "default".into(),
+            labels: BTreeMap::new(),
+            channels: Vec::new(),
+            listen: vec![
+                "/ip4/0.0.0.0/udp/0/quic-v1".into(),
+                "/ip4/0.0.0.0/tcp/0".into(),
+            ],
+            bootstrap: Vec::new(),
+            mdns: true,
+            download_bytes_per_sec: 0,
+            upload_bytes_per_sec: 0,
+            max_peers: 64,
+        }
+    }
+}
+
+impl MeshConfig {
+    /// Checks names and addresses; the error names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        use fleetmesh_protocol::manifest::is_valid_name;
+        if !is_valid_name(&self.site) {
+            return Err(format!("mesh.site {:?} is not a valid name", self.site));
+        }
+        for (k, v) in &self.labels {
+            if !is_valid_name(k) || !is_valid_name(v) {
+                return Err(format!("mesh.labels: {k:?} = {v:?} is not a valid label"));
+            }
+        }
+        if let Some(c) = self.channels.iter().find(|c| !is_valid_name(c)) {
+            return Err(format!("mesh.channels: {c:?} is not a valid name"));
+        }
+        parse_addrs("mesh.listen", &self.listen)?;
+        for (i, a) in parse_addrs("mesh.bootstrap", &self.bootstrap)?.iter().enumerate() {
+            if !matches!(a.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(_))) {
+                return Err(format!("mesh.bootstrap[{i}]: {a} must end with /p2p/<peer id>"));
+            }
+        }
+        if !(1..=10_000).contains(&self.max_peers) {
+            return Err("mesh.max_peers must be 1-10000".into());
+        }
+        Ok(())
+    }
+}
+
+/// Parses multiaddrs; the error names the key and the index.
+pub fn parse_addrs(key: &str, addrs: &[String]) -> Result<Vec<libp2p::Multiaddr>, String> {
+    addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            a.parse()
+                .map_err(|e| format!("{key}[{i}]: {a:?} is not a multiaddr: {e}"))
+        })
+        .collect()
 }
 
 /// Which slot backend.
@@ -147,6 +235,7 @@ impl NodeConfig {
                 config.platform
             )));
         }
+        config.mesh.validate().map_err(err)?;
         let u = &config.update;
         if u.health == HealthKind::Command && u.health_command.is_empty() {
             return Err(err(

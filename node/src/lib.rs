@@ -5,11 +5,13 @@
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod fsutil;
 pub mod install;
 pub mod keyfile;
+pub mod mesh;
 pub mod slots;
 pub mod store;
 pub mod updater;
 
-pub use store::{ChunkStore, ReleaseInfo, StoreError};
+pub use store::{ChunkFiles, ChunkStore, ReleaseInfo, StoreError};

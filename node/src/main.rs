@@ -8,11 +8,14 @@ use fleetmesh_node::slots::{
     file::FileBackend, grub::GrubBackend, uboot::UbootBackend, SlotBackend,
 };
 use fleetmesh_node::updater::{Next, Status, Updater, STATUS_FILE, VERDICT_FILE};
+use fleetmesh_node::mesh::{
+    self,
+    status::{MeshStatus, MESH_STATUS_FILE},
+};
 use fleetmesh_node::ChunkStore;
-use fleetmesh_node::{cli, fsutil};
-use fleetmesh_protocol::keys::{PublicKey, Root};
-use fleetmesh_protocol::{codec, RoleKeys, TrustChain, TrustState};
+use fleetmesh_node::{cli, daemon, fsutil};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -30,16 +33,54 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Boot: resume any update from the journal, then install new releases.
+    /// Create a node directory: node key, root key, node.toml.
+    Init {
+        /// Node directory to create.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The fleet's root public key (the seed's root.pub).
+        #[arg(long, value_name = "HEX")]
+        root_key: String,
+        /// This node's site label.
+        #[arg(long)]
+        site: String,
+        /// A label, key=value (repeatable).
+        #[arg(long = "label", value_name = "K=V", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// A peer to join through, with /p2p/<id> (repeatable).
+        #[arg(long = "bootstrap", value_name = "MULTIADDR")]
+        bootstrap: Vec<String>,
+        /// An address to listen on (repeatable; default: all interfaces, QUIC and TCP).
+        #[arg(long = "listen", value_name = "MULTIADDR")]
+        listen: Vec<String>,
+        /// The node's platform.
+        #[arg(long, default_value = "generic")]
+        platform: String,
+        /// Do not use mDNS to find LAN peers.
+        #[arg(long)]
+        no_mdns: bool,
+    },
+    /// Join the mesh, fetch and serve releases; resume and apply updates.
     Run {
         /// Node directory (node.toml, root.pub, trust.chain, store/).
         #[arg(long)]
         dir: PathBuf,
-        /// Handle this boot only; exit 0 when idle, 75 when a reboot is due.
+        /// Handle this boot's update only (no mesh); exit 0 when idle, 75
+        /// when a reboot is due.
         #[arg(long)]
         once: bool,
+        /// Listen here instead of mesh.listen (repeatable).
+        #[arg(long = "listen", value_name = "MULTIADDR")]
+        listen: Vec<String>,
+        /// Fault injection for tests: serve corrupt chunks.
+        #[arg(long, hide = true)]
+        chaos_corrupt_uploads: bool,
+        /// Fault injection for tests: gossip the announcements in this file
+        /// (4-byte big-endian length, then the message; repeated).
+        #[arg(long, hide = true, value_name = "FILE")]
+        chaos_gossip: Option<PathBuf>,
     },
-    /// Show the slot, version and update state.
+    /// Show the mesh, slot, version and update state.
     Status {
         /// Node directory.
         #[arg(long)]
@@ -89,26 +130,90 @@ fn main() -> ExitCode {
     }
 }
 
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?} is not key=value"))
+}
+
 fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        Cmd::Run { dir, once } => match (boot(&dir, once)?, once) {
-            (Next::Reboot, true) => return Ok(ExitCode::from(EXIT_REBOOT)),
-            (Next::Reboot, false) => reboot(&dir)?,
-            (Next::Idle, _) => {}
-        },
+        Cmd::Init {
+            dir,
+            root_key,
+            site,
+            labels,
+            bootstrap,
+            listen,
+            platform,
+            no_mdns,
+        } => {
+            let opts = daemon::InitOptions {
+                root_key: root_key
+                    .trim()
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("--root-key: {e}"))?,
+                site,
+                labels: labels.into_iter().collect(),
+                bootstrap,
+                listen,
+                platform,
+                mdns: !no_mdns,
+            };
+            let id = daemon::init(&dir, &opts, &mut rand_core::OsRng)?;
+            println!("{id}");
+        }
+        Cmd::Run { dir, once: true, .. } => {
+            let store = ChunkStore::open(&dir.join("store"))?;
+            if boot(&dir, &store, true)? == Next::Reboot {
+                return Ok(ExitCode::from(EXIT_REBOOT));
+            }
+        }
+        Cmd::Run {
+            dir,
+            listen,
+            chaos_corrupt_uploads,
+            chaos_gossip,
+            ..
+        } => {
+            let mut chaos = Vec::new();
+            if let Some(path) = chaos_gossip {
+                let bytes = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
+                let mut rest = bytes.as_slice();
+                while let Some((len, tail)) = rest.split_first_chunk::<4>() {
+                    let len = (u32::from_be_bytes(*len) as usize).min(tail.len());
+                    chaos.push(tail[..len].to_vec());
+                    rest = &tail[len..];
+                }
+            }
+            if serve(&dir, &listen, chaos_corrupt_uploads, chaos)? == Next::Reboot {
+                reboot(&dir)?;
+            }
+        }
         Cmd::Status { dir, json } => {
-            let path = dir.join("run").join(STATUS_FILE);
-            let bytes = std::fs::read(&path).with_context(|| {
-                format!(
-                    "read {} (has `fleetmesh-node run` started?)",
-                    path.display()
-                )
-            })?;
-            let status: Status = serde_json::from_slice(&bytes)
-                .with_context(|| format!("parse {}", path.display()))?;
+            let run = dir.join("run");
+            let read = |name: &str| -> Option<serde_json::Value> {
+                serde_json::from_slice(&std::fs::read(run.join(name)).ok()?).ok()
+            };
+            let (mesh, update) = (read(MESH_STATUS_FILE), read(STATUS_FILE));
+            if mesh.is_none() && update.is_none() {
+                bail!(
+                    "no status in {} (has `fleetmesh-node run` started?)",
+                    run.display()
+                );
+            }
             if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
-            } else {
+                let mut out = mesh.unwrap_or_else(|| serde_json::json!({}));
+                out["update"] = update.unwrap_or(serde_json::Value::Null);
+                println!("{}", serde_json::to_string_pretty(&out)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            if let Some(mesh) = mesh {
+                let mesh: MeshStatus = serde_json::from_value(mesh)?;
+                print_mesh(&mesh);
+            }
+            if let Some(update) = update {
+                let status: Status = serde_json::from_value(update)?;
                 println!("active slot     {}", status.active_slot);
                 println!(
                     "booted version  {}",
@@ -154,17 +259,75 @@ fn run_dir(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(run)
 }
 
-/// One boot: resume the journal, then offer new releases (once, or every
-/// few seconds until a reboot is due). The store and the backend live for
-/// the whole boot, so the bootloader's decision is taken exactly once.
-fn boot(dir: &Path, once: bool) -> anyhow::Result<Next> {
+fn print_mesh(m: &MeshStatus) {
+    println!("node id         {}", m.node_id);
+    println!("site            {}", m.site);
+    println!("peers           {}", m.peers);
+    for r in &m.releases {
+        let state = if r.complete { "complete" } else { "fetching" };
+        println!(
+            "release {:<8} {state}: {}/{} chunks, {} B down ({} B same site), {} B up",
+            r.version, r.chunks_have, r.chunks_total, r.bytes_down, r.bytes_down_same_site, r.bytes_up
+        );
+    }
+}
+
+/// The daemon: the mesh on this thread's runtime, the updater on its own
+/// thread. Returns when a signal asks it to stop or the updater needs a
+/// reboot.
+fn serve(dir: &Path, listen: &[String], corrupt: bool, gossip: Vec<Vec<u8>>) -> anyhow::Result<Next> {
     let config = NodeConfig::load(dir)?;
-    let trust = load_trust(dir)?;
-    let store = ChunkStore::open(&dir.join("store"))?;
+    let store = Arc::new(ChunkStore::open(&dir.join("store"))?);
+    let mut params = daemon::node_params(dir, &config, store.clone(), listen)?;
+    params.chaos_corrupt_uploads = corrupt;
+    params.chaos_gossip = gossip;
+    let (reboot_tx, reboot_rx) = tokio::sync::oneshot::channel();
+    let updater_dir = dir.to_owned();
+    std::thread::Builder::new()
+        .name("updater".into())
+        .spawn(move || {
+            let next = loop {
+                match boot(&updater_dir, &store, false) {
+                    Ok(next) => break next,
+                    Err(e) => {
+                        tracing::error!("updater: {}", cli::error_line(e.as_ref()));
+                        std::thread::sleep(Duration::from_secs(30));
+                    }
+                }
+            };
+            let _ = reboot_tx.send(next);
+        })
+        .context("start the updater thread")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    runtime.block_on(async {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Next>(1);
+        let stop = async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("install SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+                next = reboot_rx => { let _ = tx.send(next.unwrap_or(Next::Idle)).await; }
+            }
+        };
+        mesh::run(params, stop).await?;
+        Ok(rx.try_recv().unwrap_or(Next::Idle))
+    })
+}
+
+/// One boot: resume the journal, then offer new releases (once, or every
+/// few seconds until a reboot is due). The backend lives for the whole
+/// boot, so the bootloader's decision is taken exactly once.
+fn boot(dir: &Path, store: &ChunkStore, once: bool) -> anyhow::Result<Next> {
+    let config = NodeConfig::load(dir)?;
+    let trust = daemon::trust_state(dir)?;
     let run = run_dir(dir)?;
     let backend = backend(&config.slots);
     let mut updater = Updater::start(
-        &store,
+        store,
         backend,
         trust,
         config.platform.clone(),
@@ -174,7 +337,15 @@ fn boot(dir: &Path, once: bool) -> anyhow::Result<Next> {
     if updater.resume(cli::unix_now())? == Next::Reboot {
         return Ok(Next::Reboot);
     }
+    let chain_path = dir.join("trust.chain");
+    let mut chain_seen = std::fs::metadata(&chain_path).and_then(|m| m.modified()).ok();
     loop {
+        // The mesh rewrites the chain when a peer brings a newer one.
+        let modified = std::fs::metadata(&chain_path).and_then(|m| m.modified()).ok();
+        if modified != chain_seen {
+            chain_seen = modified;
+            updater.set_trust(daemon::trust_state(dir)?);
+        }
         let request = run.join(INSTALL_REQUEST);
         let forced = match std::fs::read_to_string(&request) {
             Ok(text) => Some(cli::parse_version(text.trim()).map_err(anyhow::Error::msg)?),
@@ -190,20 +361,6 @@ fn boot(dir: &Path, once: bool) -> anyhow::Result<Next> {
         }
         std::thread::sleep(Duration::from_secs(5));
     }
-}
-
-fn load_trust(dir: &Path) -> anyhow::Result<TrustState> {
-    let root_path = dir.join("root.pub");
-    let root: PublicKey<Root> = std::fs::read_to_string(&root_path)
-        .with_context(|| format!("read {}", root_path.display()))?
-        .parse()
-        .with_context(|| format!("parse {}", root_path.display()))?;
-    let chain_path = dir.join("trust.chain");
-    let bytes =
-        std::fs::read(&chain_path).with_context(|| format!("read {}", chain_path.display()))?;
-    let chain: TrustChain =
-        codec::decode(&bytes).with_context(|| format!("decode {}", chain_path.display()))?;
-    Ok(TrustState::from_chain(RoleKeys::single(root), &chain)?)
 }
 
 fn backend(slots: &SlotsConfig) -> Box<dyn SlotBackend> {

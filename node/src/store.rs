@@ -84,9 +84,99 @@ pub struct ReleaseInfo {
     pub stored_bytes: u64,
 }
 
+/// The chunk files of a store, without its database: what the mesh reads
+/// and writes, and what a seed daemon serves while `publish` holds the
+/// database. Several processes may hold one.
+#[derive(Clone, Debug)]
+pub struct ChunkFiles {
+    chunks: PathBuf,
+}
+
+impl ChunkFiles {
+    /// The chunk files of the store in `dir` (which must exist).
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let chunks = dir.join("chunks");
+        fs::read_dir(&chunks).ctx("open chunk directory", &chunks)?;
+        Ok(ChunkFiles { chunks })
+    }
+
+    /// Where a chunk's file is.
+    pub fn chunk_path(&self, id: &ChunkId) -> PathBuf {
+        self.shard_dir(id).join(id.to_hex())
+    }
+
+    pub(crate) fn shard_dir(&self, id: &ChunkId) -> PathBuf {
+        self.chunks.join(hex::encode(&id.0[..1]))
+    }
+
+    /// True if a file for `id` exists (its content is checked on read).
+    pub fn has_chunk(&self, id: &ChunkId) -> bool {
+        self.chunk_path(id).is_file()
+    }
+
+    /// The chunk's stored encoding, verified against `id`: what a peer is sent.
+    pub fn read_encoded(&self, id: &ChunkId) -> Result<Vec<u8>, StoreError> {
+        Ok(self.read_verified(id)?.0)
+    }
+
+    /// The chunk's raw bytes, verified against `id`.
+    pub fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>, StoreError> {
+        Ok(self.read_verified(id)?.1)
+    }
+
+    fn read_verified(&self, id: &ChunkId) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+        let path = self.chunk_path(id);
+        let encoded = match fs::read(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::Missing(*id)),
+            other => other.ctx("read", &path)?,
+        };
+        let raw =
+            decode_chunk(&encoded, id).map_err(|source| StoreError::Corrupt { id: *id, source })?;
+        Ok((encoded, raw))
+    }
+
+    /// Stores a chunk received from a peer: verified, written to a temp
+    /// name and renamed, so no reader sees a partial or wrong chunk. Not
+    /// fsynced: a download becomes durable when its release is recorded
+    /// (after a `syncfs`), and a chunk torn by a crash fails verification
+    /// on read and is fetched again. Returns false if it was already there.
+    pub fn put_received(&self, id: &ChunkId, encoded: &[u8]) -> Result<bool, StoreError> {
+        decode_chunk(encoded, id)?;
+        let path = self.chunk_path(id);
+        if path.is_file() {
+            return Ok(false);
+        }
+        // Two responses may carry the same chunk (endgame): unique temp names.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self.shard_dir(id).join(format!(".{id}.{n}{TEMP_SUFFIX}"));
+        fs::write(&tmp, encoded).ctx("write", &tmp)?;
+        if let Err(e) = fs::rename(&tmp, &path).ctx("rename into", &path) {
+            let _ = fs::remove_file(&tmp);
+            return Err(e.into());
+        }
+        Ok(true)
+    }
+
+    /// Removes a chunk found corrupt, so it is fetched again.
+    pub fn remove(&self, id: &ChunkId) -> Result<(), StoreError> {
+        let path = self.chunk_path(id);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => Ok(other.ctx("remove", &path)?),
+        }
+    }
+
+    /// Makes every chunk written so far durable (one `syncfs`).
+    pub fn sync(&self) -> Result<(), StoreError> {
+        Ok(fsutil::syncfs(&self.chunks)?)
+    }
+}
+
 /// A chunk store rooted at one directory.
 #[derive(Debug)]
 pub struct ChunkStore {
+    files: ChunkFiles,
     chunks: PathBuf,
     dirty: PathBuf,
     db: sled::Db,
@@ -121,6 +211,9 @@ impl ChunkStore {
             other => StoreError::Db(other),
         })?;
         Ok(ChunkStore {
+            files: ChunkFiles {
+                chunks: chunks.clone(),
+            },
             chunks,
             dirty,
             manifests: db.open_tree("manifests")?,
@@ -132,37 +225,31 @@ impl ChunkStore {
 
     /// Where chunk `id` lives.
     pub fn chunk_path(&self, id: &ChunkId) -> PathBuf {
-        self.shard_dir(id).join(id.to_hex())
+        self.files.chunk_path(id)
     }
 
     pub(crate) fn shard_dir(&self, id: &ChunkId) -> PathBuf {
-        self.chunks.join(hex::encode(&id.0[..1]))
+        self.files.shard_dir(id)
+    }
+
+    /// The store's chunk files.
+    pub fn files(&self) -> &ChunkFiles {
+        &self.files
     }
 
     /// True if a file for `id` exists (its content is checked on read).
     pub fn has_chunk(&self, id: &ChunkId) -> bool {
-        self.chunk_path(id).is_file()
+        self.files.has_chunk(id)
     }
 
-    /// The chunk's stored encoding, verified against `id`: what a peer is sent.
+    /// The chunk's stored encoding, verified against `id`.
     pub fn read_encoded(&self, id: &ChunkId) -> Result<Vec<u8>, StoreError> {
-        Ok(self.read_verified(id)?.0)
+        self.files.read_encoded(id)
     }
 
     /// The chunk's raw bytes, verified against `id`.
     pub fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>, StoreError> {
-        Ok(self.read_verified(id)?.1)
-    }
-
-    fn read_verified(&self, id: &ChunkId) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
-        let path = self.chunk_path(id);
-        let encoded = match fs::read(&path) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::Missing(*id)),
-            other => other.ctx("read", &path)?,
-        };
-        let raw =
-            decode_chunk(&encoded, id).map_err(|source| StoreError::Corrupt { id: *id, source })?;
-        Ok((encoded, raw))
+        self.files.read_chunk(id)
     }
 
     /// Starts a batch of chunk writes.

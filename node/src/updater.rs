@@ -137,6 +137,11 @@ impl<'s> Updater<'s> {
         })
     }
 
+    /// Replaces the trust state (the mesh brought a newer trust chain).
+    pub fn set_trust(&mut self, trust: TrustState) {
+        self.trust = trust;
+    }
+
     /// The current state.
     pub fn state(&self) -> &State {
         self.machine.state()

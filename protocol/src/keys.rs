@@ -111,6 +111,11 @@ impl<R: Role> SecretKey<R> {
             .to_bytes()
     }
 
+    /// The 32-byte seed (for handing the node key to libp2p).
+    pub fn seed(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.inner.to_bytes())
+    }
+
     /// The key file text: `fleetmesh-secret-key-v1 <role> <hex seed>`.
     pub fn to_text(&self) -> Zeroizing<String> {
         let seed = Zeroizing::new(self.inner.to_bytes());

@@ -15,7 +15,9 @@
 //!    pieces, and the site fans them out over the LAN. Joins and leaves move
 //!    only the pieces of the node that came or went.
 //! 3. Over the WAN, a cross-site peer that has the piece is preferred to the
-//!    seed; the seed serves what no one else has yet.
+//!    seed. From the seed, a node fetches only the pieces it owns among all
+//!    the nodes it knows (every site), so each piece leaves the seed about
+//!    once and the sites then trade it between them.
 //! 4. Among candidates, rarest first, ties broken by a per-node hash so nodes
 //!    spread out.
 //! 5. A node that has had nothing to do for `wan_fallback_after` (its site
@@ -206,8 +208,9 @@ pub struct Scheduler<P> {
     peers: BTreeMap<P, Peer>,
     pending: BTreeMap<RequestId, Pending<P>>,
     next_id: u64,
-    /// Pieces this node fetches over the WAN; `None` when membership changed.
-    mine: Option<Bits>,
+    /// Pieces this node fetches over the WAN, and those it fetches from the
+    /// seed; `None` when membership changed.
+    mine: Option<(Bits, Bits)>,
     idle_since: Option<Duration>,
 }
 
@@ -285,9 +288,7 @@ impl<P: Ord + Clone> Scheduler<P> {
         if self.peers.contains_key(&peer) {
             return;
         }
-        if self.is_member(&info) {
-            self.mine = None;
-        }
+        self.membership_changed(&info);
         self.peers.insert(
             peer,
             Peer {
@@ -307,9 +308,7 @@ impl<P: Ord + Clone> Scheduler<P> {
             for i in p.have.ones() {
                 self.avail[i] -= 1;
             }
-            if self.is_member(&p.info) {
-                self.mine = None;
-            }
+            self.membership_changed(&p.info);
         }
     }
 
@@ -334,7 +333,7 @@ impl<P: Ord + Clone> Scheduler<P> {
                 self.avail[i] -= 1;
             }
             p.have = Bits::new(self.lens.len());
-            if self.me.site == p.info.site {
+            if !p.info.seed {
                 self.mine = None;
             }
         }
@@ -402,6 +401,11 @@ impl<P: Ord + Clone> Scheduler<P> {
     /// The earliest deadline of a request in flight.
     pub fn next_deadline(&self) -> Option<Duration> {
         self.pending.values().map(|r| r.deadline).min()
+    }
+
+    /// The pieces a request in flight asked for.
+    pub fn pieces_of(&self, id: RequestId) -> Option<&[u32]> {
+        self.pending.get(&id).map(|r| r.pieces.as_slice())
     }
 
     /// Requests in flight.
@@ -578,30 +582,53 @@ impl<P: Ord + Clone> Scheduler<P> {
         }
         // Banned peers hold nothing (their have-maps are cleared).
         let lan_has_it = holders().any(|(_, p)| self.is_member(&p.info));
-        let mine = self.mine.as_ref().is_some_and(|m| m.get(idx));
+        let (mine, from_seed) = self
+            .mine
+            .as_ref()
+            .map_or((false, false), |(site, seed)| (site.get(idx), seed.get(idx)));
         if lan_has_it || !(mine || any_wan) {
             return None;
         }
-        best(false, false).or_else(|| best(false, true))
+        best(false, false).or_else(|| {
+            if from_seed || any_wan {
+                best(false, true)
+            } else {
+                None
+            }
+        })
     }
 
     fn is_member(&self, info: &PeerInfo) -> bool {
         info.site == self.me.site && !info.seed
     }
 
-    /// Pieces this node owns for WAN fetching among its site's members.
-    fn compute_mine(&self, now: Duration) -> Bits {
-        let members: Vec<u64> = self
+    /// Any change to the non-seed peers changes who owns what.
+    fn membership_changed(&mut self, info: &PeerInfo) {
+        if !info.seed {
+            self.mine = None;
+        }
+    }
+
+    /// Pieces this node owns for WAN fetching among its site's members, and
+    /// pieces it owns for fetching from the seed among all nodes it knows.
+    fn compute_mine(&self, now: Duration) -> (Bits, Bits) {
+        let live = |p: &&Peer| !p.info.seed && !p.banned_until.is_some_and(|t| now < t);
+        let site: Vec<u64> = self
             .peers
             .values()
-            .filter(|p| self.is_member(&p.info) && !p.banned_until.is_some_and(|t| now < t))
+            .filter(live)
+            .filter(|p| self.is_member(&p.info))
             .map(|p| p.info.tag)
             .collect();
-        let mut mine = Bits::new(self.lens.len());
+        let all: Vec<u64> = self.peers.values().filter(live).map(|p| p.info.tag).collect();
+        let mut mine = (Bits::new(self.lens.len()), Bits::new(self.lens.len()));
         for (i, key) in self.keys.iter().enumerate() {
             let me = mix(self.me.tag ^ key);
-            if members.iter().all(|t| mix(t ^ key) < me) {
-                mine.set(i);
+            if site.iter().all(|t| mix(t ^ key) < me) {
+                mine.0.set(i);
+            }
+            if all.iter().all(|t| mix(t ^ key) < me) {
+                mine.1.set(i);
             }
         }
         mine

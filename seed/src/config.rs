@@ -14,6 +14,40 @@ use std::path::Path;
 pub struct Config {
     /// How releases are made.
     pub publish: PublishConfig,
+    /// How `run` serves the mesh.
+    pub mesh: SeedMeshConfig,
+}
+
+/// `[mesh]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SeedMeshConfig {
+    /// Multiaddrs to listen on (nodes bootstrap to these).
+    pub listen: Vec<String>,
+    /// The seed's site label (its own: nodes count it as across the WAN).
+    pub site: String,
+    /// Upload cap in bytes/s, so the seed is not the bottleneck for
+    /// everything else on its link; 0 means none.
+    pub upload_bytes_per_sec: u64,
+    /// Find LAN peers with mDNS.
+    pub mdns: bool,
+    /// Most connected peers.
+    pub max_peers: usize,
+}
+
+impl Default for SeedMeshConfig {
+    fn default() -> Self {
+        SeedMeshConfig {
+            listen: vec![
+                "/ip4/0.0.0.0/udp/4001/quic-v1".into(),
+                "/ip4/0.0.0.0/tcp/4001".into(),
+            ],
+            site: "seed".into(),
+            upload_bytes_per_sec: 0,
+            mdns: true,
+            max_peers: 256,
+        }
+    }
 }
 
 /// `[publish]`.
@@ -81,13 +115,27 @@ impl Config {
              release_ttl_days = {}\n\
              # Channel and platforms used when publish is not given --channel / --platform.\n\
              default_channel = {:?}\n\
-             default_platforms = {:?}\n",
+             default_platforms = {:?}\n\n\
+             [mesh]\n\
+             # Addresses `fleetmesh-seed run` listens on; nodes bootstrap to them.\n\
+             listen = {:?}\n\
+             # The seed's own site label.\n\
+             site = {:?}\n\
+             # Upload cap in bytes/s (0: none).\n\
+             upload_bytes_per_sec = {}\n\
+             mdns = {}\n\
+             max_peers = {}\n",
             p.max_image_bytes,
             p.chunk_avg_bytes,
             p.zstd_level,
             p.release_ttl_days,
             p.default_channel,
             p.default_platforms,
+            self.mesh.listen,
+            self.mesh.site,
+            self.mesh.upload_bytes_per_sec,
+            self.mesh.mdns,
+            self.mesh.max_peers,
         )
     }
 
@@ -112,6 +160,14 @@ impl Config {
         }
         if p.default_platforms.is_empty() || !p.default_platforms.iter().all(|n| is_valid_name(n)) {
             return Err("publish.default_platforms must be non-empty valid names".into());
+        }
+        let m = &self.mesh;
+        fleetmesh_node::config::parse_addrs("mesh.listen", &m.listen)?;
+        if !is_valid_name(&m.site) {
+            return Err(format!("mesh.site {:?} is not a valid name", m.site));
+        }
+        if !(1..=100_000).contains(&m.max_peers) {
+            return Err("mesh.max_peers must be 1-100000".into());
         }
         Ok(())
     }

@@ -6,6 +6,8 @@
 //! DIR/trust.chain      every root-signed trust document
 //! DIR/keys/*.key       secret keys, mode 0600, directory 0700
 //! DIR/store/           the chunk store (chunks/, tmp/, meta/)
+//! DIR/releases/        signed manifests, for `run` to serve and announce
+//! DIR/run/             `run`'s status (mesh.json)
 //! ```
 
 use crate::config::Config;
@@ -64,6 +66,18 @@ impl Layout {
     /// `store/`.
     pub fn store(&self) -> PathBuf {
         self.dir.join("store")
+    }
+
+    /// `releases/`: one signed manifest per release, `<id>.manifest`, for
+    /// `run` to pick up without the store's database (which `publish`
+    /// holds while it works).
+    pub fn releases(&self) -> PathBuf {
+        self.dir.join("releases")
+    }
+
+    /// `run/`: the running daemon's status.
+    pub fn run(&self) -> PathBuf {
+        self.dir.join("run")
     }
 
     /// Every entry `init` creates, for `init --force` to replace.

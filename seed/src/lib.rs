@@ -8,6 +8,7 @@ pub mod config;
 pub mod init;
 pub mod layout;
 pub mod publish;
+pub mod serve;
 pub mod verify;
 
 use fleetmesh_node::fsutil::IoError;

@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use fleetmesh_node::cli;
 use fleetmesh_seed::layout::Seed;
 use fleetmesh_seed::publish::{publish, PublishRequest};
-use fleetmesh_seed::{init, verify};
+use fleetmesh_node::mesh::{
+    self,
+    status::{MeshStatus, MESH_STATUS_FILE},
+};
+use fleetmesh_seed::{init, serve, verify};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,6 +60,26 @@ enum Command {
         #[arg(long)]
         dir: PathBuf,
         /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve the mesh: announce every release (and new publishes at once),
+    /// serve chunks, collect node reports. Stops on SIGINT/SIGTERM.
+    Run {
+        /// Seed directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Listen here instead of the config's mesh.listen (repeatable).
+        #[arg(long = "listen", value_name = "MULTIADDR")]
+        listen: Vec<String>,
+    },
+    /// Show what the running seed serves: per release, egress bytes; the
+    /// nodes' latest reports.
+    Status {
+        /// Seed directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -128,6 +152,46 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&releases)?);
             } else {
                 print_releases(&releases)?;
+            }
+        }
+        Command::Run { dir, listen } => {
+            let seed = Seed::open(&dir)?;
+            let params = serve::params(&seed, &listen, &mut rand_core::OsRng)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("start the async runtime")?;
+            runtime.block_on(async {
+                let stop = async {
+                    let mut term = tokio::signal::unix::signal(
+                        tokio::signal::unix::SignalKind::terminate(),
+                    )
+                    .expect("install SIGTERM handler");
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                };
+                mesh::run(params, stop).await
+            })?;
+        }
+        Command::Status { dir, json } => {
+            let seed = Seed::open(&dir)?;
+            let path = seed.layout.run().join(MESH_STATUS_FILE);
+            let bytes = std::fs::read(&path).with_context(|| {
+                format!("read {} (has `fleetmesh-seed run` started?)", path.display())
+            })?;
+            let status: MeshStatus =
+                serde_json::from_slice(&bytes).with_context(|| format!("parse {}", path.display()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                println!("seed {} at {}", status.node_id, status.listen.join(" "));
+                println!("peers {} {:?}", status.peers, status.peer_sites);
+                for r in &status.releases {
+                    println!("release {:<10} egress {} B", r.version, r.egress_bytes);
+                }
+                println!("{} nodes reporting", status.nodes.len());
             }
         }
         Command::Verify { dir, version } => {

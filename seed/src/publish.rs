@@ -109,7 +109,11 @@ pub fn publish(
         // keeps "a failed publish changes nothing".
         let _ = store.remove_chunks(&placed);
     }
-    recorded
+    let info = recorded?;
+    // For a running `fleetmesh-seed run` to announce at once. If this fails
+    // the release is still recorded, and `run` exports it when it starts.
+    crate::serve::export_manifests(seed, &store)?;
+    Ok(info)
 }
 
 fn sign_and_record(

@@ -1,0 +1,205 @@
+//! The node directory and the `init` / `run` commands' library side.
+//!
+//! ```text
+//! DIR/node.toml     configuration (written by init)
+//! DIR/node.key      the node's secret key, mode 0600: its libp2p identity
+//! DIR/root.pub      the provisioned root public key
+//! DIR/trust.chain   the trust chain, fetched from peers and kept current
+//! DIR/releases/     signed manifests of releases the node fetches
+//! DIR/store/        the chunk store
+//! DIR/run/          status files, install requests, health verdicts
+//! ```
+
+use crate::config::{parse_addrs, NodeConfig};
+use crate::fsutil::{self, Context, IoError};
+use crate::keyfile;
+use crate::mesh::{self, Role};
+use crate::store::ChunkStore;
+use fleetmesh_protocol::keys::{Node, PublicKey, Root, SecretKey};
+use fleetmesh_protocol::{codec, RoleKeys, TrustChain, TrustState};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// What `init` writes.
+#[derive(Debug)]
+pub struct InitOptions {
+    /// The root public key (`fleetmesh-seed init` prints it; `root.pub`).
+    pub root_key: PublicKey<Root>,
+    /// Site label.
+    pub site: String,
+    /// Extra labels.
+    pub labels: BTreeMap<String, String>,
+    /// Bootstrap multiaddrs.
+    pub bootstrap: Vec<String>,
+    /// Listen multiaddrs (empty: the defaults).
+    pub listen: Vec<String>,
+    /// Platform.
+    pub platform: String,
+    /// mDNS on or off.
+    pub mdns: bool,
+}
+
+/// Why `init` refused.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    /// The directory already holds a node.
+    #[error("{} already holds a node (node.toml exists)", .0.display())]
+    Exists(PathBuf),
+    /// An option is malformed.
+    #[error("{0}")]
+    Bad(String),
+    /// Files.
+    #[error(transparent)]
+    Io(#[from] IoError),
+    /// The key file.
+    #[error(transparent)]
+    Key(#[from] keyfile::KeyFileError),
+}
+
+fn toml_str(s: &str) -> String {
+    format!("{s:?}")
+}
+
+fn toml_list(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|s| toml_str(s)).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+/// Creates a node directory: a fresh node key, the root key, `node.toml`
+/// (written last: its presence marks a node). Returns the node's peer id.
+pub fn init(dir: &Path, opts: &InitOptions, rng: &mut impl rand_core::CryptoRngCore) -> Result<String, InitError> {
+    let config_path = dir.join("node.toml");
+    if config_path.exists() {
+        return Err(InitError::Exists(dir.to_owned()));
+    }
+    let mut mesh = crate::config::MeshConfig {
+        site: opts.site.clone(),
+        labels: opts.labels.clone(),
+        bootstrap: opts.bootstrap.clone(),
+        mdns: opts.mdns,
+        ..Default::default()
+    };
+    if !opts.listen.is_empty() {
+        mesh.listen = opts.listen.clone();
+    }
+    mesh.validate().map_err(InitError::Bad)?;
+    if !fleetmesh_protocol::manifest::is_valid_name(&opts.platform) {
+        return Err(InitError::Bad(format!("platform {:?} is not a valid name", opts.platform)));
+    }
+    std::fs::create_dir_all(dir).ctx("create", dir)?;
+    let key = SecretKey::<Node>::generate(rng);
+    keyfile::write(&dir.join("node.key"), &key)?;
+    fsutil::write_atomic(&dir.join("root.pub"), format!("{}\n", opts.root_key).as_bytes(), 0o644)?;
+    let labels: Vec<String> = mesh.labels.iter().map(|(k, v)| format!("{k} = {}", toml_str(v))).collect();
+    let text = format!(
+        "# fleetmesh node configuration; paths are relative to this directory.\n\
+         platform = {platform}\n\n\
+         [mesh]\n\
+         site = {site}\n\
+         labels = {{ {labels} }}\n\
+         listen = {listen}\n\
+         bootstrap = {bootstrap}\n\
+         mdns = {mdns}\n\
+         # Caps in bytes/s; 0 means none.\n\
+         download_bytes_per_sec = 0\n\
+         upload_bytes_per_sec = 0\n\n\
+         [slots]\n\
+         backend = \"file\"\n\
+         slot_a = \"slot-a.img\"\n\
+         slot_b = \"slot-b.img\"\n\n\
+         [update]\n\
+         # Until a signed policy decides when to install, install only on request\n\
+         # (`fleetmesh-node install --version X.Y.Z`); set true to install at once.\n\
+         install_when_staged = false\n",
+        platform = toml_str(&opts.platform),
+        site = toml_str(&mesh.site),
+        labels = labels.join(", "),
+        listen = toml_list(&mesh.listen),
+        bootstrap = toml_list(&mesh.bootstrap),
+        mdns = mesh.mdns,
+    );
+    fsutil::write_atomic(&config_path, text.as_bytes(), 0o644)?;
+    fsutil::fsync_dir(dir)?;
+    Ok(peer_id_of(&key).to_string())
+}
+
+fn keypair_of(key: &SecretKey<Node>) -> libp2p::identity::Keypair {
+    let mut seed = key.seed();
+    libp2p::identity::Keypair::ed25519_from_bytes(seed.as_mut_slice())
+        .expect("an ed25519 seed is always 32 bytes")
+}
+
+fn peer_id_of(key: &SecretKey<Node>) -> libp2p::PeerId {
+    keypair_of(key).public().to_peer_id()
+}
+
+/// The node's key as a libp2p identity.
+pub fn node_keypair(path: &Path) -> Result<libp2p::identity::Keypair, keyfile::KeyFileError> {
+    Ok(keypair_of(&keyfile::read::<Node>(path)?))
+}
+
+/// The provisioned root key and the trust chain held so far (empty if the
+/// node has not fetched one yet).
+pub fn load_trust(dir: &Path) -> anyhow::Result<(RoleKeys<Root>, TrustChain)> {
+    use anyhow::Context as _;
+    let root_path = dir.join("root.pub");
+    let root: PublicKey<Root> = std::fs::read_to_string(&root_path)
+        .with_context(|| format!("read {}", root_path.display()))?
+        .trim()
+        .parse()
+        .with_context(|| format!("parse {}", root_path.display()))?;
+    let chain_path = dir.join("trust.chain");
+    let chain = match std::fs::read(&chain_path) {
+        Ok(bytes) => codec::decode(&bytes).with_context(|| format!("decode {}", chain_path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => TrustChain::default(),
+        Err(e) => return Err(e).with_context(|| format!("read {}", chain_path.display())),
+    };
+    Ok((RoleKeys::single(root), chain))
+}
+
+/// The trust state from `root.pub` and `trust.chain`.
+pub fn trust_state(dir: &Path) -> anyhow::Result<TrustState> {
+    let (root, chain) = load_trust(dir)?;
+    Ok(TrustState::from_chain(root, &chain)?)
+}
+
+/// The mesh parameters of a node directory.
+pub fn node_params(
+    dir: &Path,
+    config: &NodeConfig,
+    store: Arc<ChunkStore>,
+    listen_override: &[String],
+) -> anyhow::Result<mesh::Params> {
+    let m = &config.mesh;
+    let listen = if listen_override.is_empty() { &m.listen } else { listen_override };
+    let (root, chain) = load_trust(dir)?;
+    let releases_dir = dir.join("releases");
+    std::fs::create_dir_all(&releases_dir).ctx("create", &releases_dir)?;
+    let run_dir = dir.join("run");
+    std::fs::create_dir_all(&run_dir).ctx("create", &run_dir)?;
+    Ok(mesh::Params {
+        keypair: node_keypair(&dir.join("node.key"))?,
+        role: Role::Node,
+        site: m.site.clone(),
+        platform: config.platform.clone(),
+        channels: m.channels.clone(),
+        listen: parse_addrs("--listen", listen).map_err(anyhow::Error::msg)?,
+        bootstrap: parse_addrs("mesh.bootstrap", &m.bootstrap).map_err(anyhow::Error::msg)?,
+        mdns: m.mdns,
+        download_cap: m.download_bytes_per_sec,
+        upload_cap: m.upload_bytes_per_sec,
+        max_peers: m.max_peers,
+        root,
+        chain,
+        chain_path: Some(dir.join("trust.chain")),
+        releases_dir,
+        run_dir,
+        files: store.files().clone(),
+        store: Some(store),
+        release_key: None,
+        sched: Default::default(),
+        chaos_corrupt_uploads: false,
+        chaos_gossip: Vec::new(),
+    })
+}

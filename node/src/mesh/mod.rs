@@ -1,0 +1,1470 @@
+//! The mesh: a libp2p swarm that discovers peers (mDNS, Kademlia with
+//! bootstrap peers, identify carrying the site label), gossips signed
+//! release announcements, and swaps verified chunks over the exchange
+//! protocol, driven by the sans-IO [`fleetmesh_protocol::sched`] scheduler.
+//!
+//! One event loop owns all state (no locks). File work (reading chunks to
+//! serve, verifying and storing received ones, checking a whole image)
+//! runs on blocking threads and reports back over a bounded channel.
+//! Every queue is bounded: requests in flight by the scheduler's per-peer
+//! caps, chunks being served by [`MAX_SERVING`], peers by
+//! [`Params::max_peers`].
+//!
+//! The seed runs the same loop with every piece of its releases present,
+//! signing and re-announcing them; it never downloads.
+
+pub mod codec;
+pub mod release;
+pub mod status;
+
+use crate::store::{ChunkFiles, ChunkStore};
+use crate::{fsutil, ReleaseInfo};
+use codec::{ExchangeCodec, PROTOCOL};
+use fleetmesh_protocol::bucket::TokenBucket;
+use fleetmesh_protocol::keys::{Release as ReleaseRole, Root, SecretKey};
+use fleetmesh_protocol::manifest::Manifest;
+use fleetmesh_protocol::mesh::{
+    Accepted, Announcement, Announcements, Have, Hello, Request, Response, MAX_BATCH,
+    MAX_HAVE_ADDED, RESPONSE_BUDGET,
+};
+use fleetmesh_protocol::sched::{self, Bits, PeerInfo, Planned, RequestId, Scheduler};
+use fleetmesh_protocol::{codec as wire, ChunkId, ReleaseId, RoleKeys, Signed, TrustChain};
+use fleetmesh_protocol::TrustState;
+use futures::StreamExt;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::{behaviour::toggle::Toggle, NetworkBehaviour, SwarmEvent};
+use libp2p::{identify, identity::Keypair, kad, mdns, noise, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm};
+use release::{verify_image, Release};
+use status::{MeshStatus, ReleaseStatus, MESH_STATUS_FILE};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Most inbound chunk requests being read or paced at once; more get `Busy`.
+pub const MAX_SERVING: usize = 64;
+/// A request waits at most this long for upload tokens; longer gets `Busy`.
+const MAX_UPLOAD_WAIT: Duration = Duration::from_secs(2);
+/// Rejected gossip messages after which a peer is banned.
+const MAX_STRIKES: u32 = 5;
+/// How long a peer that sent a bad chunk or bad gossip stays banned.
+const BAN: Duration = Duration::from_secs(300);
+const TICK: Duration = Duration::from_millis(50);
+const HAVE_EVERY: Duration = Duration::from_millis(250);
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
+const DISCOVER_EVERY: Duration = Duration::from_secs(30);
+const MANIFEST_RETRY: Duration = Duration::from_secs(3);
+const REPORT_EVERY: Duration = Duration::from_secs(5);
+
+const TOPIC_ANNOUNCE: &str = "fleetmesh/announce/1";
+const TOPIC_STATUS: &str = "fleetmesh/status/1";
+const TOPIC_POLICY: &str = "fleetmesh/policy/1";
+
+/// Whether this process is an edge node or the seed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Downloads releases for its platform and serves what it has.
+    Node,
+    /// Serves and announces its published releases.
+    Seed,
+}
+
+/// Everything the mesh needs to start.
+#[derive(Debug)]
+pub struct Params {
+    /// The libp2p identity (the node key).
+    pub keypair: Keypair,
+    /// Node or seed.
+    pub role: Role,
+    /// This node's site label.
+    pub site: String,
+    /// Its platform (nodes fetch releases for it).
+    pub platform: String,
+    /// Channels to fetch; empty means every channel.
+    pub channels: Vec<String>,
+    /// Addresses to listen on.
+    pub listen: Vec<Multiaddr>,
+    /// Peers to dial at start and to seed Kademlia with.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Discover LAN peers with mDNS.
+    pub mdns: bool,
+    /// Download cap, bytes/s (0: none).
+    pub download_cap: u64,
+    /// Upload cap, bytes/s (0: none).
+    pub upload_cap: u64,
+    /// Most connected peers.
+    pub max_peers: usize,
+    /// The provisioned root keys.
+    pub root: RoleKeys<Root>,
+    /// The trust chain held so far.
+    pub chain: TrustChain,
+    /// Where the trust chain is kept (rewritten when a peer brings a newer one).
+    pub chain_path: Option<PathBuf>,
+    /// Directory of signed manifests (`<release id>.manifest`).
+    pub releases_dir: PathBuf,
+    /// Where `mesh.json` (status) goes.
+    pub run_dir: PathBuf,
+    /// The chunk files.
+    pub files: ChunkFiles,
+    /// Nodes: the store that completed releases are recorded in.
+    pub store: Option<Arc<ChunkStore>>,
+    /// Seed: the key that signs announcements.
+    pub release_key: Option<SecretKey<ReleaseRole>>,
+    /// Scheduler tunables.
+    pub sched: sched::Config,
+    /// Fault injection for tests: serve every chunk with a flipped byte.
+    pub chaos_corrupt_uploads: bool,
+    /// Fault injection for tests: raw announce-topic messages to gossip
+    /// every few seconds, as a forger would.
+    pub chaos_gossip: Vec<Vec<u8>>,
+}
+
+/// Why the mesh could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    /// The swarm could not be built or could not listen.
+    #[error("network: {0}")]
+    Network(String),
+    /// Files.
+    #[error(transparent)]
+    Io(#[from] fsutil::IoError),
+    /// The store.
+    #[error(transparent)]
+    Store(#[from] crate::StoreError),
+    /// Trust or encoding.
+    #[error(transparent)]
+    Protocol(#[from] fleetmesh_protocol::Error),
+}
+
+fn net_err(e: impl std::fmt::Display) -> MeshError {
+    MeshError::Network(e.to_string())
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    gossip: gossipsub::Behaviour,
+    exchange: request_response::Behaviour<ExchangeCodec>,
+    identify: identify::Behaviour,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+#[derive(Debug, Default)]
+struct Peer {
+    /// From identify: site label, seed or not.
+    info: Option<PeerInfo>,
+    /// Have-maps received, per release.
+    haves: BTreeMap<ReleaseId, Bits>,
+    /// Releases whose scheduler knows this peer.
+    in_sched: BTreeSet<ReleaseId>,
+    /// Per release: how much of our have-log this peer has been sent.
+    sent: BTreeMap<ReleaseId, usize>,
+    have_in_flight: bool,
+    strikes: u32,
+}
+
+#[derive(Debug)]
+enum Outbound {
+    Hello,
+    Have { release: ReleaseId, upto: usize },
+    Manifest(ReleaseId),
+    Chunks { release: ReleaseId, req: RequestId },
+}
+
+/// Results of blocking file work.
+#[derive(Debug)]
+enum Done {
+    Stored {
+        release: ReleaseId,
+        req: RequestId,
+        peer: PeerId,
+        got: Vec<u32>,
+        lacks: Vec<u32>,
+        bytes: u64,
+        bad: Option<String>,
+    },
+    Served {
+        release: ReleaseId,
+        channel: ResponseChannel<Response>,
+        response: Response,
+    },
+    Verified {
+        release: ReleaseId,
+        result: Result<Vec<ChunkId>, String>,
+    },
+}
+
+/// The mesh event loop.
+struct Mesh {
+    swarm: Swarm<Behaviour>,
+    p: Params,
+    start: Instant,
+    me: PeerInfo,
+    trust: TrustState,
+    announcements: Announcements,
+    releases: BTreeMap<ReleaseId, Release>,
+    /// Announced releases this node wants, whose manifest it does not have.
+    wanted: BTreeMap<ReleaseId, (Announcement, Option<Instant>)>,
+    peers: BTreeMap<PeerId, Peer>,
+    banned: BTreeMap<PeerId, Instant>,
+    outbound: HashMap<OutboundRequestId, Outbound>,
+    down: TokenBucket,
+    up: TokenBucket,
+    serving: usize,
+    done_tx: mpsc::Sender<Done>,
+    last_have: Instant,
+    last_status: Instant,
+    last_announce: Instant,
+    last_discover: Instant,
+    /// Latest status report from each node (seed view), as JSON.
+    reports: BTreeMap<String, serde_json::Value>,
+    /// Counters from the last run, by release, until the release loads.
+    saved_counters: BTreeMap<ReleaseId, release::Counters>,
+    listening: Vec<Multiaddr>,
+    last_report: Instant,
+    gossip_rejected: u64,
+}
+
+/// A stable 64-bit tag of a peer id, for the scheduler's hashing.
+fn tag_of(peer: &PeerId) -> u64 {
+    let h = blake3::hash(&peer.to_bytes());
+    u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or_default())
+}
+
+fn agent(role: Role, site: &str, platform: &str) -> String {
+    let role = match role {
+        Role::Node => "node",
+        Role::Seed => "seed",
+    };
+    format!(
+        "fleetmesh/{} role={role} site={site} platform={platform}",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+fn parse_agent(peer: &PeerId, agent: &str) -> Option<PeerInfo> {
+    let mut words = agent.split_whitespace();
+    if !words.next()?.starts_with("fleetmesh/") {
+        return None;
+    }
+    let (mut site, mut seed) = (None, false);
+    for w in words {
+        match w.split_once('=') {
+            Some(("site", s)) if fleetmesh_protocol::manifest::is_valid_name(s) => {
+                site = Some(s.to_owned())
+            }
+            Some(("role", r)) => seed = r == "seed",
+            _ => {}
+        }
+    }
+    Some(PeerInfo {
+        site: site?,
+        seed,
+        tag: tag_of(peer),
+    })
+}
+
+fn build_swarm(p: &Params) -> Result<Swarm<Behaviour>, MeshError> {
+    let agent = agent(p.role, &p.site, &p.platform);
+    let use_mdns = p.mdns;
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(p.keypair.clone())
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(net_err)?
+        .with_quic()
+        .with_behaviour(|key| {
+            let gossip_config = gossipsub::ConfigBuilder::default()
+                .heartbeat_interval(Duration::from_millis(700))
+                .validation_mode(gossipsub::ValidationMode::Strict)
+                .validate_messages()
+                .max_transmit_size(64 << 10)
+                .build()?;
+            let gossip = gossipsub::Behaviour::new(
+                gossipsub::MessageAuthenticity::Signed(key.clone()),
+                gossip_config,
+            )?;
+            let exchange = request_response::Behaviour::with_codec(
+                ExchangeCodec,
+                [(PROTOCOL, ProtocolSupport::Full)],
+                request_response::Config::default()
+                    .with_request_timeout(Duration::from_secs(60))
+                    .with_max_concurrent_streams(512),
+            );
+            let identify = identify::Behaviour::new(
+                identify::Config::new("/fleetmesh/1".into(), key.public()).with_agent_version(agent),
+            );
+            let peer_id = key.public().to_peer_id();
+            let mut kad = kad::Behaviour::with_config(
+                peer_id,
+                kad::store::MemoryStore::new(peer_id),
+                kad::Config::new(StreamProtocol::new("/fleetmesh/kad/1")),
+            );
+            kad.set_mode(Some(kad::Mode::Server));
+            let mdns = if use_mdns {
+                Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)?)
+            } else {
+                None
+            };
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Behaviour {
+                gossip,
+                exchange,
+                identify,
+                kad,
+                mdns: Toggle::from(mdns),
+            })
+        })
+        .map_err(net_err)?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(600)))
+        .build();
+    Ok(swarm)
+}
+
+/// Runs the mesh until `shutdown` resolves (or forever).
+pub async fn run(
+    params: Params,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), MeshError> {
+    let (done_tx, mut done_rx) = mpsc::channel(1024);
+    let mut mesh = Mesh::new(params, done_tx)?;
+    mesh.start_network()?;
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            event = mesh.swarm.select_next_some() => mesh.on_swarm(event),
+            Some(done) = done_rx.recv() => mesh.on_done(done),
+            _ = tick.tick() => mesh.on_tick(),
+            () = &mut shutdown => break,
+        }
+    }
+    mesh.write_status();
+    Ok(())
+}
+
+impl Mesh {
+    fn new(p: Params, done_tx: mpsc::Sender<Done>) -> Result<Self, MeshError> {
+        let swarm = build_swarm(&p)?;
+        let me = PeerInfo {
+            site: p.site.clone(),
+            seed: p.role == Role::Seed,
+            tag: tag_of(swarm.local_peer_id()),
+        };
+        let trust = TrustState::from_chain(p.root.clone(), &p.chain)?;
+        let now = Instant::now();
+        let mut mesh = Mesh {
+            swarm,
+            start: now,
+            me,
+            trust,
+            announcements: Announcements::default(),
+            releases: BTreeMap::new(),
+            wanted: BTreeMap::new(),
+            peers: BTreeMap::new(),
+            banned: BTreeMap::new(),
+            outbound: HashMap::new(),
+            down: TokenBucket::new(p.download_cap, p.download_cap / 4),
+            up: TokenBucket::new(p.upload_cap, p.upload_cap / 4),
+            serving: 0,
+            done_tx,
+            last_have: now,
+            last_status: now,
+            last_announce: now - ANNOUNCE_EVERY,
+            last_discover: now,
+            reports: BTreeMap::new(),
+            saved_counters: BTreeMap::new(),
+            listening: Vec::new(),
+            last_report: now,
+            gossip_rejected: 0,
+            p,
+        };
+        mesh.load_counters();
+        mesh.scan_releases();
+        Ok(mesh)
+    }
+
+    fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    fn start_network(&mut self) -> Result<(), MeshError> {
+        for topic in [TOPIC_ANNOUNCE, TOPIC_STATUS, TOPIC_POLICY] {
+            self.swarm
+                .behaviour_mut()
+                .gossip
+                .subscribe(&IdentTopic::new(topic))
+                .map_err(net_err)?;
+        }
+        for addr in self.p.listen.clone() {
+            self.swarm.listen_on(addr).map_err(net_err)?;
+        }
+        for addr in self.p.bootstrap.clone() {
+            if let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() {
+                self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+            }
+            if let Err(e) = self.swarm.dial(addr.clone()) {
+                tracing::warn!(%addr, "cannot dial bootstrap peer: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    // ---- releases on disk ----
+
+    /// Loads signed manifests from the releases directory that are not
+    /// loaded yet (the seed calls this every tick to pick up publishes).
+    fn scan_releases(&mut self) {
+        let Ok(entries) = std::fs::read_dir(&self.p.releases_dir) else {
+            return;
+        };
+        let mut found = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(hex) = name.strip_suffix(".manifest") else {
+                continue;
+            };
+            match hex.parse::<ReleaseId>() {
+                Ok(id) if !self.releases.contains_key(&id) => found.push(entry.path()),
+                _ => {}
+            }
+        }
+        let now = crate::cli::unix_now();
+        for path in found {
+            let verified = std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| wire::decode::<Signed<Manifest>>(&b).map_err(|e| e.to_string()))
+                .and_then(|s| s.verify_release(&self.trust, now).map_err(|e| e.to_string()));
+            match verified {
+                Ok(m) => self.add_release(m),
+                Err(e) => tracing::warn!(path = %path.display(), "skipping stored manifest: {e}"),
+            }
+        }
+    }
+
+    fn add_release(&mut self, manifest: fleetmesh_protocol::VerifiedManifest) {
+        let id = manifest.id();
+        let mut release = Release::new(manifest, &self.p.files);
+        if let Some(c) = self.saved_counters.remove(&id) {
+            release.counters = c;
+        }
+        let recorded = match &self.p.store {
+            None => true,
+            Some(store) => store.manifest(&id).ok().flatten().is_some(),
+        };
+        if self.p.role == Role::Seed {
+            release.complete = true;
+        } else if recorded && release.all_present() {
+            release.complete = true;
+        } else {
+            let mut s = Scheduler::new(self.p.sched.clone(), self.me.clone(), &release.pieces, |i| {
+                release.have.get(i)
+            });
+            for (peer, state) in &mut self.peers {
+                if let (Some(info), Some(bits)) = (&state.info, state.haves.get(&id)) {
+                    s.add_peer(*peer, info.clone());
+                    s.peer_has(peer, bits.ones().map(|i| i as u32));
+                    state.in_sched.insert(id);
+                }
+            }
+            release.sched = Some(s);
+        }
+        tracing::info!(
+            version = %release.manifest().version,
+            release = %id,
+            have = release.have.count(),
+            pieces = release.pieces.len(),
+            "release loaded"
+        );
+        self.wanted.remove(&id);
+        self.releases.insert(id, release);
+        for state in self.peers.values_mut() {
+            state.sent.remove(&id);
+        }
+    }
+
+    // ---- swarm events ----
+
+    fn on_swarm(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                if self.is_banned(&peer_id) || self.peers.len() >= self.p.max_peers {
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    return;
+                }
+                if num_established.get() == 1 {
+                    self.peers.insert(peer_id, Peer::default());
+                    let hello = Request::Hello(self.hello());
+                    self.send(peer_id, hello, Outbound::Hello);
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => self.forget_peer(&peer_id),
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let full = address.with(libp2p::multiaddr::Protocol::P2p(*self.swarm.local_peer_id()));
+                tracing::info!(%full, "listening");
+                self.listening.push(full);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Exchange(e)) => self.on_exchange(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Gossip(e)) => self.on_gossip(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => self.on_identify(peer_id, info),
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated {
+                peer,
+                addresses,
+                ..
+            })) => self.maybe_dial(peer, addresses.iter().cloned().collect()),
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
+                for (peer, addr) in list {
+                    self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                    self.maybe_dial(peer, vec![addr]);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn maybe_dial(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        if peer == *self.swarm.local_peer_id()
+            || self.swarm.is_connected(&peer)
+            || self.is_banned(&peer)
+            || self.peers.len() >= self.p.max_peers
+        {
+            return;
+        }
+        let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+            .addresses(addrs)
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(%peer, "dial: {e}");
+        }
+    }
+
+    fn is_banned(&self, peer: &PeerId) -> bool {
+        self.banned.get(peer).is_some_and(|t| Instant::now() < *t)
+    }
+
+    fn forget_peer(&mut self, peer: &PeerId) {
+        self.peers.remove(peer);
+        for r in self.releases.values_mut() {
+            if let Some(s) = r.sched.as_mut() {
+                s.remove_peer(peer);
+            }
+        }
+    }
+
+    fn on_identify(&mut self, peer: PeerId, info: identify::Info) {
+        let Some(pi) = parse_agent(&peer, &info.agent_version) else {
+            tracing::debug!(%peer, agent = %info.agent_version, "not a fleetmesh peer");
+            let _ = self.swarm.disconnect_peer_id(peer);
+            return;
+        };
+        for addr in info.listen_addrs {
+            self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+        }
+        if let Some(state) = self.peers.get_mut(&peer) {
+            state.info = Some(pi);
+        }
+        self.sync_peer(&peer);
+    }
+
+    /// Feeds what is known about a peer into the schedulers that lack it.
+    fn sync_peer(&mut self, peer: &PeerId) {
+        let Some(state) = self.peers.get_mut(peer) else {
+            return;
+        };
+        let Some(info) = state.info.clone() else {
+            return;
+        };
+        for (id, bits) in &state.haves {
+            let Some(s) = self.releases.get_mut(id).and_then(|r| r.sched.as_mut()) else {
+                continue;
+            };
+            if state.in_sched.insert(*id) {
+                s.add_peer(*peer, info.clone());
+            }
+            s.peer_has(peer, bits.ones().map(|i| i as u32));
+        }
+    }
+
+    fn ban(&mut self, peer: PeerId, why: &str) {
+        tracing::warn!(%peer, "banning peer: {why}");
+        self.banned.insert(peer, Instant::now() + BAN);
+        let now = self.now();
+        for r in self.releases.values_mut() {
+            if let Some(s) = r.sched.as_mut() {
+                s.ban(now, &peer);
+            }
+        }
+        self.peers.remove(&peer);
+        let _ = self.swarm.disconnect_peer_id(peer);
+    }
+
+    fn strike(&mut self, peer: PeerId, why: &str) {
+        let strikes = self.peers.get_mut(&peer).map(|p| {
+            p.strikes += 1;
+            p.strikes
+        });
+        tracing::warn!(%peer, "rejected gossip: {why}");
+        if strikes.is_some_and(|s| s >= MAX_STRIKES) {
+            self.ban(peer, "too many invalid gossip messages");
+        }
+    }
+
+    // ---- gossip ----
+
+    fn on_gossip(&mut self, event: gossipsub::Event) {
+        let gossipsub::Event::Message {
+            propagation_source,
+            message_id,
+            message,
+        } = event
+        else {
+            return;
+        };
+        let topic = message.topic.as_str().to_owned();
+        let verdict = match topic.as_str() {
+            TOPIC_ANNOUNCE => match wire::decode::<Signed<Announcement>>(&message.data) {
+                Ok(signed) => self.on_announcement(&signed),
+                Err(e) => Err(e.to_string()),
+            },
+            TOPIC_STATUS => self.on_report(&message.source, &message.data),
+            _ => Ok(MessageAcceptance::Ignore),
+        };
+        let acceptance = match verdict {
+            Ok(a) => a,
+            Err(why) => {
+                self.gossip_rejected += 1;
+                self.strike(propagation_source, &why);
+                MessageAcceptance::Reject
+            }
+        };
+        self.swarm
+            .behaviour_mut()
+            .gossip
+            .report_message_validation_result(&message_id, &propagation_source, acceptance);
+    }
+
+    /// Validates an announcement (signature, trust chain, expiry, not older
+    /// than known) and acts on a new one. `Err` means: reject and penalise.
+    fn on_announcement(&mut self, signed: &Signed<Announcement>) -> Result<MessageAcceptance, String> {
+        let now = crate::cli::unix_now();
+        if self.trust.current(now).is_err() {
+            // No usable trust document yet: cannot judge, do not relay.
+            return Ok(MessageAcceptance::Ignore);
+        }
+        match self.announcements.accept(signed, &self.trust, now) {
+            Ok(Accepted::Known) => Ok(MessageAcceptance::Accept),
+            Ok(Accepted::New(a)) => {
+                tracing::info!(version = %a.version, channel = %a.channel, release = %a.release_id, "release announced");
+                self.want(a);
+                Ok(MessageAcceptance::Accept)
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn want(&mut self, a: Announcement) {
+        let matches = self.p.role == Role::Node
+            && a.platforms.iter().any(|p| *p == self.p.platform)
+            && (self.p.channels.is_empty() || self.p.channels.contains(&a.channel));
+        if matches && !self.releases.contains_key(&a.release_id) {
+            self.wanted.insert(a.release_id, (a, None));
+        }
+    }
+
+    fn on_report(&mut self, source: &Option<PeerId>, data: &[u8]) -> Result<MessageAcceptance, String> {
+        let value: serde_json::Value =
+            serde_json::from_slice(data).map_err(|e| format!("status report: {e}"))?;
+        if self.p.role == Role::Seed {
+            let key = source.map(|p| p.to_string()).unwrap_or_default();
+            if self.reports.len() < 100_000 || self.reports.contains_key(&key) {
+                self.reports.insert(key, value);
+            }
+        }
+        Ok(MessageAcceptance::Accept)
+    }
+
+    fn hello(&self) -> Hello {
+        Hello {
+            trust: self.p.chain.clone(),
+            announcements: self.announcements.signed(),
+        }
+    }
+
+    fn on_hello(&mut self, peer: PeerId, hello: Hello) {
+        if hello.trust.docs.len() > self.p.chain.docs.len() {
+            match TrustState::from_chain(self.p.root.clone(), &hello.trust) {
+                Ok(state) if state.version() > self.trust.version() => {
+                    tracing::info!(version = state.version(), "trust chain advanced");
+                    self.trust = state;
+                    self.p.chain = hello.trust;
+                    if let Some(path) = &self.p.chain_path {
+                        let written = wire::encode(&self.p.chain)
+                            .map_err(|e| e.to_string())
+                            .and_then(|b| fsutil::write_atomic(path, &b, 0o644).map_err(|e| e.to_string()));
+                        if let Err(e) = written {
+                            tracing::error!("cannot save trust chain: {e}");
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.strike(peer, &format!("trust chain: {e}"));
+                    return;
+                }
+            }
+        }
+        for signed in hello.announcements.iter().take(fleetmesh_protocol::mesh::MAX_ANNOUNCEMENTS) {
+            if let Err(e) = self.on_announcement(signed) {
+                tracing::debug!(%peer, "announcement in hello: {e}");
+            }
+        }
+    }
+
+    // ---- exchange protocol ----
+
+    fn send(&mut self, peer: PeerId, request: Request, what: Outbound) {
+        let id = self.swarm.behaviour_mut().exchange.send_request(&peer, request);
+        self.outbound.insert(id, what);
+    }
+
+    fn on_exchange(&mut self, event: request_response::Event<Request, Response>) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message {
+                peer,
+                message: Message::Request { request, channel, .. },
+                ..
+            } => self.on_request(peer, request, channel),
+            Event::Message {
+                peer,
+                message: Message::Response { request_id, response },
+                ..
+            } => {
+                if let Some(what) = self.outbound.remove(&request_id) {
+                    self.on_response(peer, what, response);
+                }
+            }
+            Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let Some(what) = self.outbound.remove(&request_id) {
+                    tracing::debug!(%peer, "request failed: {error}");
+                    self.on_failure(peer, what);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_request(&mut self, peer: PeerId, request: Request, channel: ResponseChannel<Response>) {
+        let response = match request {
+            Request::Hello(hello) => {
+                self.on_hello(peer, hello);
+                Response::Hello(self.hello())
+            }
+            Request::Have(have) => Response::HaveAck {
+                need_full: self.on_have(peer, have),
+            },
+            Request::Manifest(id) => {
+                Response::Manifest(self.releases.get(&id).map(|r| r.signed().clone()))
+            }
+            Request::Chunks { release, ids } => return self.serve_chunks(peer, release, ids, channel),
+        };
+        let _ = self.swarm.behaviour_mut().exchange.send_response(channel, response);
+    }
+
+    /// Takes a have-map; returns true if the sender should send it whole.
+    fn on_have(&mut self, peer: PeerId, have: Have) -> bool {
+        if have.validate().is_err() {
+            self.strike(peer, "malformed have-map");
+            return false;
+        }
+        let Some(release) = self.releases.get(&have.release) else {
+            return true;
+        };
+        if have.pieces as usize != release.pieces.len() {
+            self.strike(peer, "have-map of the wrong size");
+            return false;
+        }
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return false;
+        };
+        let known = state.haves.contains_key(&have.release);
+        if !known && have.full.is_none() {
+            return true;
+        }
+        let bits = state
+            .haves
+            .entry(have.release)
+            .or_insert_with(|| Bits::new(have.pieces as usize));
+        if let Some(full) = &have.full {
+            for i in Bits::from_bytes(have.pieces as usize, full).ones() {
+                bits.set(i);
+            }
+        }
+        for &i in &have.added {
+            bits.set(i as usize);
+        }
+        self.sync_peer(&peer);
+        false
+    }
+
+    fn serve_chunks(
+        &mut self,
+        peer: PeerId,
+        release: ReleaseId,
+        ids: Vec<ChunkId>,
+        channel: ResponseChannel<Response>,
+    ) {
+        let estimate: u64 = match self.releases.get(&release) {
+            Some(r) if ids.len() <= MAX_BATCH => ids
+                .iter()
+                .filter_map(|id| r.piece_of(id).map(|i| u64::from(r.pieces[i as usize].1)))
+                .sum(),
+            _ => {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .exchange
+                    .send_response(channel, Response::Chunks(Vec::new()));
+                return;
+            }
+        };
+        let now = self.now();
+        if self.serving >= MAX_SERVING || self.up.wait_for(now, estimate) > MAX_UPLOAD_WAIT {
+            let _ = self.swarm.behaviour_mut().exchange.send_response(channel, Response::Busy);
+            return;
+        }
+        let delay = self.up.reserve(now, estimate);
+        self.serving += 1;
+        let files = self.p.files.clone();
+        let tx = self.done_tx.clone();
+        let corrupt = self.p.chaos_corrupt_uploads;
+        tracing::trace!(%peer, n = ids.len(), "serving");
+        tokio::spawn(async move {
+            let read =
+                tokio::task::spawn_blocking(move || read_for_peer(&files, &ids, corrupt)).await;
+            tokio::time::sleep(delay).await;
+            let response = match read {
+                Ok(chunks) => Response::Chunks(chunks),
+                Err(_) => Response::Busy,
+            };
+            let _ = tx
+                .send(Done::Served {
+                    release,
+                    channel,
+                    response,
+                })
+                .await;
+        });
+    }
+
+    fn on_response(&mut self, peer: PeerId, what: Outbound, response: Response) {
+        match (what, response) {
+            (Outbound::Hello, Response::Hello(hello)) => self.on_hello(peer, hello),
+            (Outbound::Have { release, upto }, Response::HaveAck { need_full }) => {
+                if let Some(state) = self.peers.get_mut(&peer) {
+                    state.have_in_flight = false;
+                    if need_full {
+                        state.sent.remove(&release);
+                    } else {
+                        state.sent.insert(release, upto);
+                    }
+                }
+            }
+            (Outbound::Manifest(id), Response::Manifest(Some(signed))) => self.on_manifest(peer, id, signed),
+            (Outbound::Manifest(id), _) => {
+                if let Some(w) = self.wanted.get_mut(&id) {
+                    w.1 = None;
+                }
+            }
+            (Outbound::Chunks { release, req }, Response::Chunks(chunks)) => {
+                self.store_chunks(peer, release, req, chunks)
+            }
+            (what, Response::Busy) => self.on_failure(peer, what),
+            (what, _) => {
+                self.strike(peer, "response does not match its request");
+                self.on_failure(peer, what);
+            }
+        }
+    }
+
+    fn on_failure(&mut self, peer: PeerId, what: Outbound) {
+        match what {
+            Outbound::Chunks { release, req } => {
+                if let Some(s) = self.releases.get_mut(&release).and_then(|r| r.sched.as_mut()) {
+                    s.failed(req);
+                }
+            }
+            Outbound::Have { release, .. } => {
+                if let Some(state) = self.peers.get_mut(&peer) {
+                    state.have_in_flight = false;
+                    state.sent.remove(&release);
+                }
+            }
+            Outbound::Manifest(id) => {
+                if let Some(w) = self.wanted.get_mut(&id) {
+                    w.1 = None;
+                }
+            }
+            Outbound::Hello => {}
+        }
+    }
+
+    fn on_manifest(&mut self, peer: PeerId, id: ReleaseId, signed: Signed<Manifest>) {
+        if signed.release_id() != id {
+            self.strike(peer, "manifest does not match the requested release id");
+            return;
+        }
+        let verified = match signed.verify_release(&self.trust, crate::cli::unix_now()) {
+            Ok(v) => v,
+            Err(e) => {
+                self.strike(peer, &format!("manifest: {e}"));
+                return;
+            }
+        };
+        if let Err(e) = verified.check_platform(&self.p.platform) {
+            tracing::warn!("announced release does not match its manifest: {e}");
+            self.wanted.remove(&id);
+            return;
+        }
+        let path = self.p.releases_dir.join(format!("{id}.manifest"));
+        let saved = wire::encode(&signed)
+            .map_err(|e| e.to_string())
+            .and_then(|b| fsutil::write_atomic(&path, &b, 0o644).map_err(|e| e.to_string()));
+        if let Err(e) = saved {
+            tracing::error!("cannot save manifest: {e}");
+            return;
+        }
+        self.add_release(verified);
+    }
+
+    fn store_chunks(&mut self, peer: PeerId, release: ReleaseId, req: RequestId, chunks: Vec<Option<Vec<u8>>>) {
+        let Some(r) = self.releases.get(&release) else {
+            return;
+        };
+        let Some(pieces) = r.sched.as_ref().and_then(|s| s.pieces_of(req)) else {
+            return;
+        };
+        let ids: Vec<(u32, ChunkId)> = pieces.iter().map(|&i| (i, r.pieces[i as usize].0)).collect();
+        if chunks.len() > ids.len() {
+            self.ban(peer, "sent more chunks than requested");
+            return;
+        }
+        let files = self.p.files.clone();
+        let tx = self.done_tx.clone();
+        tokio::spawn(async move {
+            let done = tokio::task::spawn_blocking(move || {
+                let (mut got, mut lacks, mut bytes, mut bad) = (Vec::new(), Vec::new(), 0, None);
+                for ((piece, id), chunk) in ids.iter().zip(chunks) {
+                    match chunk {
+                        None => lacks.push(*piece),
+                        Some(encoded) => match files.put_received(id, &encoded) {
+                            Ok(_) => {
+                                got.push(*piece);
+                                bytes += encoded.len() as u64;
+                            }
+                            Err(crate::StoreError::Invalid(e)) => {
+                                bad = Some(format!("bad chunk {id}: {e}"));
+                                break;
+                            }
+                            Err(e) => {
+                                tracing::error!("cannot store chunk {id}: {e}");
+                                break;
+                            }
+                        },
+                    }
+                }
+                Done::Stored {
+                    release,
+                    req,
+                    peer,
+                    got,
+                    lacks,
+                    bytes,
+                    bad,
+                }
+            })
+            .await;
+            if let Ok(done) = done {
+                let _ = tx.send(done).await;
+            }
+        });
+    }
+
+    fn on_done(&mut self, done: Done) {
+        match done {
+            Done::Served {
+                release,
+                channel,
+                response,
+            } => {
+                self.serving = self.serving.saturating_sub(1);
+                if let Response::Chunks(chunks) = &response {
+                    let bytes: u64 = chunks.iter().flatten().map(|c| c.len() as u64).sum();
+                    if let Some(r) = self.releases.get_mut(&release) {
+                        r.counters.bytes_up += bytes;
+                    }
+                }
+                let _ = self.swarm.behaviour_mut().exchange.send_response(channel, response);
+            }
+            Done::Stored {
+                release,
+                req,
+                peer,
+                got,
+                lacks,
+                bytes,
+                bad,
+            } => self.on_stored(release, req, peer, got, lacks, bytes, bad),
+            Done::Verified { release, result } => self.on_verified(release, result),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_stored(
+        &mut self,
+        release: ReleaseId,
+        req: RequestId,
+        peer: PeerId,
+        got: Vec<u32>,
+        lacks: Vec<u32>,
+        bytes: u64,
+        bad: Option<String>,
+    ) {
+        let now = self.now();
+        let same_site = self
+            .peers
+            .get(&peer)
+            .and_then(|p| p.info.as_ref())
+            .is_some_and(|i| i.site == self.me.site && !i.seed);
+        let Some(r) = self.releases.get_mut(&release) else {
+            return;
+        };
+        let Some(s) = r.sched.as_mut() else {
+            return;
+        };
+        let new = s.finish(now, req, &got, &lacks);
+        r.counters.bytes_down += bytes;
+        if same_site {
+            r.counters.bytes_down_same_site += bytes;
+        }
+        for i in new {
+            r.gained(i);
+        }
+        if let Some(why) = bad {
+            self.ban(peer, &why);
+        }
+        self.pump();
+    }
+
+    fn start_verify(&mut self, id: ReleaseId) {
+        let Some(r) = self.releases.get_mut(&id) else {
+            return;
+        };
+        r.verifying = true;
+        let manifest = r.manifest().clone();
+        let files = self.p.files.clone();
+        let tx = self.done_tx.clone();
+        tokio::spawn(async move {
+            let result = tokio::task::spawn_blocking(move || {
+                verify_image(&files, &manifest)
+                    .and_then(|bad| {
+                        if bad.is_empty() {
+                            files.sync()?;
+                        }
+                        Ok(bad)
+                    })
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+            let _ = tx.send(Done::Verified { release: id, result }).await;
+        });
+    }
+
+    fn on_verified(&mut self, id: ReleaseId, result: Result<Vec<ChunkId>, String>) {
+        let Some(r) = self.releases.get_mut(&id) else {
+            return;
+        };
+        r.verifying = false;
+        match result {
+            Ok(bad) if bad.is_empty() => {
+                let m = r.manifest();
+                let info = ReleaseInfo {
+                    version: m.version.to_string(),
+                    channel: m.channel.clone(),
+                    release_id: id.to_hex(),
+                    image_bytes: m.image_len,
+                    chunks: m.chunks.len() as u64,
+                    new_chunks: r.pieces.len() as u64,
+                    new_bytes: r.pieces.iter().map(|p| u64::from(p.1)).sum(),
+                    stored_bytes: r.counters.bytes_down,
+                };
+                if let Some(store) = &self.p.store {
+                    if let Err(e) = store.record_release(r.signed(), &info) {
+                        tracing::error!("cannot record release {}: {e}", info.version);
+                        return;
+                    }
+                }
+                r.complete = true;
+                r.sched = None;
+                tracing::info!(version = %info.version, release = %id, "release complete and verified");
+                self.write_status();
+            }
+            Ok(bad) => {
+                tracing::warn!(n = bad.len(), "corrupt or missing chunks found at the whole-image check; fetching them again");
+                for chunk in bad {
+                    let _ = self.p.files.remove(&chunk);
+                    if let Some(i) = r.piece_of(&chunk) {
+                        r.lost(i);
+                    }
+                }
+            }
+            Err(e) => tracing::error!("whole-image check of {id}: {e}"),
+        }
+    }
+
+    // ---- periodic work ----
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        self.banned.retain(|_, t| *t > now);
+        if self.p.role == Role::Seed {
+            self.scan_releases();
+            if now - self.last_announce >= ANNOUNCE_EVERY {
+                self.last_announce = now;
+                self.announce_all();
+            }
+        }
+        if now - self.last_discover >= DISCOVER_EVERY {
+            self.last_discover = now;
+            let _ = self.swarm.behaviour_mut().kad.bootstrap();
+        }
+        self.fetch_manifests();
+        let mono = self.now();
+        for r in self.releases.values_mut() {
+            if let Some(s) = r.sched.as_mut() {
+                s.expire(mono);
+            }
+        }
+        self.pump();
+        if now - self.last_have >= HAVE_EVERY {
+            self.last_have = now;
+            self.send_haves();
+        }
+        if now - self.last_status >= STATUS_EVERY {
+            self.last_status = now;
+            self.write_status();
+        }
+        if self.p.role == Role::Node && now - self.last_report >= REPORT_EVERY {
+            self.last_report = now;
+            self.publish_report();
+            for bytes in self.p.chaos_gossip.clone() {
+                let topic = IdentTopic::new(TOPIC_ANNOUNCE);
+                let _ = self.swarm.behaviour_mut().gossip.publish(topic, bytes);
+            }
+        }
+    }
+
+    fn status(&self) -> MeshStatus {
+        let mut peer_sites = BTreeMap::new();
+        for p in self.peers.values() {
+            let site = p.info.as_ref().map_or("?", |i| i.site.as_str());
+            *peer_sites.entry(site.to_owned()).or_insert(0) += 1;
+        }
+        MeshStatus {
+            node_id: self.swarm.local_peer_id().to_string(),
+            role: match self.p.role {
+                Role::Node => "node".into(),
+                Role::Seed => "seed".into(),
+            },
+            site: self.p.site.clone(),
+            peers: self.peers.len(),
+            peer_sites,
+            listen: self.listening.iter().map(|a| a.to_string()).collect(),
+            releases: self
+                .releases
+                .iter()
+                .map(|(id, r)| ReleaseStatus {
+                    release_id: id.to_hex(),
+                    version: r.manifest().version.to_string(),
+                    channel: r.manifest().channel.clone(),
+                    chunks_total: r.pieces.len() as u64,
+                    chunks_have: r.have.count() as u64,
+                    bytes_down: r.counters.bytes_down,
+                    bytes_down_same_site: r.counters.bytes_down_same_site,
+                    bytes_up: r.counters.bytes_up,
+                    egress_bytes: r.counters.bytes_up,
+                    complete: r.complete,
+                })
+                .collect(),
+            updated_at: crate::cli::unix_now().0,
+            banned: self.banned.keys().map(|p| p.to_string()).collect(),
+            gossip_rejected: self.gossip_rejected,
+            nodes: self.reports.clone(),
+        }
+    }
+
+    fn write_status(&self) {
+        let path = self.p.run_dir.join(MESH_STATUS_FILE);
+        let written = serde_json::to_vec_pretty(&self.status())
+            .map_err(|e| e.to_string())
+            .and_then(|b| fsutil::write_atomic(&path, &b, 0o644).map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            tracing::warn!("cannot write {}: {e}", path.display());
+        }
+    }
+
+    /// Counters of the previous run, from its last status.
+    fn load_counters(&mut self) {
+        let path = self.p.run_dir.join(MESH_STATUS_FILE);
+        let Ok(bytes) = std::fs::read(&path) else {
+            return;
+        };
+        let Ok(old) = serde_json::from_slice::<MeshStatus>(&bytes) else {
+            tracing::warn!("ignoring unreadable {}", path.display());
+            return;
+        };
+        for r in old.releases {
+            if let Ok(id) = r.release_id.parse::<ReleaseId>() {
+                let c = release::Counters {
+                    bytes_down: r.bytes_down,
+                    bytes_down_same_site: r.bytes_down_same_site,
+                    bytes_up: r.bytes_up,
+                };
+                self.saved_counters.insert(id, c);
+            }
+        }
+    }
+
+    /// Gossips this node's progress (the seed's fleet view is built from it).
+    fn publish_report(&mut self) {
+        let st = self.status();
+        let report = serde_json::json!({
+            "node_id": st.node_id,
+            "site": st.site,
+            "peers": st.peers,
+            "releases": st.releases.iter().map(|r| serde_json::json!({
+                "version": r.version, "chunks_have": r.chunks_have,
+                "chunks_total": r.chunks_total, "complete": r.complete,
+            })).collect::<Vec<_>>(),
+        });
+        if let Ok(bytes) = serde_json::to_vec(&report) {
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .gossip
+                .publish(IdentTopic::new(TOPIC_STATUS), bytes);
+        }
+    }
+
+    /// Plans and sends chunk requests for every download, and starts the
+    /// whole-image check of downloads that have every piece.
+    fn pump(&mut self) {
+        let now = self.now();
+        let mut to_send: Vec<(ReleaseId, Planned<PeerId>)> = Vec::new();
+        let mut to_verify = Vec::new();
+        for (id, r) in &mut self.releases {
+            if r.complete || r.verifying {
+                continue;
+            }
+            if r.all_present() {
+                to_verify.push(*id);
+                continue;
+            }
+            let Some(s) = r.sched.as_mut() else {
+                continue;
+            };
+            let budget = self.down.available(now);
+            for planned in s.plan(now, budget) {
+                self.down.reserve(now, planned.bytes);
+                to_send.push((*id, planned));
+            }
+        }
+        for (id, planned) in to_send {
+            let Some(r) = self.releases.get(&id) else {
+                continue;
+            };
+            let ids = planned
+                .pieces
+                .iter()
+                .map(|&i| r.pieces[i as usize].0)
+                .collect();
+            self.send(
+                planned.peer,
+                Request::Chunks { release: id, ids },
+                Outbound::Chunks {
+                    release: id,
+                    req: planned.id,
+                },
+            );
+        }
+        for id in to_verify {
+            self.start_verify(id);
+        }
+    }
+
+    fn fetch_manifests(&mut self) {
+        let now = Instant::now();
+        let due: Vec<ReleaseId> = self
+            .wanted
+            .iter()
+            .filter(|(_, (_, asked))| asked.is_none_or(|t| now - t >= MANIFEST_RETRY))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            // Prefer a peer that said it has pieces of it; else any peer.
+            let holder = self
+                .peers
+                .iter()
+                .find(|(_, p)| p.haves.contains_key(&id))
+                .or_else(|| self.peers.iter().find(|(_, p)| p.info.as_ref().is_some_and(|i| i.seed)))
+                .or_else(|| self.peers.iter().next())
+                .map(|(k, _)| *k);
+            let Some(peer) = holder else {
+                return;
+            };
+            if let Some(w) = self.wanted.get_mut(&id) {
+                w.1 = Some(now);
+            }
+            self.send(peer, Request::Manifest(id), Outbound::Manifest(id));
+        }
+    }
+
+    /// Sends each peer the pieces it has not been told about, one request
+    /// in flight per peer.
+    fn send_haves(&mut self) {
+        let mut sends = Vec::new();
+        for (peer, state) in &self.peers {
+            let Some(info) = &state.info else {
+                continue;
+            };
+            if state.have_in_flight || info.seed {
+                continue;
+            }
+            for (id, r) in &self.releases {
+                let sent = state.sent.get(id).copied();
+                if sent == Some(r.have_log.len()) || (sent.is_none() && r.have_log.is_empty() && r.complete) {
+                    continue;
+                }
+                let have = match sent {
+                    None => Have {
+                        release: *id,
+                        pieces: r.pieces.len() as u32,
+                        full: Some(r.have.to_bytes()),
+                        added: Vec::new(),
+                    },
+                    Some(from) => Have {
+                        release: *id,
+                        pieces: r.pieces.len() as u32,
+                        full: None,
+                        added: r.have_log[from..r.have_log.len().min(from + MAX_HAVE_ADDED)].to_vec(),
+                    },
+                };
+                let upto = match sent {
+                    None => r.have_log.len(),
+                    Some(from) => r.have_log.len().min(from + MAX_HAVE_ADDED),
+                };
+                sends.push((*peer, have, upto));
+                break;
+            }
+        }
+        for (peer, have, upto) in sends {
+            let release = have.release;
+            if let Some(state) = self.peers.get_mut(&peer) {
+                state.have_in_flight = true;
+            }
+            self.send(peer, Request::Have(have), Outbound::Have { release, upto });
+        }
+    }
+
+    fn announce_all(&mut self) {
+        let Some(key) = &self.p.release_key else {
+            return;
+        };
+        let now = crate::cli::unix_now();
+        // Only the newest release of each channel is announced.
+        let mut newest: BTreeMap<String, &Release> = BTreeMap::new();
+        for r in self.releases.values() {
+            let m = r.manifest();
+            if m.expires_at <= now {
+                continue;
+            }
+            let keep = newest
+                .get(&m.channel)
+                .is_none_or(|cur| cur.manifest().version < m.version);
+            if keep {
+                newest.insert(m.channel.clone(), r);
+            }
+        }
+        let mut messages = Vec::new();
+        for r in newest.values() {
+            let a = Announcement::of(r.id(), r.manifest(), now);
+            match Signed::sign(&a, &[key]).and_then(|s| Ok((wire::encode(&s)?, s))) {
+                Ok(m) => messages.push(m),
+                Err(e) => tracing::error!("cannot sign announcement: {e}"),
+            }
+        }
+        for (bytes, signed) in messages {
+            let _ = self.announcements.accept(&signed, &self.trust, now);
+            // No subscribers yet is not an error: peers get it in hello.
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .gossip
+                .publish(IdentTopic::new(TOPIC_ANNOUNCE), bytes);
+        }
+    }
+}
+
+/// Reads chunks for a peer: verified copies only, within the response
+/// budget. `corrupt` (fault injection) flips a byte in each.
+fn read_for_peer(files: &ChunkFiles, ids: &[ChunkId], corrupt: bool) -> Vec<Option<Vec<u8>>> {
+    let mut out = Vec::with_capacity(ids.len());
+    let mut total = 0;
+    for id in ids {
+        if total >= RESPONSE_BUDGET {
+            break;
+        }
+        match files.read_encoded(id) {
+            Ok(mut bytes) => {
+                total += bytes.len();
+                if corrupt {
+                    let last = bytes.len() - 1;
+                    bytes[last] ^= 0x5a;
+                }
+                out.push(Some(bytes));
+            }
+            Err(crate::StoreError::Corrupt { .. }) => {
+                tracing::error!(chunk = %id, "stored chunk is corrupt; removing it");
+                let _ = files.remove(id);
+                out.push(None);
+            }
+            Err(_) => out.push(None),
+        }
+    }
+    out
+}

@@ -1,0 +1,65 @@
+//! `run/mesh.json`: the mesh's status, rewritten atomically every second so
+//! that `fleetmesh-node status` and `fleetmesh-seed status` work while the
+//! daemon runs. Its counters are read back at start, so they count across
+//! restarts.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// File name in the run directory.
+pub const MESH_STATUS_FILE: &str = "mesh.json";
+
+/// The whole status.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MeshStatus {
+    /// This node's libp2p peer id.
+    pub node_id: String,
+    /// `node` or `seed`.
+    pub role: String,
+    /// Its site label.
+    pub site: String,
+    /// Connected peers.
+    pub peers: usize,
+    /// Connected peers by site.
+    pub peer_sites: BTreeMap<String, usize>,
+    /// Addresses it listens on, with its peer id (to bootstrap others from).
+    pub listen: Vec<String>,
+    /// Per release.
+    pub releases: Vec<ReleaseStatus>,
+    /// Unix time of this status.
+    pub updated_at: u64,
+    /// Peers banned now (bad chunks, invalid gossip).
+    #[serde(default)]
+    pub banned: Vec<String>,
+    /// Gossip messages rejected (and not relayed) since start.
+    #[serde(default)]
+    pub gossip_rejected: u64,
+    /// Seed: the latest status report of each node, by peer id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub nodes: BTreeMap<String, serde_json::Value>,
+}
+
+/// One release.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseStatus {
+    /// Release id (hex).
+    pub release_id: String,
+    /// Version.
+    pub version: String,
+    /// Channel.
+    pub channel: String,
+    /// Distinct chunks in the release.
+    pub chunks_total: u64,
+    /// Of those, present.
+    pub chunks_have: u64,
+    /// Chunk bytes received.
+    pub bytes_down: u64,
+    /// Of those, from same-site peers.
+    pub bytes_down_same_site: u64,
+    /// Chunk bytes sent.
+    pub bytes_up: u64,
+    /// Same as `bytes_up`: what left this node for the release.
+    pub egress_bytes: u64,
+    /// Whole image present and verified.
+    pub complete: bool,
+}

@@ -1,0 +1,83 @@
+//! `fleetmesh-seed run`: the seed on the mesh. It serves chunks straight
+//! from the store's chunk files and announces the releases found in
+//! `releases/`, so `publish` can run (and hold the store's database) while
+//! the daemon serves; a publish shows up within one tick.
+
+use crate::layout::Seed;
+use crate::Result;
+use fleetmesh_node::fsutil::{self, Context};
+use fleetmesh_node::mesh::{self, Role};
+use fleetmesh_node::{keyfile, ChunkFiles, ChunkStore};
+use fleetmesh_protocol::keys::{Node, Release, SecretKey};
+use fleetmesh_protocol::{codec, ReleaseId};
+
+/// Writes `releases/<id>.manifest` for every release in the store that
+/// lacks one.
+pub fn export_manifests(seed: &Seed, store: &ChunkStore) -> Result<usize> {
+    let dir = seed.layout.releases();
+    std::fs::create_dir_all(&dir).ctx("create", &dir)?;
+    let mut written = 0;
+    for info in store.releases()? {
+        let Ok(id) = info.release_id.parse::<ReleaseId>() else {
+            continue;
+        };
+        let path = dir.join(format!("{id}.manifest"));
+        if path.exists() {
+            continue;
+        }
+        if let Some(signed) = store.manifest(&id)? {
+            fsutil::write_atomic(&path, &codec::encode(&signed)?, 0o644)?;
+            written += 1;
+        }
+    }
+    Ok(written)
+}
+
+/// The seed's mesh identity, `keys/node.key`, created on first run.
+fn node_key(seed: &Seed, rng: &mut impl rand_core::CryptoRngCore) -> Result<libp2p::identity::Keypair> {
+    let path = seed.layout.keys().join("node.key");
+    if !path.exists() {
+        keyfile::write(&path, &SecretKey::<Node>::generate(rng))?;
+    }
+    fleetmesh_node::daemon::node_keypair(&path).map_err(Into::into)
+}
+
+/// The mesh parameters of a seed directory. Opens the store briefly to
+/// export manifests, then works from files only.
+pub fn params(
+    seed: &Seed,
+    listen_override: &[String],
+    rng: &mut impl rand_core::CryptoRngCore,
+) -> Result<mesh::Params> {
+    export_manifests(seed, &seed.store()?)?;
+    let m = &seed.config.mesh;
+    let listen = if listen_override.is_empty() { &m.listen } else { listen_override };
+    let listen = fleetmesh_node::config::parse_addrs("--listen", listen)
+        .map_err(crate::SeedError::BadArgument)?;
+    let run = seed.layout.run();
+    std::fs::create_dir_all(&run).ctx("create", &run)?;
+    Ok(mesh::Params {
+        keypair: node_key(seed, rng)?,
+        role: Role::Seed,
+        site: m.site.clone(),
+        platform: "seed".into(),
+        channels: Vec::new(),
+        listen,
+        bootstrap: Vec::new(),
+        mdns: m.mdns,
+        download_cap: 0,
+        upload_cap: m.upload_bytes_per_sec,
+        max_peers: m.max_peers,
+        root: seed.root_keys()?,
+        chain: seed.trust_chain()?,
+        chain_path: None,
+        releases_dir: seed.layout.releases(),
+        run_dir: run,
+        files: ChunkFiles::open(&seed.layout.store())?,
+        store: None,
+        release_key: Some(seed.key::<Release>()?),
+        sched: Default::default(),
+        chaos_corrupt_uploads: false,
+        chaos_gossip: Vec::new(),
+    })
+}
