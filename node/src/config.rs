@@ -91,9 +91,14 @@ impl MeshConfig {
             return Err(format!("mesh.channels: {c:?} is not a valid name"));
         }
         parse_addrs("mesh.listen", &self.listen)?;
-        for (i, a) in parse_addrs("mesh.bootstrap", &self.bootstrap)?.iter().enumerate() {
+        for (i, a) in parse_addrs("mesh.bootstrap", &self.bootstrap)?
+            .iter()
+            .enumerate()
+        {
             if !matches!(a.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(_))) {
-                return Err(format!("mesh.bootstrap[{i}]: {a} must end with /p2p/<peer id>"));
+                return Err(format!(
+                    "mesh.bootstrap[{i}]: {a} must end with /p2p/<peer id>"
+                ));
             }
         }
         if !(1..=10_000).contains(&self.max_peers) {

@@ -68,7 +68,11 @@ fn toml_list(items: &[String]) -> String {
 
 /// Creates a node directory: a fresh node key, the root key, `node.toml`
 /// (written last: its presence marks a node). Returns the node's peer id.
-pub fn init(dir: &Path, opts: &InitOptions, rng: &mut impl rand_core::CryptoRngCore) -> Result<String, InitError> {
+pub fn init(
+    dir: &Path,
+    opts: &InitOptions,
+    rng: &mut impl rand_core::CryptoRngCore,
+) -> Result<String, InitError> {
     let config_path = dir.join("node.toml");
     if config_path.exists() {
         return Err(InitError::Exists(dir.to_owned()));
@@ -85,13 +89,24 @@ pub fn init(dir: &Path, opts: &InitOptions, rng: &mut impl rand_core::CryptoRngC
     }
     mesh.validate().map_err(InitError::Bad)?;
     if !fleetmesh_protocol::manifest::is_valid_name(&opts.platform) {
-        return Err(InitError::Bad(format!("platform {:?} is not a valid name", opts.platform)));
+        return Err(InitError::Bad(format!(
+            "platform {:?} is not a valid name",
+            opts.platform
+        )));
     }
     std::fs::create_dir_all(dir).ctx("create", dir)?;
     let key = SecretKey::<Node>::generate(rng);
     keyfile::write(&dir.join("node.key"), &key)?;
-    fsutil::write_atomic(&dir.join("root.pub"), format!("{}\n", opts.root_key).as_bytes(), 0o644)?;
-    let labels: Vec<String> = mesh.labels.iter().map(|(k, v)| format!("{k} = {}", toml_str(v))).collect();
+    fsutil::write_atomic(
+        &dir.join("root.pub"),
+        format!("{}\n", opts.root_key).as_bytes(),
+        0o644,
+    )?;
+    let labels: Vec<String> = mesh
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k} = {}", toml_str(v)))
+        .collect();
     let text = format!(
         "# fleetmesh node configuration; paths are relative to this directory.\n\
          platform = {platform}\n\n\
@@ -151,7 +166,9 @@ pub fn load_trust(dir: &Path) -> anyhow::Result<(RoleKeys<Root>, TrustChain)> {
         .with_context(|| format!("parse {}", root_path.display()))?;
     let chain_path = dir.join("trust.chain");
     let chain = match std::fs::read(&chain_path) {
-        Ok(bytes) => codec::decode(&bytes).with_context(|| format!("decode {}", chain_path.display()))?,
+        Ok(bytes) => {
+            codec::decode(&bytes).with_context(|| format!("decode {}", chain_path.display()))?
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => TrustChain::default(),
         Err(e) => return Err(e).with_context(|| format!("read {}", chain_path.display())),
     };
@@ -172,7 +189,11 @@ pub fn node_params(
     listen_override: &[String],
 ) -> anyhow::Result<mesh::Params> {
     let m = &config.mesh;
-    let listen = if listen_override.is_empty() { &m.listen } else { listen_override };
+    let listen = if listen_override.is_empty() {
+        &m.listen
+    } else {
+        listen_override
+    };
     let (root, chain) = load_trust(dir)?;
     let releases_dir = dir.join("releases");
     std::fs::create_dir_all(&releases_dir).ctx("create", &releases_dir)?;

@@ -4,19 +4,19 @@
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use fleetmesh_node::config::{BackendKind, NodeConfig, SlotsConfig};
-use fleetmesh_node::slots::{
-    file::FileBackend, grub::GrubBackend, uboot::UbootBackend, SlotBackend,
-};
-use fleetmesh_node::updater::{Next, Status, Updater, STATUS_FILE, VERDICT_FILE};
 use fleetmesh_node::mesh::{
     self,
     status::{MeshStatus, MESH_STATUS_FILE},
 };
+use fleetmesh_node::slots::{
+    file::FileBackend, grub::GrubBackend, uboot::UbootBackend, SlotBackend,
+};
+use fleetmesh_node::updater::{Next, Status, Updater, STATUS_FILE, VERDICT_FILE};
 use fleetmesh_node::ChunkStore;
 use fleetmesh_node::{cli, daemon, fsutil};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Exit code of `run --once` when the node must reboot now.
@@ -163,7 +163,9 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             let id = daemon::init(&dir, &opts, &mut rand_core::OsRng)?;
             println!("{id}");
         }
-        Cmd::Run { dir, once: true, .. } => {
+        Cmd::Run {
+            dir, once: true, ..
+        } => {
             let store = ChunkStore::open(&dir.join("store"))?;
             if boot(&dir, &store, true)? == Next::Reboot {
                 return Ok(ExitCode::from(EXIT_REBOOT));
@@ -178,7 +180,8 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
         } => {
             let mut chaos = Vec::new();
             if let Some(path) = chaos_gossip {
-                let bytes = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
+                let bytes =
+                    std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
                 let mut rest = bytes.as_slice();
                 while let Some((len, tail)) = rest.split_first_chunk::<4>() {
                     let len = (u32::from_be_bytes(*len) as usize).min(tail.len());
@@ -267,7 +270,12 @@ fn print_mesh(m: &MeshStatus) {
         let state = if r.complete { "complete" } else { "fetching" };
         println!(
             "release {:<8} {state}: {}/{} chunks, {} B down ({} B same site), {} B up",
-            r.version, r.chunks_have, r.chunks_total, r.bytes_down, r.bytes_down_same_site, r.bytes_up
+            r.version,
+            r.chunks_have,
+            r.chunks_total,
+            r.bytes_down,
+            r.bytes_down_same_site,
+            r.bytes_up
         );
     }
 }
@@ -275,7 +283,12 @@ fn print_mesh(m: &MeshStatus) {
 /// The daemon: the mesh on this thread's runtime, the updater on its own
 /// thread. Returns when a signal asks it to stop or the updater needs a
 /// reboot.
-fn serve(dir: &Path, listen: &[String], corrupt: bool, gossip: Vec<Vec<u8>>) -> anyhow::Result<Next> {
+fn serve(
+    dir: &Path,
+    listen: &[String],
+    corrupt: bool,
+    gossip: Vec<Vec<u8>>,
+) -> anyhow::Result<Next> {
     let config = NodeConfig::load(dir)?;
     let store = Arc::new(ChunkStore::open(&dir.join("store"))?);
     let mut params = daemon::node_params(dir, &config, store.clone(), listen)?;
@@ -305,8 +318,9 @@ fn serve(dir: &Path, listen: &[String], corrupt: bool, gossip: Vec<Vec<u8>>) -> 
     runtime.block_on(async {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Next>(1);
         let stop = async move {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("install SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("install SIGTERM handler");
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
@@ -338,10 +352,14 @@ fn boot(dir: &Path, store: &ChunkStore, once: bool) -> anyhow::Result<Next> {
         return Ok(Next::Reboot);
     }
     let chain_path = dir.join("trust.chain");
-    let mut chain_seen = std::fs::metadata(&chain_path).and_then(|m| m.modified()).ok();
+    let mut chain_seen = std::fs::metadata(&chain_path)
+        .and_then(|m| m.modified())
+        .ok();
     loop {
         // The mesh rewrites the chain when a peer brings a newer one.
-        let modified = std::fs::metadata(&chain_path).and_then(|m| m.modified()).ok();
+        let modified = std::fs::metadata(&chain_path)
+            .and_then(|m| m.modified())
+            .ok();
         if modified != chain_seen {
             chain_seen = modified;
             updater.set_trust(daemon::trust_state(dir)?);

@@ -582,10 +582,9 @@ impl<P: Ord + Clone> Scheduler<P> {
         }
         // Banned peers hold nothing (their have-maps are cleared).
         let lan_has_it = holders().any(|(_, p)| self.is_member(&p.info));
-        let (mine, from_seed) = self
-            .mine
-            .as_ref()
-            .map_or((false, false), |(site, seed)| (site.get(idx), seed.get(idx)));
+        let (mine, from_seed) = self.mine.as_ref().map_or((false, false), |(site, seed)| {
+            (site.get(idx), seed.get(idx))
+        });
         if lan_has_it || !(mine || any_wan) {
             return None;
         }
@@ -620,7 +619,12 @@ impl<P: Ord + Clone> Scheduler<P> {
             .filter(|p| self.is_member(&p.info))
             .map(|p| p.info.tag)
             .collect();
-        let all: Vec<u64> = self.peers.values().filter(live).map(|p| p.info.tag).collect();
+        let all: Vec<u64> = self
+            .peers
+            .values()
+            .filter(live)
+            .map(|p| p.info.tag)
+            .collect();
         let mut mine = (Bits::new(self.lens.len()), Bits::new(self.lens.len()));
         for (i, key) in self.keys.iter().enumerate() {
             let me = mix(self.me.tag ^ key);

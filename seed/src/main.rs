@@ -4,12 +4,12 @@
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use fleetmesh_node::cli;
-use fleetmesh_seed::layout::Seed;
-use fleetmesh_seed::publish::{publish, PublishRequest};
 use fleetmesh_node::mesh::{
     self,
     status::{MeshStatus, MESH_STATUS_FILE},
 };
+use fleetmesh_seed::layout::Seed;
+use fleetmesh_seed::publish::{publish, PublishRequest};
 use fleetmesh_seed::{init, serve, verify};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -163,10 +163,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .context("start the async runtime")?;
             runtime.block_on(async {
                 let stop = async {
-                    let mut term = tokio::signal::unix::signal(
-                        tokio::signal::unix::SignalKind::terminate(),
-                    )
-                    .expect("install SIGTERM handler");
+                    let mut term =
+                        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                            .expect("install SIGTERM handler");
                     tokio::select! {
                         _ = tokio::signal::ctrl_c() => {}
                         _ = term.recv() => {}
@@ -179,10 +178,13 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let seed = Seed::open(&dir)?;
             let path = seed.layout.run().join(MESH_STATUS_FILE);
             let bytes = std::fs::read(&path).with_context(|| {
-                format!("read {} (has `fleetmesh-seed run` started?)", path.display())
+                format!(
+                    "read {} (has `fleetmesh-seed run` started?)",
+                    path.display()
+                )
             })?;
-            let status: MeshStatus =
-                serde_json::from_slice(&bytes).with_context(|| format!("parse {}", path.display()))?;
+            let status: MeshStatus = serde_json::from_slice(&bytes)
+                .with_context(|| format!("parse {}", path.display()))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {

@@ -34,7 +34,10 @@ pub fn export_manifests(seed: &Seed, store: &ChunkStore) -> Result<usize> {
 }
 
 /// The seed's mesh identity, `keys/node.key`, created on first run.
-fn node_key(seed: &Seed, rng: &mut impl rand_core::CryptoRngCore) -> Result<libp2p::identity::Keypair> {
+fn node_key(
+    seed: &Seed,
+    rng: &mut impl rand_core::CryptoRngCore,
+) -> Result<libp2p::identity::Keypair> {
     let path = seed.layout.keys().join("node.key");
     if !path.exists() {
         keyfile::write(&path, &SecretKey::<Node>::generate(rng))?;
@@ -51,7 +54,11 @@ pub fn params(
 ) -> Result<mesh::Params> {
     export_manifests(seed, &seed.store()?)?;
     let m = &seed.config.mesh;
-    let listen = if listen_override.is_empty() { &m.listen } else { listen_override };
+    let listen = if listen_override.is_empty() {
+        &m.listen
+    } else {
+        listen_override
+    };
     let listen = fleetmesh_node::config::parse_addrs("--listen", listen)
         .map_err(crate::SeedError::BadArgument)?;
     let run = seed.layout.run();

@@ -2,6 +2,8 @@
 //! that drives real `fleetmesh-seed` processes.
 
 pub mod image;
+pub mod lab;
+pub mod meshbench;
 pub mod sweep;
 
 /// Parses a size like `1GiB`, `256MiB`, `64KiB` or plain bytes.

@@ -53,6 +53,26 @@ enum Cmd {
         #[arg(long, default_value_t = 300)]
         small_edits: usize,
     },
+    /// Distribute one release from a seed to nodes in sites (real processes
+    /// on 127.0.0.1); print completion time, seed egress and per-site WAN
+    /// bytes as JSON.
+    MeshBench {
+        /// Lab directory; must not exist or be empty.
+        #[arg(long, default_value = "fleetmesh-meshbench")]
+        work: PathBuf,
+        /// Nodes, spread round-robin over the sites.
+        #[arg(long, default_value_t = 20)]
+        nodes: usize,
+        /// Sites.
+        #[arg(long, default_value_t = 4)]
+        sites: usize,
+        /// Image size.
+        #[arg(long, default_value = "128MiB", value_parser = parse_size)]
+        size: u64,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 900)]
+        timeout_secs: u64,
+    },
     /// Measure delta ratio and per-chunk costs for several average chunk sizes.
     ChunkSweep {
         /// Image size (held in memory twice).
@@ -145,6 +165,30 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 "{}",
                 serde_json::json!({ "size": size, "seed": seed, "edits": plan.edits.len(), "changed_bytes": plan.changed_bytes() })
             );
+        }
+        Cmd::MeshBench {
+            work,
+            nodes,
+            sites,
+            size,
+            timeout_secs,
+        } => {
+            if std::fs::read_dir(&work).is_ok_and(|mut d| d.next().is_some()) {
+                anyhow::bail!("{} is not empty; choose another --work", work.display());
+            }
+            let cfg = fleetmesh_testnet::meshbench::BenchConfig {
+                work,
+                nodes,
+                sites,
+                size,
+                timeout: std::time::Duration::from_secs(timeout_secs),
+            };
+            let report = fleetmesh_testnet::meshbench::run(
+                &cfg,
+                &demo::sibling_binary("fleetmesh-seed")?,
+                &demo::sibling_binary("fleetmesh-node")?,
+            )?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Cmd::ChunkSweep {
             size,

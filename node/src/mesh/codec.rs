@@ -23,7 +23,11 @@ async fn read_message<T: Message, R: AsyncRead + Unpin>(io: &mut R) -> io::Resul
     if len > T::MAX_BYTES {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("{} of {len} bytes exceeds the limit of {}", T::WHAT, T::MAX_BYTES),
+            format!(
+                "{} of {len} bytes exceeds the limit of {}",
+                T::WHAT,
+                T::MAX_BYTES
+            ),
         ));
     }
     let mut buf = vec![0u8; len];

@@ -28,8 +28,8 @@ use fleetmesh_protocol::mesh::{
     MAX_HAVE_ADDED, RESPONSE_BUDGET,
 };
 use fleetmesh_protocol::sched::{self, Bits, PeerInfo, Planned, RequestId, Scheduler};
-use fleetmesh_protocol::{codec as wire, ChunkId, ReleaseId, RoleKeys, Signed, TrustChain};
 use fleetmesh_protocol::TrustState;
+use fleetmesh_protocol::{codec as wire, ChunkId, ReleaseId, RoleKeys, Signed, TrustChain};
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
@@ -299,7 +299,8 @@ fn build_swarm(p: &Params) -> Result<Swarm<Behaviour>, MeshError> {
                     .with_max_concurrent_streams(512),
             );
             let identify = identify::Behaviour::new(
-                identify::Config::new("/fleetmesh/1".into(), key.public()).with_agent_version(agent),
+                identify::Config::new("/fleetmesh/1".into(), key.public())
+                    .with_agent_version(agent),
             );
             let peer_id = key.public().to_peer_id();
             let mut kad = kad::Behaviour::with_config(
@@ -309,7 +310,10 @@ fn build_swarm(p: &Params) -> Result<Swarm<Behaviour>, MeshError> {
             );
             kad.set_mode(Some(kad::Mode::Server));
             let mdns = if use_mdns {
-                Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)?)
+                Some(mdns::tokio::Behaviour::new(
+                    mdns::Config::default(),
+                    peer_id,
+                )?)
             } else {
                 None
             };
@@ -408,7 +412,10 @@ impl Mesh {
         }
         for addr in self.p.bootstrap.clone() {
             if let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() {
-                self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                self.swarm
+                    .behaviour_mut()
+                    .kad
+                    .add_address(&peer, addr.clone());
             }
             if let Err(e) = self.swarm.dial(addr.clone()) {
                 tracing::warn!(%addr, "cannot dial bootstrap peer: {e}");
@@ -441,7 +448,10 @@ impl Mesh {
             let verified = std::fs::read(&path)
                 .map_err(|e| e.to_string())
                 .and_then(|b| wire::decode::<Signed<Manifest>>(&b).map_err(|e| e.to_string()))
-                .and_then(|s| s.verify_release(&self.trust, now).map_err(|e| e.to_string()));
+                .and_then(|s| {
+                    s.verify_release(&self.trust, now)
+                        .map_err(|e| e.to_string())
+                });
             match verified {
                 Ok(m) => self.add_release(m),
                 Err(e) => tracing::warn!(path = %path.display(), "skipping stored manifest: {e}"),
@@ -464,9 +474,12 @@ impl Mesh {
         } else if recorded && release.all_present() {
             release.complete = true;
         } else {
-            let mut s = Scheduler::new(self.p.sched.clone(), self.me.clone(), &release.pieces, |i| {
-                release.have.get(i)
-            });
+            let mut s = Scheduler::new(
+                self.p.sched.clone(),
+                self.me.clone(),
+                &release.pieces,
+                |i| release.have.get(i),
+            );
             for (peer, state) in &mut self.peers {
                 if let (Some(info), Some(bits)) = (&state.info, state.haves.get(&id)) {
                     s.add_peer(*peer, info.clone());
@@ -515,7 +528,9 @@ impl Mesh {
                 ..
             } => self.forget_peer(&peer_id),
             SwarmEvent::NewListenAddr { address, .. } => {
-                let full = address.with(libp2p::multiaddr::Protocol::P2p(*self.swarm.local_peer_id()));
+                let full = address.with(libp2p::multiaddr::Protocol::P2p(
+                    *self.swarm.local_peer_id(),
+                ));
                 tracing::info!(%full, "listening");
                 self.listening.push(full);
             }
@@ -533,7 +548,10 @@ impl Mesh {
             })) => self.maybe_dial(peer, addresses.iter().cloned().collect()),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
                 for (peer, addr) in list {
-                    self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer, addr.clone());
                     self.maybe_dial(peer, vec![addr]);
                 }
             }
@@ -664,7 +682,10 @@ impl Mesh {
 
     /// Validates an announcement (signature, trust chain, expiry, not older
     /// than known) and acts on a new one. `Err` means: reject and penalise.
-    fn on_announcement(&mut self, signed: &Signed<Announcement>) -> Result<MessageAcceptance, String> {
+    fn on_announcement(
+        &mut self,
+        signed: &Signed<Announcement>,
+    ) -> Result<MessageAcceptance, String> {
         let now = crate::cli::unix_now();
         if self.trust.current(now).is_err() {
             // No usable trust document yet: cannot judge, do not relay.
@@ -690,7 +711,11 @@ impl Mesh {
         }
     }
 
-    fn on_report(&mut self, source: &Option<PeerId>, data: &[u8]) -> Result<MessageAcceptance, String> {
+    fn on_report(
+        &mut self,
+        source: &Option<PeerId>,
+        data: &[u8],
+    ) -> Result<MessageAcceptance, String> {
         let value: serde_json::Value =
             serde_json::from_slice(data).map_err(|e| format!("status report: {e}"))?;
         if self.p.role == Role::Seed {
@@ -719,7 +744,9 @@ impl Mesh {
                     if let Some(path) = &self.p.chain_path {
                         let written = wire::encode(&self.p.chain)
                             .map_err(|e| e.to_string())
-                            .and_then(|b| fsutil::write_atomic(path, &b, 0o644).map_err(|e| e.to_string()));
+                            .and_then(|b| {
+                                fsutil::write_atomic(path, &b, 0o644).map_err(|e| e.to_string())
+                            });
                         if let Err(e) = written {
                             tracing::error!("cannot save trust chain: {e}");
                         }
@@ -732,7 +759,11 @@ impl Mesh {
                 }
             }
         }
-        for signed in hello.announcements.iter().take(fleetmesh_protocol::mesh::MAX_ANNOUNCEMENTS) {
+        for signed in hello
+            .announcements
+            .iter()
+            .take(fleetmesh_protocol::mesh::MAX_ANNOUNCEMENTS)
+        {
             if let Err(e) = self.on_announcement(signed) {
                 tracing::debug!(%peer, "announcement in hello: {e}");
             }
@@ -742,7 +773,11 @@ impl Mesh {
     // ---- exchange protocol ----
 
     fn send(&mut self, peer: PeerId, request: Request, what: Outbound) {
-        let id = self.swarm.behaviour_mut().exchange.send_request(&peer, request);
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .exchange
+            .send_request(&peer, request);
         self.outbound.insert(id, what);
     }
 
@@ -751,12 +786,19 @@ impl Mesh {
         match event {
             Event::Message {
                 peer,
-                message: Message::Request { request, channel, .. },
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
                 ..
             } => self.on_request(peer, request, channel),
             Event::Message {
                 peer,
-                message: Message::Response { request_id, response },
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
                 ..
             } => {
                 if let Some(what) = self.outbound.remove(&request_id) {
@@ -790,9 +832,15 @@ impl Mesh {
             Request::Manifest(id) => {
                 Response::Manifest(self.releases.get(&id).map(|r| r.signed().clone()))
             }
-            Request::Chunks { release, ids } => return self.serve_chunks(peer, release, ids, channel),
+            Request::Chunks { release, ids } => {
+                return self.serve_chunks(peer, release, ids, channel)
+            }
         };
-        let _ = self.swarm.behaviour_mut().exchange.send_response(channel, response);
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .exchange
+            .send_response(channel, response);
     }
 
     /// Takes a have-map; returns true if the sender should send it whole.
@@ -854,7 +902,11 @@ impl Mesh {
         };
         let now = self.now();
         if self.serving >= MAX_SERVING || self.up.wait_for(now, estimate) > MAX_UPLOAD_WAIT {
-            let _ = self.swarm.behaviour_mut().exchange.send_response(channel, Response::Busy);
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .exchange
+                .send_response(channel, Response::Busy);
             return;
         }
         let delay = self.up.reserve(now, estimate);
@@ -894,7 +946,9 @@ impl Mesh {
                     }
                 }
             }
-            (Outbound::Manifest(id), Response::Manifest(Some(signed))) => self.on_manifest(peer, id, signed),
+            (Outbound::Manifest(id), Response::Manifest(Some(signed))) => {
+                self.on_manifest(peer, id, signed)
+            }
             (Outbound::Manifest(id), _) => {
                 if let Some(w) = self.wanted.get_mut(&id) {
                     w.1 = None;
@@ -914,7 +968,11 @@ impl Mesh {
     fn on_failure(&mut self, peer: PeerId, what: Outbound) {
         match what {
             Outbound::Chunks { release, req } => {
-                if let Some(s) = self.releases.get_mut(&release).and_then(|r| r.sched.as_mut()) {
+                if let Some(s) = self
+                    .releases
+                    .get_mut(&release)
+                    .and_then(|r| r.sched.as_mut())
+                {
                     s.failed(req);
                 }
             }
@@ -961,14 +1019,23 @@ impl Mesh {
         self.add_release(verified);
     }
 
-    fn store_chunks(&mut self, peer: PeerId, release: ReleaseId, req: RequestId, chunks: Vec<Option<Vec<u8>>>) {
+    fn store_chunks(
+        &mut self,
+        peer: PeerId,
+        release: ReleaseId,
+        req: RequestId,
+        chunks: Vec<Option<Vec<u8>>>,
+    ) {
         let Some(r) = self.releases.get(&release) else {
             return;
         };
         let Some(pieces) = r.sched.as_ref().and_then(|s| s.pieces_of(req)) else {
             return;
         };
-        let ids: Vec<(u32, ChunkId)> = pieces.iter().map(|&i| (i, r.pieces[i as usize].0)).collect();
+        let ids: Vec<(u32, ChunkId)> = pieces
+            .iter()
+            .map(|&i| (i, r.pieces[i as usize].0))
+            .collect();
         if chunks.len() > ids.len() {
             self.ban(peer, "sent more chunks than requested");
             return;
@@ -1028,7 +1095,11 @@ impl Mesh {
                         r.counters.bytes_up += bytes;
                     }
                 }
-                let _ = self.swarm.behaviour_mut().exchange.send_response(channel, response);
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .exchange
+                    .send_response(channel, response);
             }
             Done::Stored {
                 release,
@@ -1101,7 +1172,12 @@ impl Mesh {
             })
             .await
             .unwrap_or_else(|e| Err(e.to_string()));
-            let _ = tx.send(Done::Verified { release: id, result }).await;
+            let _ = tx
+                .send(Done::Verified {
+                    release: id,
+                    result,
+                })
+                .await;
         });
     }
 
@@ -1135,7 +1211,10 @@ impl Mesh {
                 self.write_status();
             }
             Ok(bad) => {
-                tracing::warn!(n = bad.len(), "corrupt or missing chunks found at the whole-image check; fetching them again");
+                tracing::warn!(
+                    n = bad.len(),
+                    "corrupt or missing chunks found at the whole-image check; fetching them again"
+                );
                 for chunk in bad {
                     let _ = self.p.files.remove(&chunk);
                     if let Some(i) = r.piece_of(&chunk) {
@@ -1341,7 +1420,11 @@ impl Mesh {
                 .peers
                 .iter()
                 .find(|(_, p)| p.haves.contains_key(&id))
-                .or_else(|| self.peers.iter().find(|(_, p)| p.info.as_ref().is_some_and(|i| i.seed)))
+                .or_else(|| {
+                    self.peers
+                        .iter()
+                        .find(|(_, p)| p.info.as_ref().is_some_and(|i| i.seed))
+                })
                 .or_else(|| self.peers.iter().next())
                 .map(|(k, _)| *k);
             let Some(peer) = holder else {
@@ -1367,7 +1450,9 @@ impl Mesh {
             }
             for (id, r) in &self.releases {
                 let sent = state.sent.get(id).copied();
-                if sent == Some(r.have_log.len()) || (sent.is_none() && r.have_log.is_empty() && r.complete) {
+                if sent == Some(r.have_log.len())
+                    || (sent.is_none() && r.have_log.is_empty() && r.complete)
+                {
                     continue;
                 }
                 let have = match sent {
@@ -1381,7 +1466,8 @@ impl Mesh {
                         release: *id,
                         pieces: r.pieces.len() as u32,
                         full: None,
-                        added: r.have_log[from..r.have_log.len().min(from + MAX_HAVE_ADDED)].to_vec(),
+                        added: r.have_log[from..r.have_log.len().min(from + MAX_HAVE_ADDED)]
+                            .to_vec(),
                     },
                 };
                 let upto = match sent {

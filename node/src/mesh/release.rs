@@ -136,10 +136,12 @@ pub fn verify_image(files: &ChunkFiles, manifest: &Manifest) -> Result<Vec<Chunk
     if bad.is_empty() && ImageHash::from(hasher.finalize()) != manifest.image_hash {
         // Every chunk matched its id yet the image does not: the manifest
         // itself is inconsistent, which a valid signature should rule out.
-        return Err(StoreError::Invalid(fleetmesh_protocol::Error::InvalidMessage {
-            what: "manifest",
-            reason: "chunks do not hash to the image hash".into(),
-        }));
+        return Err(StoreError::Invalid(
+            fleetmesh_protocol::Error::InvalidMessage {
+                what: "manifest",
+                reason: "chunks do not hash to the image hash".into(),
+            },
+        ));
     }
     Ok(bad)
 }

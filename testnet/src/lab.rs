@@ -1,0 +1,334 @@
+//! A local lab of real processes on 127.0.0.1: one `fleetmesh-seed run`
+//! and any number of `fleetmesh-node run`, each in its own directory under
+//! the lab directory, logging to `<name>.log`. Nodes bootstrap to the seed
+//! and find each other through Kademlia (mDNS is off: the lab touches no
+//! interface but loopback). Dropping the lab kills every process it started.
+
+use anyhow::{bail, Context, Result};
+use fleetmesh_node::mesh::status::{MeshStatus, MESH_STATUS_FILE};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Loopback listen addresses: QUIC and TCP on ephemeral ports.
+const LISTEN: [&str; 2] = ["/ip4/127.0.0.1/udp/0/quic-v1", "/ip4/127.0.0.1/tcp/0"];
+
+/// One node of the lab.
+#[derive(Debug)]
+pub struct LabNode {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// Its site label.
+    pub site: String,
+    /// Its peer id.
+    pub peer_id: String,
+    child: Option<Child>,
+}
+
+/// The lab.
+#[derive(Debug)]
+pub struct Lab {
+    /// The lab directory.
+    pub dir: PathBuf,
+    seed_bin: PathBuf,
+    node_bin: PathBuf,
+    /// The seed's directory.
+    pub seed_dir: PathBuf,
+    seed: Option<Child>,
+    /// The seed's dialable address (with `/p2p/`), once it runs.
+    pub seed_addr: Option<String>,
+    /// The nodes, in the order added.
+    pub nodes: Vec<LabNode>,
+}
+
+fn path_str(p: &Path) -> Result<&str> {
+    p.to_str()
+        .with_context(|| format!("{} is not UTF-8", p.display()))
+}
+
+fn run_ok(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn read_status(path: &Path) -> Option<MeshStatus> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+impl Lab {
+    /// A lab in `dir` (which must not exist or be empty) with a fresh seed.
+    pub fn new(dir: &Path, seed_bin: &Path, node_bin: &Path) -> Result<Lab> {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        let seed_dir = dir.join("seed");
+        run_ok(Command::new(seed_bin).args(["init", "--dir", path_str(&seed_dir)?]))?;
+        let config = seed_dir.join("config.toml");
+        let text = std::fs::read_to_string(&config)?;
+        std::fs::write(&config, text.replace("mdns = true", "mdns = false"))?;
+        Ok(Lab {
+            dir: dir.to_owned(),
+            seed_bin: seed_bin.to_owned(),
+            node_bin: node_bin.to_owned(),
+            seed_dir,
+            seed: None,
+            seed_addr: None,
+            nodes: Vec::new(),
+        })
+    }
+
+    /// Publishes `image` as `version`; returns publish's JSON summary.
+    pub fn publish(&self, image: &Path, version: &str) -> Result<serde_json::Value> {
+        let out = run_ok(Command::new(&self.seed_bin).args([
+            "publish",
+            "--dir",
+            path_str(&self.seed_dir)?,
+            "--image",
+            path_str(image)?,
+            "--version",
+            version,
+        ]))?;
+        Ok(serde_json::from_str(&out)?)
+    }
+
+    fn spawn(&self, bin: &Path, args: &[String], log: &str) -> Result<Child> {
+        let log_path = self.dir.join(log);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("open {}", log_path.display()))?;
+        Command::new(bin)
+            .args(args)
+            .env("FLEETMESH_LOG", "info,libp2p_kad=error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("start {}", bin.display()))
+    }
+
+    /// Starts the seed and waits until it listens.
+    pub fn start_seed(&mut self) -> Result<()> {
+        let status = self.seed_dir.join("run").join(MESH_STATUS_FILE);
+        let _ = std::fs::remove_file(&status);
+        let mut args = vec![
+            "run".into(),
+            "--dir".into(),
+            path_str(&self.seed_dir)?.into(),
+        ];
+        for l in LISTEN {
+            args.extend(["--listen".into(), l.into()]);
+        }
+        self.seed = Some(self.spawn(&self.seed_bin, &args, "seed.log")?);
+        let found = wait_until(Duration::from_secs(30), || {
+            read_status(&status).and_then(|s| {
+                s.listen
+                    .iter()
+                    .find(|a| a.contains("/tcp/"))
+                    .or(s.listen.first())
+                    .cloned()
+            })
+        });
+        self.seed_addr = Some(found.context("the seed did not start listening within 30 s")?);
+        Ok(())
+    }
+
+    /// Kills the seed (SIGKILL).
+    pub fn kill_seed(&mut self) {
+        if let Some(mut c) = self.seed.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Creates a node in `site` bootstrapping to the seed; returns its index.
+    pub fn add_node(&mut self, site: &str, toml_extra: &str) -> Result<usize> {
+        let addr = self.seed_addr.clone().context("start the seed first")?;
+        let i = self.nodes.len();
+        let dir = self.dir.join(format!("node{i:02}"));
+        let root = std::fs::read_to_string(self.seed_dir.join("root.pub"))?;
+        let peer_id = run_ok(Command::new(&self.node_bin).args([
+            "init",
+            "--dir",
+            path_str(&dir)?,
+            "--root-key",
+            root.trim(),
+            "--site",
+            site,
+            "--bootstrap",
+            &addr,
+            "--no-mdns",
+            "--listen",
+            LISTEN[0],
+            "--listen",
+            LISTEN[1],
+        ]))?;
+        if !toml_extra.is_empty() {
+            let path = dir.join("node.toml");
+            let text = std::fs::read_to_string(&path)?;
+            std::fs::write(&path, patch_toml(&text, toml_extra))?;
+        }
+        self.nodes.push(LabNode {
+            dir,
+            site: site.into(),
+            peer_id,
+            child: None,
+        });
+        Ok(i)
+    }
+
+    /// Starts node `i` with extra `run` arguments.
+    pub fn start_node(&mut self, i: usize, extra: &[&str]) -> Result<()> {
+        let node = &self.nodes[i];
+        let mut args = vec!["run".into(), "--dir".into(), path_str(&node.dir)?.into()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let child = self.spawn(&self.node_bin, &args, &format!("node{i:02}.log"))?;
+        self.nodes[i].child = Some(child);
+        Ok(())
+    }
+
+    /// Kills node `i` with SIGKILL.
+    pub fn kill_node(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Node `i`'s latest status.
+    pub fn node_status(&self, i: usize) -> Option<MeshStatus> {
+        read_status(&self.nodes[i].dir.join("run").join(MESH_STATUS_FILE))
+    }
+
+    /// The seed's latest status.
+    pub fn seed_status(&self) -> Option<MeshStatus> {
+        read_status(&self.seed_dir.join("run").join(MESH_STATUS_FILE))
+    }
+
+    /// True if node `i` has release `version` complete.
+    pub fn node_complete(&self, i: usize, version: &str) -> bool {
+        self.node_status(i).is_some_and(|s| {
+            s.releases
+                .iter()
+                .any(|r| r.version == version && r.complete)
+        })
+    }
+
+    /// Waits until every node in `which` has `version` complete.
+    pub fn wait_complete(
+        &self,
+        which: &[usize],
+        version: &str,
+        timeout: Duration,
+    ) -> Result<Duration> {
+        let start = Instant::now();
+        let done = wait_until(timeout, || {
+            which
+                .iter()
+                .all(|&i| self.node_complete(i, version))
+                .then_some(())
+        });
+        if done.is_none() {
+            let behind: Vec<String> = which
+                .iter()
+                .filter(|&&i| !self.node_complete(i, version))
+                .map(|&i| format!("node{i:02}"))
+                .collect();
+            bail!(
+                "{} did not complete {version} within {timeout:?}",
+                behind.join(", ")
+            );
+        }
+        Ok(start.elapsed())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.kill_seed();
+        for i in 0..self.nodes.len() {
+            self.kill_node(i);
+        }
+    }
+}
+
+/// Polls `f` every 50 ms until it returns `Some` or `timeout` passes.
+pub fn wait_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if start.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sets `section.key = value` lines in a node.toml written by `init`:
+/// replaces the key where its section has it, else adds it to the section.
+fn patch_toml(text: &str, extra: &str) -> String {
+    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    for line in extra.lines().filter(|l| !l.trim().is_empty()) {
+        let Some((full_key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let (section, key) = full_key
+            .trim()
+            .split_once('.')
+            .unwrap_or(("", full_key.trim()));
+        let new_line = format!("{key} = {}", value.trim());
+        let mut current = String::new();
+        let mut header = None;
+        let mut replaced = false;
+        for (n, l) in lines.iter_mut().enumerate() {
+            if l.starts_with('[') {
+                current = l.trim_matches(['[', ']']).to_owned();
+                if current == section {
+                    header = Some(n);
+                }
+            } else if current == section && l.split('=').next().map(str::trim) == Some(key) {
+                *l = new_line.clone();
+                replaced = true;
+                break;
+            }
+        }
+        if !replaced {
+            let at = header.map_or(0, |h| h + 1);
+            lines.insert(at, new_line);
+        }
+    }
+    lines.join("\n") + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::patch_toml;
+
+    #[test]
+    fn patch_replaces_or_adds_keys_in_their_section() {
+        let text = "platform = \"x\"\n[mesh]\nsite = \"a\"\nmdns = false\n[update]\ninstall_when_staged = false\n";
+        let out = patch_toml(
+            text,
+            "mesh.download_bytes_per_sec = 100\nupdate.install_when_staged = true",
+        );
+        assert!(
+            out.contains("[mesh]\ndownload_bytes_per_sec = 100\nsite"),
+            "{out}"
+        );
+        let again = patch_toml(&out, "mesh.download_bytes_per_sec = 7");
+        assert_eq!(
+            again.matches("download_bytes_per_sec").count(),
+            1,
+            "{again}"
+        );
+        assert!(out.contains("install_when_staged = true"), "{out}");
+        assert!(!out.contains("install_when_staged = false"), "{out}");
+    }
+}

@@ -1,0 +1,159 @@
+//! Distribution of one release over a lab of sites: how long until every
+//! node has it, what the seed sent, what crossed each site's WAN link.
+//! On loopback, "sites" are labels: the figures that matter are bytes
+//! (seed egress, bytes between sites), which the nodes count themselves.
+
+use crate::image::write_image;
+use crate::lab::Lab;
+use anyhow::{bail, Context, Result};
+use fleetmesh_node::ChunkFiles;
+use fleetmesh_protocol::manifest::Manifest;
+use fleetmesh_protocol::{codec, ImageHash, Signed};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    /// Lab directory (created).
+    pub work: PathBuf,
+    /// Nodes, spread round-robin over the sites.
+    pub nodes: usize,
+    /// Sites.
+    pub sites: usize,
+    /// Image size.
+    pub size: u64,
+    /// Give up after this long.
+    pub timeout: Duration,
+}
+
+/// Bytes one site pulled over its WAN link.
+#[derive(Clone, Debug, Serialize)]
+pub struct SiteReport {
+    /// Site label.
+    pub site: String,
+    /// Nodes in it.
+    pub nodes: usize,
+    /// Chunk bytes its nodes received from outside the site.
+    pub wan_in_bytes: u64,
+    /// That over the release's wire size: 1.0 is each chunk once.
+    pub wan_ratio: f64,
+}
+
+/// The measurement.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    /// Nodes.
+    pub nodes: usize,
+    /// Image size.
+    pub image_bytes: u64,
+    /// The release's chunks as stored and sent (compressed).
+    pub wire_bytes: u64,
+    /// From starting the nodes until every node had the release verified.
+    pub completion_secs: f64,
+    /// Chunk bytes the seed sent.
+    pub seed_egress_bytes: u64,
+    /// That over the wire size.
+    pub seed_egress_ratio: f64,
+    /// Per site.
+    pub sites: Vec<SiteReport>,
+    /// Every node's reassembled image hashed to the published image's hash.
+    pub images_verified: usize,
+}
+
+/// Runs the benchmark and checks every node's image.
+pub fn run(cfg: &BenchConfig, seed_bin: &Path, node_bin: &Path) -> Result<BenchReport> {
+    if cfg.nodes == 0 || cfg.sites == 0 {
+        bail!("need at least one node and one site");
+    }
+    let mut lab = Lab::new(&cfg.work, seed_bin, node_bin)?;
+    let image = cfg.work.join("image-v1");
+    let mut file = std::fs::File::create(&image)?;
+    write_image(1, cfg.size, &mut file)?;
+    drop(file);
+    let published = lab.publish(&image, "1.0.0")?;
+    let wire_bytes = published["stored_bytes"]
+        .as_u64()
+        .context("publish summary")?;
+    lab.start_seed()?;
+    for i in 0..cfg.nodes {
+        lab.add_node(&format!("site{}", i % cfg.sites), "")?;
+    }
+    for i in 0..cfg.nodes {
+        lab.start_node(i, &[])?;
+    }
+    let all: Vec<usize> = (0..cfg.nodes).collect();
+    let took = lab.wait_complete(&all, "1.0.0", cfg.timeout)?;
+    let expected = ImageHash::from(blake3::hash(&std::fs::read(&image)?));
+    let mut verified = 0;
+    for node in &lab.nodes {
+        let got = node_image_hash(&node.dir)?;
+        if got != expected {
+            bail!(
+                "{}: reassembled image hash {got} != published {expected}",
+                node.dir.display()
+            );
+        }
+        verified += 1;
+    }
+    // Let the last statuses (written every second) settle.
+    std::thread::sleep(Duration::from_millis(1500));
+    let seed_egress: u64 = lab
+        .seed_status()
+        .context("seed status")?
+        .releases
+        .iter()
+        .map(|r| r.egress_bytes)
+        .sum();
+    let mut sites = Vec::new();
+    for s in 0..cfg.sites {
+        let site = format!("site{s}");
+        let members: Vec<usize> = (0..cfg.nodes).filter(|i| i % cfg.sites == s).collect();
+        let mut wan = 0;
+        for &i in &members {
+            let st = lab
+                .node_status(i)
+                .with_context(|| format!("node{i:02} status"))?;
+            wan += st
+                .releases
+                .iter()
+                .map(|r| r.bytes_down - r.bytes_down_same_site)
+                .sum::<u64>();
+        }
+        sites.push(SiteReport {
+            site,
+            nodes: members.len(),
+            wan_in_bytes: wan,
+            wan_ratio: wan as f64 / wire_bytes as f64,
+        });
+    }
+    Ok(BenchReport {
+        nodes: cfg.nodes,
+        image_bytes: cfg.size,
+        wire_bytes,
+        completion_secs: took.as_secs_f64(),
+        seed_egress_bytes: seed_egress,
+        seed_egress_ratio: seed_egress as f64 / wire_bytes as f64,
+        sites,
+        images_verified: verified,
+    })
+}
+
+/// Reassembles the image of the (only) release a node holds from its chunk
+/// files and hashes it.
+pub fn node_image_hash(node_dir: &Path) -> Result<ImageHash> {
+    let releases = node_dir.join("releases");
+    let entry = std::fs::read_dir(&releases)?
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with(".manifest"))
+        .with_context(|| format!("no manifest in {}", releases.display()))?;
+    let signed: Signed<Manifest> = codec::decode(&std::fs::read(entry.path())?)?;
+    let manifest: Manifest = codec::decode(signed.body_bytes())?;
+    let files = ChunkFiles::open(&node_dir.join("store"))?;
+    let mut hasher = blake3::Hasher::new();
+    for chunk in &manifest.chunks {
+        hasher.update(&files.read_chunk(&chunk.id)?);
+    }
+    Ok(hasher.finalize().into())
+}
