@@ -196,3 +196,94 @@ fn message_limits_fit_the_largest_valid_documents() {
     let bytes = codec::encode(&m).expect("largest manifest encodes");
     assert!(bytes.len() <= Manifest::MAX_BYTES);
 }
+
+fn announcement(version: u64, id: u8, expires: u64) -> mesh::Announcement {
+    mesh::Announcement {
+        release_id: ReleaseId([id; 32]),
+        version: semver::Version::new(version, 0, 0),
+        channel: "stable".into(),
+        platforms: vec!["generic".into()],
+        image_len: 1,
+        issued_at: UnixTime(100),
+        expires_at: UnixTime(expires),
+    }
+}
+
+#[test]
+fn announcements_refuse_forged_old_expired_and_conflicting() {
+    use mesh::{Accepted, Announcements};
+    let f = fixture(7);
+    let now = UnixTime(200);
+    let sign = |a: &mesh::Announcement| Signed::sign(a, &[&f.release]).expect("signs");
+    let mut known = Announcements::default();
+    let v2 = announcement(2, 1, 5000);
+    assert_eq!(
+        known.accept(&sign(&v2), &f.trust, now).expect("valid"),
+        Accepted::New(v2.clone())
+    );
+    assert_eq!(
+        known.accept(&sign(&v2), &f.trust, now).expect("again"),
+        Accepted::Known
+    );
+    let forger = SecretKey::<Release>::from_seed([3; 32]);
+    let forged = Signed::sign(&announcement(3, 2, 5000), &[&forger]).expect("signs");
+    assert!(matches!(
+        known.accept(&forged, &f.trust, now),
+        Err(Error::BadSignature { .. })
+    ));
+    assert!(matches!(
+        known.accept(&sign(&announcement(1, 3, 5000)), &f.trust, now),
+        Err(Error::VersionRollback { .. })
+    ));
+    assert!(matches!(
+        known.accept(&sign(&announcement(4, 4, 150)), &f.trust, now),
+        Err(Error::Expired { .. })
+    ));
+    assert!(known
+        .accept(&sign(&announcement(2, 9, 5000)), &f.trust, now)
+        .is_err());
+    // None of the refused ones replaced the known release.
+    assert_eq!(known.signed(), vec![sign(&v2)]);
+    let v3 = announcement(3, 5, 5000);
+    assert_eq!(
+        known.accept(&sign(&v3), &f.trust, now).expect("newer"),
+        Accepted::New(v3)
+    );
+}
+
+#[test]
+fn exchange_messages_round_trip_and_check_have_maps() {
+    let have = mesh::Have {
+        release: ReleaseId([1; 32]),
+        pieces: 10,
+        full: Some(vec![0xff, 0x03]),
+        added: vec![9],
+    };
+    have.validate().expect("valid");
+    let req = mesh::Request::Have(have.clone());
+    let bytes = codec::encode(&req).expect("encodes");
+    assert_eq!(
+        codec::decode::<mesh::Request>(&bytes).expect("decodes"),
+        req
+    );
+    let bad_len = mesh::Have {
+        full: Some(vec![0xff]),
+        ..have.clone()
+    };
+    assert!(bad_len.validate().is_err());
+    let out_of_range = mesh::Have {
+        added: vec![10],
+        ..have
+    };
+    assert!(out_of_range.validate().is_err());
+    let resp = mesh::Response::Chunks(vec![Some(vec![1, 2, 3]), None]);
+    let bytes = codec::encode(&resp).expect("encodes");
+    assert_eq!(
+        codec::decode::<mesh::Response>(&bytes).expect("decodes"),
+        resp
+    );
+    assert!(
+        codec::decode::<mesh::Request>(&bytes).is_err(),
+        "kind is checked"
+    );
+}

@@ -1,0 +1,311 @@
+//! The mesh end to end: a real seed and real nodes on 127.0.0.1 (QUIC and
+//! TCP), fault injection by SIGKILL, a node serving corrupt chunks, a node
+//! gossiping forged announcements, and the seed going away. Needs
+//! `fleetmesh-seed` and `fleetmesh-node` built next to this test's binary,
+//! which `cargo test --workspace` does.
+
+use fleetmesh_node::keyfile;
+use fleetmesh_node::ChunkFiles;
+use fleetmesh_protocol::keys::{Release, SecretKey};
+use fleetmesh_protocol::manifest::Manifest;
+use fleetmesh_protocol::mesh::Announcement;
+use fleetmesh_protocol::{codec, ChunkId, ImageHash, ReleaseId, Signed, UnixTime};
+use fleetmesh_testnet::lab::{wait_until, Lab};
+use fleetmesh_testnet::meshbench::{self, node_image_hash, BenchConfig};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const TIMEOUT: Duration = Duration::from_secs(180);
+
+fn bin(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_fleetmesh-testnet")).with_file_name(name);
+    assert!(
+        path.is_file(),
+        "{} missing: run `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+/// A lab with a published `size`-byte v1.0.0 and a running seed; returns
+/// the lab and the image's hash.
+fn lab_with_release(dir: &Path, size: u64) -> (Lab, ImageHash, u64) {
+    let mut lab = Lab::new(dir, &bin("fleetmesh-seed"), &bin("fleetmesh-node")).expect("lab");
+    let image = dir.join("image");
+    let mut bytes = Vec::new();
+    fleetmesh_testnet::image::write_image(1, size, &mut bytes).expect("image");
+    std::fs::write(&image, &bytes).expect("write image");
+    let summary = lab.publish(&image, "1.0.0").expect("publish");
+    lab.start_seed().expect("seed");
+    let wire = summary["stored_bytes"].as_u64().expect("stored_bytes");
+    (lab, blake3::hash(&bytes).into(), wire)
+}
+
+fn manifest_chunks(lab: &Lab) -> BTreeSet<ChunkId> {
+    let dir = lab.seed_dir.join("releases");
+    let entry = std::fs::read_dir(&dir)
+        .expect("releases")
+        .flatten()
+        .next()
+        .expect("a manifest");
+    let signed: Signed<Manifest> =
+        codec::decode(&std::fs::read(entry.path()).expect("read")).expect("decode");
+    let m: Manifest = codec::decode(signed.body_bytes()).expect("body");
+    m.chunks.iter().map(|c| c.id).collect()
+}
+
+/// Chunk ids present as files in a node's store.
+fn chunk_files(node_dir: &Path) -> Vec<ChunkId> {
+    let mut out = Vec::new();
+    let Ok(shards) = std::fs::read_dir(node_dir.join("store/chunks")) else {
+        return out;
+    };
+    for shard in shards.flatten() {
+        for f in std::fs::read_dir(shard.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if let Ok(id) = f.file_name().to_string_lossy().parse::<ChunkId>() {
+                out.push(id);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn six_nodes_in_two_sites_get_the_image_and_spare_the_seed_and_the_wan() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = BenchConfig {
+        work: dir.path().join("lab"),
+        nodes: 6,
+        sites: 2,
+        size: 32 << 20,
+        timeout: TIMEOUT,
+    };
+    let r = meshbench::run(&cfg, &bin("fleetmesh-seed"), &bin("fleetmesh-node")).expect("bench");
+    eprintln!("{}", serde_json::to_string(&r).expect("json"));
+    assert_eq!(r.images_verified, 6);
+    assert!(
+        r.seed_egress_ratio <= 1.5,
+        "seed sent {:.2}x the image",
+        r.seed_egress_ratio
+    );
+    let crossed: u64 = r.sites.iter().map(|s| s.wan_in_bytes).sum();
+    let limit = 1.5 * r.wire_bytes as f64 * cfg.sites as f64;
+    assert!(
+        (crossed as f64) <= limit,
+        "{crossed} bytes crossed between sites, limit {limit}"
+    );
+}
+
+#[test]
+fn a_node_killed_at_half_resumes_without_downloading_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut lab, hash, wire) = lab_with_release(dir.path(), 16 << 20);
+    // A capped download, so that "half way" lasts long enough to hit.
+    let n = lab
+        .add_node("a", "mesh.download_bytes_per_sec = 2000000")
+        .expect("node");
+    lab.start_node(n, &[]).expect("start");
+    let before = wait_until(TIMEOUT, || {
+        let s = lab.node_status(n)?;
+        let r = s.releases.first()?;
+        (r.chunks_have * 2 >= r.chunks_total).then_some(r.chunks_have)
+    })
+    .expect("reached half");
+    lab.kill_node(n);
+    let on_disk = chunk_files(&lab.nodes[n].dir).len() as u64;
+    assert!(
+        on_disk >= before,
+        "{on_disk} chunk files, status said {before}"
+    );
+    lab.start_node(n, &[]).expect("restart");
+    lab.wait_complete(&[n], "1.0.0", TIMEOUT)
+        .expect("completes");
+    let log = std::fs::read_to_string(dir.path().join(format!("node{n:02}.log"))).expect("log");
+    let resumed_with: u64 = log
+        .lines()
+        .filter(|l| l.contains("release loaded"))
+        .filter_map(|l| {
+            l.split("have=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .last()
+        .expect("a release loaded line");
+    assert!(
+        resumed_with >= before,
+        "resumed with {resumed_with} chunks, had {before}"
+    );
+    let down = lab.node_status(n).expect("status").releases[0].bytes_down;
+    assert!(
+        (down as f64) < 1.15 * wire as f64,
+        "downloaded {down} bytes in all for a {wire}-byte release"
+    );
+    assert_eq!(node_image_hash(&lab.nodes[n].dir).expect("image"), hash);
+}
+
+#[test]
+fn a_peer_serving_corrupt_chunks_is_banned_and_nothing_corrupt_is_stored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut lab, hash, _) = lab_with_release(dir.path(), 8 << 20);
+    // The bad node fetches honestly, then serves every chunk corrupted. It
+    // is in the honest nodes' site, so they ask it first.
+    let bad = lab.add_node("a", "").expect("node");
+    lab.start_node(bad, &["--chaos-corrupt-uploads"])
+        .expect("start");
+    lab.wait_complete(&[bad], "1.0.0", TIMEOUT)
+        .expect("bad node completes");
+    let honest: Vec<usize> = (0..3)
+        .map(|_| lab.add_node("a", "").expect("node"))
+        .collect();
+    for &i in &honest {
+        lab.start_node(i, &[]).expect("start");
+    }
+    lab.wait_complete(&honest, "1.0.0", TIMEOUT)
+        .expect("honest nodes complete");
+    let bad_id = lab.nodes[bad].peer_id.clone();
+    for &i in &honest {
+        let status = lab.node_status(i).expect("status");
+        assert!(
+            status.banned.contains(&bad_id),
+            "node{i:02} did not ban the bad node: {:?}",
+            status.banned
+        );
+        let node_dir = &lab.nodes[i].dir;
+        let files = ChunkFiles::open(&node_dir.join("store")).expect("store");
+        for id in chunk_files(node_dir) {
+            files
+                .read_chunk(&id)
+                .unwrap_or_else(|e| panic!("node{i:02} stored a bad chunk: {e}"));
+        }
+        assert_eq!(node_image_hash(node_dir).expect("image"), hash);
+    }
+}
+
+fn signed_announcement(
+    key: &SecretKey<Release>,
+    version: u64,
+    id: u8,
+    expires: UnixTime,
+) -> Vec<u8> {
+    let now = fleetmesh_node::cli::unix_now();
+    let a = Announcement {
+        release_id: ReleaseId([id; 32]),
+        version: semver::Version::new(version, 0, 0),
+        channel: "stable".into(),
+        platforms: vec!["generic".into()],
+        image_len: 1 << 20,
+        issued_at: UnixTime(now.0.saturating_sub(7200)),
+        expires_at: expires,
+    };
+    codec::encode(&Signed::sign(&a, &[key]).expect("sign")).expect("encode")
+}
+
+#[test]
+fn forged_announcements_are_not_acted_on_and_the_forger_is_banned() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut lab, _, _) = lab_with_release(dir.path(), 2 << 20);
+    let honest: Vec<usize> = (0..2)
+        .map(|_| lab.add_node("a", "").expect("node"))
+        .collect();
+    for &i in &honest {
+        lab.start_node(i, &[]).expect("start");
+    }
+    lab.wait_complete(&honest, "1.0.0", TIMEOUT)
+        .expect("complete");
+    let real = keyfile::read::<Release>(&lab.seed_dir.join("keys/release.key")).expect("key");
+    let forger_key = SecretKey::<Release>::from_seed([66; 32]);
+    let now = fleetmesh_node::cli::unix_now();
+    let future = now.plus_secs(86_400);
+    let forged = [
+        signed_announcement(&forger_key, 9, 0xf1, future), // wrong key
+        signed_announcement(&real, 0, 0xf2, future),       // older than 1.0.0
+        signed_announcement(&real, 8, 0xf3, UnixTime(now.0 - 3600)), // expired
+    ];
+    let mut file = Vec::new();
+    for m in &forged {
+        file.extend((m.len() as u32).to_be_bytes());
+        file.extend(m);
+    }
+    let chaos = dir.path().join("forged.bin");
+    std::fs::write(&chaos, file).expect("write");
+    let forger = lab.add_node("b", "").expect("node");
+    lab.start_node(forger, &["--chaos-gossip", chaos.to_str().expect("utf-8")])
+        .expect("start");
+    let forger_id = lab.nodes[forger].peer_id.clone();
+    let banned = wait_until(Duration::from_secs(60), || {
+        honest
+            .iter()
+            .all(|&i| {
+                lab.node_status(i)
+                    .is_some_and(|s| s.banned.contains(&forger_id))
+            })
+            .then_some(())
+    });
+    assert!(banned.is_some(), "the honest nodes did not ban the forger");
+    for &i in &honest {
+        let s = lab.node_status(i).expect("status");
+        assert!(
+            s.gossip_rejected >= 3,
+            "node{i:02} rejected {}",
+            s.gossip_rejected
+        );
+        let versions: Vec<&str> = s.releases.iter().map(|r| r.version.as_str()).collect();
+        assert_eq!(
+            versions,
+            ["1.0.0"],
+            "node{i:02} acted on a forged announcement"
+        );
+        let manifests = std::fs::read_dir(lab.nodes[i].dir.join("releases"))
+            .expect("ls")
+            .count();
+        assert_eq!(manifests, 1);
+    }
+}
+
+#[test]
+fn the_fleet_completes_after_the_seed_goes_offline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut lab, hash, _) = lab_with_release(dir.path(), 16 << 20);
+    let all_chunks = manifest_chunks(&lab);
+    let nodes: Vec<usize> = (0..4)
+        .map(|i| {
+            let site = if i % 2 == 0 { "a" } else { "b" };
+            lab.add_node(site, "mesh.download_bytes_per_sec = 1500000")
+                .expect("node")
+        })
+        .collect();
+    for &i in &nodes {
+        lab.start_node(i, &[]).expect("start");
+    }
+    // As soon as every chunk is on some node, the seed goes away.
+    let covered = wait_until(TIMEOUT, || {
+        let mut union = BTreeSet::new();
+        for &i in &nodes {
+            union.extend(chunk_files(&lab.nodes[i].dir));
+        }
+        all_chunks.is_subset(&union).then_some(())
+    });
+    assert!(covered.is_some(), "chunks never covered");
+    let incomplete = nodes
+        .iter()
+        .filter(|&&i| !lab.node_complete(i, "1.0.0"))
+        .count();
+    lab.kill_seed();
+    assert!(
+        incomplete > 0,
+        "every node finished before the seed left; the test proves nothing"
+    );
+    lab.wait_complete(&nodes, "1.0.0", TIMEOUT)
+        .expect("completes without the seed");
+    for &i in &nodes {
+        assert_eq!(node_image_hash(&lab.nodes[i].dir).expect("image"), hash);
+    }
+}
