@@ -181,6 +181,12 @@ struct Peer {
     banned_until: Option<Duration>,
 }
 
+impl Peer {
+    fn banned_at(&self, now: Duration) -> bool {
+        self.banned_until.is_some_and(|t| now < t)
+    }
+}
+
 #[derive(Debug)]
 struct Pending<P> {
     peer: P,
@@ -341,9 +347,7 @@ impl<P: Ord + Clone> Scheduler<P> {
 
     /// True if the peer is banned at `now`.
     pub fn is_banned(&self, now: Duration, peer: &P) -> bool {
-        self.peers
-            .get(peer)
-            .is_some_and(|p| p.banned_until.is_some_and(|t| now < t))
+        self.peers.get(peer).is_some_and(|p| p.banned_at(now))
     }
 
     /// A request finished: `got` were received, verified and stored;
@@ -431,7 +435,7 @@ impl<P: Ord + Clone> Scheduler<P> {
         let mut slots: BTreeMap<P, usize> = self
             .peers
             .iter()
-            .filter(|(_, p)| !p.banned_until.is_some_and(|t| now < t))
+            .filter(|(_, p)| !p.banned_at(now))
             .map(|(k, p)| {
                 (
                     k.clone(),
@@ -611,7 +615,7 @@ impl<P: Ord + Clone> Scheduler<P> {
     /// Pieces this node owns for WAN fetching among its site's members, and
     /// pieces it owns for fetching from the seed among all nodes it knows.
     fn compute_mine(&self, now: Duration) -> (Bits, Bits) {
-        let live = |p: &&Peer| !p.info.seed && !p.banned_until.is_some_and(|t| now < t);
+        let live = |p: &&Peer| !p.info.seed && !p.banned_at(now);
         let site: Vec<u64> = self
             .peers
             .values()

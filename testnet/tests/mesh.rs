@@ -128,6 +128,7 @@ fn a_node_killed_at_half_resumes_without_downloading_again() {
     let log = std::fs::read_to_string(dir.path().join(format!("node{n:02}.log"))).expect("log");
     let resumed_with: u64 = log
         .lines()
+        .rev()
         .filter(|l| l.contains("release loaded"))
         .filter_map(|l| {
             l.split("have=")
@@ -137,7 +138,7 @@ fn a_node_killed_at_half_resumes_without_downloading_again() {
                 .parse()
                 .ok()
         })
-        .last()
+        .next()
         .expect("a release loaded line");
     assert!(
         resumed_with >= before,

@@ -469,9 +469,7 @@ impl Mesh {
             None => true,
             Some(store) => store.manifest(&id).ok().flatten().is_some(),
         };
-        if self.p.role == Role::Seed {
-            release.complete = true;
-        } else if recorded && release.all_present() {
+        if self.p.role == Role::Seed || (recorded && release.all_present()) {
             release.complete = true;
         } else {
             let mut s = Scheduler::new(
@@ -704,7 +702,7 @@ impl Mesh {
 
     fn want(&mut self, a: Announcement) {
         let matches = self.p.role == Role::Node
-            && a.platforms.iter().any(|p| *p == self.p.platform)
+            && a.platforms.contains(&self.p.platform)
             && (self.p.channels.is_empty() || self.p.channels.contains(&a.channel));
         if matches && !self.releases.contains_key(&a.release_id) {
             self.wanted.insert(a.release_id, (a, None));

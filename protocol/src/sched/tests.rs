@@ -94,8 +94,10 @@ fn a_piece_the_site_has_never_crosses_the_wan() {
     s.peer_has(&0, 0..4);
     s.peer_has(&2, [0, 1, 2, 3]);
     // Peer 2 is full of our requests: we wait rather than use the seed.
-    let mut cfg = Config::default();
-    cfg.per_peer_pieces = 1;
+    let cfg = Config {
+        per_peer_pieces: 1,
+        ..Config::default()
+    };
     let mut s2 = Scheduler::new(cfg, info("a", 1), &pieces(4), |_| false);
     s2.add_peer(0, seed_info());
     s2.add_peer(2, info("a", 2));
@@ -110,9 +112,10 @@ fn a_piece_the_site_has_never_crosses_the_wan() {
 #[test]
 fn rarest_piece_first() {
     let mut s = sched("a", 1, 3);
-    let mut cfg = Config::default();
-    cfg.batch = 1;
-    s.cfg = cfg;
+    s.cfg = Config {
+        batch: 1,
+        ..Config::default()
+    };
     for peer in 10..13 {
         s.add_peer(peer, info("a", u64::from(peer)));
     }
