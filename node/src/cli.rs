@@ -25,7 +25,7 @@ pub fn parse_args<C: Parser>() -> Result<C, ExitCode> {
     }
 }
 
-/// Logs to stderr, filtered by `FLEETMESH_LOG` (default `warn`), coloured
+/// Logs to stderr, filtered by `FLEETMESH_LOG` (default `warn`, Kademlia `error`), coloured
 /// only on a terminal.
 pub fn init_logging() {
     tracing_subscriber::fmt()
@@ -33,7 +33,8 @@ pub fn init_logging() {
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FLEETMESH_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                // Kademlia warns when a lone seed has no one to bootstrap from.
+                .unwrap_or_else(|_| "warn,libp2p_kad=error".into()),
         )
         .init();
 }

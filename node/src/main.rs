@@ -206,8 +206,13 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 );
             }
             if json {
+                // One object: the mesh's fields and the updater's.
                 let mut out = mesh.unwrap_or_else(|| serde_json::json!({}));
-                out["update"] = update.unwrap_or(serde_json::Value::Null);
+                if let (Some(out), Some(serde_json::Value::Object(u))) =
+                    (out.as_object_mut(), update)
+                {
+                    out.extend(u);
+                }
                 println!("{}", serde_json::to_string_pretty(&out)?);
                 return Ok(ExitCode::SUCCESS);
             }

@@ -74,3 +74,57 @@ fn verdicts_are_written_for_the_running_node() {
         "good\n"
     );
 }
+
+const ROOT: &str = "c3c32ae4a9c9693853c67eaf0a426c41b5cfb102105a37c240ee8badf89eec52";
+
+#[test]
+fn init_writes_a_node_that_reads_back_and_refuses_bad_options() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("n1");
+    let init = |dir: &Path, extra: &[&str]| {
+        let mut args = vec!["init", "--root-key", ROOT, "--site", "rack-1"];
+        args.extend(extra);
+        node(&args, dir)
+    };
+    let out = init(&dir, &["--label", "region=eu", "--no-mdns"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let peer_id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(peer_id.starts_with("12D3KooW"), "{peer_id}");
+    let config = fs::read_to_string(dir.join("node.toml")).expect("config");
+    assert!(config.contains("site = \"rack-1\"") && config.contains("region = \"eu\""));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(dir.join("node.key"))
+        .expect("key")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // A second init would replace the node's identity: refused.
+    let err = one_line_error(&init(&dir, &[]));
+    assert!(err.contains("already holds a node"), "{err}");
+    for (extra, expect) in [
+        (
+            vec!["--bootstrap", "/ip4/127.0.0.1/tcp/4001"],
+            "must end with /p2p/",
+        ),
+        (vec!["--bootstrap", "not-an-address"], "is not a multiaddr"),
+        (vec!["--label", "Region=EU"], "not a valid label"),
+        (vec!["--site", "Site A"], "mesh.site"),
+    ] {
+        let fresh = tmp.path().join("fresh");
+        let err = one_line_error(&init(&fresh, &extra));
+        assert!(err.contains(expect), "{expect}: {err}");
+        assert!(
+            !fresh.join("node.toml").exists(),
+            "nothing is written on error"
+        );
+    }
+    let err = one_line_error(&node(
+        &["init", "--root-key", "abcd", "--site", "a"],
+        &tmp.path().join("x"),
+    ));
+    assert!(err.contains("--root-key"), "{err}");
+}

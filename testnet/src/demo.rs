@@ -1,18 +1,24 @@
 //! `fleetmesh-testnet demo`: the local job a new user runs first.
 //!
-//! Today (foundation stage) it drives real `fleetmesh-seed` processes: init a
-//! seed, generate a deterministic image, publish v1, publish a v2 with known
-//! edits, verify, and report how few bytes the delta needed. The mesh,
-//! updater and policy stages extend it to nodes, distribution and rollback.
+//! It drives real processes on 127.0.0.1: a seed publishes a generated
+//! image, six nodes in two sites fetch it over the mesh, the seed publishes
+//! a v2 with known edits while they run, and they fetch the delta. It checks
+//! every node's reassembled images and reports the bytes the seed, each
+//! site's WAN and each node moved. (Installing in maintenance windows and
+//! rollback come with the policy and testnet stages.)
 
 use anyhow::{bail, Context, Result};
+use fleetmesh_node::mesh::status::MeshStatus;
+use fleetmesh_protocol::ImageHash;
 use fleetmesh_testnet::image::{write_image, EditPlan};
+use fleetmesh_testnet::lab::Lab;
+use fleetmesh_testnet::meshbench::node_image_hash;
 use serde::Serialize;
 use std::fs::{self, File};
 use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 const MARKER: &str = ".fleetmesh-demo";
 
@@ -59,8 +65,29 @@ pub struct DemoReport {
     pub delta_ratio: f64,
     /// v1's stored bytes / image bytes (compression).
     pub stored_ratio: f64,
+    /// Distribution of each release to the nodes.
+    pub distribution: Vec<Distribution>,
     /// Expectations.
     pub checks: Vec<Check>,
+}
+
+/// One release going from the seed to every node.
+#[derive(Debug, Serialize)]
+pub struct Distribution {
+    /// Version.
+    pub version: String,
+    /// Seconds from the end of publish to every node verified.
+    pub seconds: f64,
+    /// Chunk bytes the release needs on the wire (its new chunks, compressed).
+    pub wire_bytes: u64,
+    /// Chunk bytes the seed sent for it.
+    pub seed_egress_bytes: u64,
+    /// Chunk bytes received by each node.
+    pub node_bytes_down: Vec<u64>,
+    /// Per site: chunk bytes its nodes pulled from outside the site.
+    pub site_wan_bytes: Vec<(String, u64)>,
+    /// Nodes whose reassembled image matched the published image.
+    pub images_verified: usize,
 }
 
 impl DemoReport {
@@ -70,11 +97,15 @@ impl DemoReport {
     }
 }
 
+/// Sites and nodes per site in the demo.
+const SITES: [&str; 2] = ["site-a", "site-b"];
+const NODES_PER_SITE: usize = 3;
+
 /// Runs the demo, printing progress lines through `say`.
 pub fn run(cfg: &DemoConfig, say: &mut dyn FnMut(&str)) -> Result<DemoReport> {
     let seed_bin = sibling_binary("fleetmesh-seed")?;
+    let node_bin = sibling_binary("fleetmesh-node")?;
     prepare_work_dir(&cfg.work)?;
-    let seed_dir = cfg.work.join("seed");
     let (v1, v2) = (cfg.work.join("v1.img"), cfg.work.join("v2.img"));
 
     say(&format!(
@@ -88,31 +119,83 @@ pub fn run(cfg: &DemoConfig, say: &mut dyn FnMut(&str)) -> Result<DemoReport> {
         BufWriter::new(File::create(&v2)?),
     )?;
 
-    let root = run_seed(&seed_bin, &["init", "--dir", path_str(&seed_dir)?])?;
-    say(&format!("seed initialised; root key {}", root.trim()));
-    let (p1, t1) = publish(&seed_bin, &seed_dir, &v1, "1.0.0")?;
-    say(&format!("published v1.0.0 in {t1:.2} s: {p1}"));
-    let (p2, t2) = publish(&seed_bin, &seed_dir, &v2, "1.1.0")?;
-    say(&format!("published v1.1.0 in {t2:.2} s: {p2}"));
-    let verified = run_seed(&seed_bin, &["verify", "--dir", path_str(&seed_dir)?]);
+    let mut lab = Lab::new(&cfg.work, &seed_bin, &node_bin)?;
+    say(&format!("seed initialised in {}", lab.seed_dir.display()));
+    lab.start_seed()?;
     say(&format!(
-        "verify: {}",
-        if verified.is_ok() {
-            "all chunks and signatures good"
-        } else {
-            "FAILED"
-        }
+        "seed serving at {}",
+        lab.seed_addr.as_deref().unwrap_or("?")
     ));
+    for site in SITES {
+        for _ in 0..NODES_PER_SITE {
+            lab.add_node(site, "")?;
+        }
+    }
+    for i in 0..lab.nodes.len() {
+        lab.start_node(i, &[])?;
+    }
+    say(&format!(
+        "{} nodes started in {} sites (logs: {}/node*.log)",
+        lab.nodes.len(),
+        SITES.len(),
+        cfg.work.display()
+    ));
+    lab.wait_connected(Duration::from_secs(60))?;
+    say("all nodes connected to each other and the seed");
+    let (p1, t1) = timed(|| lab.publish(&v1, "1.0.0"))?;
+    say(&format!(
+        "published v1.0.0 in {t1:.2} s while the mesh runs: {p1}"
+    ));
+    let d1 = distribute(&lab, &v1, &p1, "1.0.0", say)?;
+    let (p2, t2) = timed(|| lab.publish(&v2, "1.1.0"))?;
+    say(&format!(
+        "published v1.1.0 in {t2:.2} s while the mesh runs: {p2}"
+    ));
+    let d2 = distribute(&lab, &v2, &p2, "1.1.0", say)?;
+    drop(lab);
+    let verified = run_seed(
+        &seed_bin,
+        &["verify", "--dir", path_str(&cfg.work.join("seed"))?],
+    );
 
     let num = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
     let changed = plan.changed_bytes();
     let delta_ratio = num(&p2, "new_bytes") as f64 / changed as f64;
     let stored_ratio = num(&p1, "stored_bytes") as f64 / cfg.size as f64;
+    let nodes = SITES.len() * NODES_PER_SITE;
+    let max_down = |d: &Distribution| d.node_bytes_down.iter().copied().max().unwrap_or(0);
+    let ratio = |a: u64, b: u64| a as f64 / b.max(1) as f64;
     let checks = vec![
         check(
-            "v2 reuses most of v1's chunks",
-            num(&p2, "new_chunks") * 2 < num(&p2, "chunks"),
-            format!("{} new of {}", num(&p2, "new_chunks"), num(&p2, "chunks")),
+            "every node reassembled both images exactly",
+            d1.images_verified == nodes && d2.images_verified == nodes,
+            format!(
+                "{} and {} of {nodes}",
+                d1.images_verified, d2.images_verified
+            ),
+        ),
+        check(
+            "seed egress for v1 <= 1.5x the release",
+            ratio(d1.seed_egress_bytes, d1.wire_bytes) <= 1.5,
+            format!("{:.2}x", ratio(d1.seed_egress_bytes, d1.wire_bytes)),
+        ),
+        check(
+            "each site's WAN carried v1 <= 1.5x",
+            d1.site_wan_bytes
+                .iter()
+                .all(|(_, b)| ratio(*b, d1.wire_bytes) <= 1.5),
+            format!(
+                "{:?}",
+                d1.site_wan_bytes
+                    .iter()
+                    .map(|(_, b)| format!("{:.2}x", ratio(*b, d1.wire_bytes)))
+                    .collect::<Vec<_>>()
+            ),
+        ),
+        check(
+            "a node downloads about the delta for v2 (<= 1.5x its new chunks)",
+            ratio(max_down(&d2), d2.wire_bytes) <= 1.5,
+            format!("{} bytes for {} new", max_down(&d2), d2.wire_bytes),
         ),
         check(
             "delta bytes / changed bytes <= 1.5 at demo size",
@@ -125,7 +208,7 @@ pub fn run(cfg: &DemoConfig, say: &mut dyn FnMut(&str)) -> Result<DemoReport> {
             format!("{stored_ratio:.3}"),
         ),
         check(
-            "verify passes",
+            "seed verify passes",
             verified.is_ok(),
             verified.err().map_or("ok".into(), |e| e.to_string()),
         ),
@@ -139,6 +222,7 @@ pub fn run(cfg: &DemoConfig, say: &mut dyn FnMut(&str)) -> Result<DemoReport> {
         changed_bytes: changed,
         delta_ratio,
         stored_ratio,
+        distribution: vec![d1, d2],
         checks,
     };
     fs::write(
@@ -148,38 +232,72 @@ pub fn run(cfg: &DemoConfig, say: &mut dyn FnMut(&str)) -> Result<DemoReport> {
     Ok(report)
 }
 
+fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
+    let start = Instant::now();
+    let v = f()?;
+    Ok((v, start.elapsed().as_secs_f64()))
+}
+
+/// Waits for every node to have `version`, checks their images and
+/// collects the bytes it took.
+fn distribute(
+    lab: &Lab,
+    image: &Path,
+    published: &serde_json::Value,
+    version: &str,
+    say: &mut dyn FnMut(&str),
+) -> Result<Distribution> {
+    let all: Vec<usize> = (0..lab.nodes.len()).collect();
+    let took = lab.wait_complete(&all, version, Duration::from_secs(600))?;
+    let id = published["release_id"]
+        .as_str()
+        .context("publish summary")?;
+    let expected = ImageHash::from(blake3::hash(&fs::read(image)?));
+    let mut verified = 0;
+    for node in &lab.nodes {
+        if node_image_hash(&node.dir, id)? == expected {
+            verified += 1;
+        }
+    }
+    // Statuses are rewritten every second.
+    std::thread::sleep(Duration::from_millis(1500));
+    let of = |s: &MeshStatus| -> Option<(u64, u64, u64)> {
+        let r = s.releases.iter().find(|r| r.version == version)?;
+        Some((r.bytes_down, r.bytes_down_same_site, r.egress_bytes))
+    };
+    let mut node_bytes_down = Vec::new();
+    let mut site_wan: Vec<(String, u64)> = SITES.iter().map(|s| (s.to_string(), 0)).collect();
+    for (i, node) in lab.nodes.iter().enumerate() {
+        let (down, same, _) = lab.node_status(i).as_ref().and_then(of).unwrap_or_default();
+        node_bytes_down.push(down);
+        if let Some(site) = site_wan.iter_mut().find(|(s, _)| *s == node.site) {
+            site.1 += down - same;
+        }
+    }
+    let seed_egress = lab.seed_status().as_ref().and_then(of).map_or(0, |r| r.2);
+    let wire_bytes = published["stored_bytes"].as_u64().unwrap_or(0);
+    say(&format!(
+        "v{version} on all {} nodes in {:.2} s; seed sent {seed_egress} B for a {wire_bytes} B release; images verified on {verified}",
+        lab.nodes.len(),
+        took.as_secs_f64()
+    ));
+    Ok(Distribution {
+        version: version.into(),
+        seconds: took.as_secs_f64(),
+        wire_bytes,
+        seed_egress_bytes: seed_egress,
+        node_bytes_down,
+        site_wan_bytes: site_wan,
+        images_verified: verified,
+    })
+}
+
 fn check(name: &str, ok: bool, detail: impl ToString) -> Check {
     Check {
         name: name.into(),
         ok,
         detail: detail.to_string(),
     }
-}
-
-fn publish(
-    bin: &Path,
-    dir: &Path,
-    image: &Path,
-    version: &str,
-) -> Result<(serde_json::Value, f64)> {
-    let start = Instant::now();
-    let out = run_seed(
-        bin,
-        &[
-            "publish",
-            "--dir",
-            path_str(dir)?,
-            "--image",
-            path_str(image)?,
-            "--version",
-            version,
-        ],
-    )?;
-    let secs = start.elapsed().as_secs_f64();
-    Ok((
-        serde_json::from_str(&out).context("publish output is not JSON")?,
-        secs,
-    ))
 }
 
 fn run_seed(bin: &Path, args: &[&str]) -> Result<String> {

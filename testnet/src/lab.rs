@@ -219,6 +219,19 @@ impl Lab {
         })
     }
 
+    /// Waits until every running node is connected to every other and to
+    /// the seed (as far as `mesh.max_peers` allows).
+    pub fn wait_connected(&self, timeout: Duration) -> Result<()> {
+        let want = self.nodes.len();
+        let ok = wait_until(timeout, || {
+            (0..self.nodes.len())
+                .filter(|&i| self.nodes[i].child.is_some())
+                .all(|i| self.node_status(i).is_some_and(|s| s.peers >= want.min(64)))
+                .then_some(())
+        });
+        ok.with_context(|| format!("nodes did not all connect within {timeout:?}"))
+    }
+
     /// Waits until every node in `which` has `version` complete.
     pub fn wait_complete(
         &self,

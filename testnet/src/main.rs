@@ -22,7 +22,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Run the local demo: seed init, publish v1 and a v2 delta, verify, report.
+    /// Run the local demo: a seed and six nodes in two sites on 127.0.0.1;
+    /// publish v1, distribute, publish a v2 delta, distribute, verify, report.
     Demo {
         /// Working directory; an earlier demo there is replaced.
         #[arg(long, default_value = "fleetmesh-demo")]
@@ -130,6 +131,20 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 "publish v2       {:.2} s, new chunk bytes / changed bytes {:.3}",
                 report.v2_seconds, report.delta_ratio
             );
+            for d in &report.distribution {
+                println!(
+                    "distribute {:<6} {:.2} s to {} nodes; seed sent {:.2}x the release; site WAN {}",
+                    d.version,
+                    d.seconds,
+                    d.node_bytes_down.len(),
+                    d.seed_egress_bytes as f64 / d.wire_bytes.max(1) as f64,
+                    d.site_wan_bytes
+                        .iter()
+                        .map(|(s, b)| format!("{s} {:.2}x", *b as f64 / d.wire_bytes.max(1) as f64))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
             for c in &report.checks {
                 println!(
                     "[{}] {} ({})",

@@ -28,9 +28,18 @@ fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A lab with a published `size`-byte v1.0.0 and a running seed; returns
-/// the lab and the image's hash.
-fn lab_with_release(dir: &Path, size: u64) -> (Lab, ImageHash, u64) {
+/// A lab with a published `size`-byte v1.0.0 and a running seed.
+struct Fixture {
+    lab: Lab,
+    /// The image's hash.
+    hash: ImageHash,
+    /// The release's stored (sent) bytes.
+    wire: u64,
+    /// The release id, hex.
+    id: String,
+}
+
+fn lab_with_release(dir: &Path, size: u64) -> Fixture {
     let mut lab = Lab::new(dir, &bin("fleetmesh-seed"), &bin("fleetmesh-node")).expect("lab");
     let image = dir.join("image");
     let mut bytes = Vec::new();
@@ -38,8 +47,15 @@ fn lab_with_release(dir: &Path, size: u64) -> (Lab, ImageHash, u64) {
     std::fs::write(&image, &bytes).expect("write image");
     let summary = lab.publish(&image, "1.0.0").expect("publish");
     lab.start_seed().expect("seed");
-    let wire = summary["stored_bytes"].as_u64().expect("stored_bytes");
-    (lab, blake3::hash(&bytes).into(), wire)
+    Fixture {
+        lab,
+        hash: blake3::hash(&bytes).into(),
+        wire: summary["stored_bytes"].as_u64().expect("stored_bytes"),
+        id: summary["release_id"]
+            .as_str()
+            .expect("release_id")
+            .to_owned(),
+    }
 }
 
 fn manifest_chunks(lab: &Lab) -> BTreeSet<ChunkId> {
@@ -104,7 +120,12 @@ fn six_nodes_in_two_sites_get_the_image_and_spare_the_seed_and_the_wan() {
 #[test]
 fn a_node_killed_at_half_resumes_without_downloading_again() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut lab, hash, wire) = lab_with_release(dir.path(), 16 << 20);
+    let Fixture {
+        mut lab,
+        hash,
+        wire,
+        id,
+    } = lab_with_release(dir.path(), 16 << 20);
     // A capped download, so that "half way" lasts long enough to hit.
     let n = lab
         .add_node("a", "mesh.download_bytes_per_sec = 2000000")
@@ -149,13 +170,18 @@ fn a_node_killed_at_half_resumes_without_downloading_again() {
         (down as f64) < 1.15 * wire as f64,
         "downloaded {down} bytes in all for a {wire}-byte release"
     );
-    assert_eq!(node_image_hash(&lab.nodes[n].dir).expect("image"), hash);
+    assert_eq!(
+        node_image_hash(&lab.nodes[n].dir, &id).expect("image"),
+        hash
+    );
 }
 
 #[test]
 fn a_peer_serving_corrupt_chunks_is_banned_and_nothing_corrupt_is_stored() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut lab, hash, _) = lab_with_release(dir.path(), 8 << 20);
+    let Fixture {
+        mut lab, hash, id, ..
+    } = lab_with_release(dir.path(), 8 << 20);
     // The bad node fetches honestly, then serves every chunk corrupted. It
     // is in the honest nodes' site, so they ask it first.
     let bad = lab.add_node("a", "").expect("node");
@@ -186,7 +212,7 @@ fn a_peer_serving_corrupt_chunks_is_banned_and_nothing_corrupt_is_stored() {
                 .read_chunk(&id)
                 .unwrap_or_else(|e| panic!("node{i:02} stored a bad chunk: {e}"));
         }
-        assert_eq!(node_image_hash(node_dir).expect("image"), hash);
+        assert_eq!(node_image_hash(node_dir, &id).expect("image"), hash);
     }
 }
 
@@ -212,7 +238,7 @@ fn signed_announcement(
 #[test]
 fn forged_announcements_are_not_acted_on_and_the_forger_is_banned() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut lab, _, _) = lab_with_release(dir.path(), 2 << 20);
+    let Fixture { mut lab, .. } = lab_with_release(dir.path(), 2 << 20);
     let honest: Vec<usize> = (0..2)
         .map(|_| lab.add_node("a", "").expect("node"))
         .collect();
@@ -274,7 +300,9 @@ fn forged_announcements_are_not_acted_on_and_the_forger_is_banned() {
 #[test]
 fn the_fleet_completes_after_the_seed_goes_offline() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut lab, hash, _) = lab_with_release(dir.path(), 16 << 20);
+    let Fixture {
+        mut lab, hash, id, ..
+    } = lab_with_release(dir.path(), 16 << 20);
     let all_chunks = manifest_chunks(&lab);
     let nodes: Vec<usize> = (0..4)
         .map(|i| {
@@ -307,6 +335,9 @@ fn the_fleet_completes_after_the_seed_goes_offline() {
     lab.wait_complete(&nodes, "1.0.0", TIMEOUT)
         .expect("completes without the seed");
     for &i in &nodes {
-        assert_eq!(node_image_hash(&lab.nodes[i].dir).expect("image"), hash);
+        assert_eq!(
+            node_image_hash(&lab.nodes[i].dir, &id).expect("image"),
+            hash
+        );
     }
 }

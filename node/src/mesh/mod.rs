@@ -53,7 +53,7 @@ const MAX_STRIKES: u32 = 5;
 /// How long a peer that sent a bad chunk or bad gossip stays banned.
 const BAN: Duration = Duration::from_secs(300);
 const TICK: Duration = Duration::from_millis(50);
-const HAVE_EVERY: Duration = Duration::from_millis(250);
+const HAVE_EVERY: Duration = Duration::from_millis(100);
 const STATUS_EVERY: Duration = Duration::from_secs(1);
 const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
 const DISCOVER_EVERY: Duration = Duration::from_secs(30);
@@ -157,6 +157,8 @@ struct Behaviour {
 struct Peer {
     /// From identify: site label, seed or not.
     info: Option<PeerInfo>,
+    /// From identify: its platform.
+    platform: Option<String>,
     /// Have-maps received, per release.
     haves: BTreeMap<ReleaseId, Bits>,
     /// Releases whose scheduler knows this peer.
@@ -246,24 +248,22 @@ fn agent(role: Role, site: &str, platform: &str) -> String {
     )
 }
 
+/// The value of `key=value` in an agent string, if it is a valid name.
+fn agent_field(agent: &str, key: &str) -> Option<String> {
+    agent
+        .split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .find(|(k, v)| *k == key && fleetmesh_protocol::manifest::is_valid_name(v))
+        .map(|(_, v)| v.to_owned())
+}
+
 fn parse_agent(peer: &PeerId, agent: &str) -> Option<PeerInfo> {
-    let mut words = agent.split_whitespace();
-    if !words.next()?.starts_with("fleetmesh/") {
+    if !agent.starts_with("fleetmesh/") {
         return None;
     }
-    let (mut site, mut seed) = (None, false);
-    for w in words {
-        match w.split_once('=') {
-            Some(("site", s)) if fleetmesh_protocol::manifest::is_valid_name(s) => {
-                site = Some(s.to_owned())
-            }
-            Some(("role", r)) => seed = r == "seed",
-            _ => {}
-        }
-    }
     Some(PeerInfo {
-        site: site?,
-        seed,
+        site: agent_field(agent, "site")?,
+        seed: agent_field(agent, "role").as_deref() == Some("seed"),
         tag: tag_of(peer),
     })
 }
@@ -472,20 +472,12 @@ impl Mesh {
         if self.p.role == Role::Seed || (recorded && release.all_present()) {
             release.complete = true;
         } else {
-            let mut s = Scheduler::new(
+            release.sched = Some(Scheduler::new(
                 self.p.sched.clone(),
                 self.me.clone(),
                 &release.pieces,
                 |i| release.have.get(i),
-            );
-            for (peer, state) in &mut self.peers {
-                if let (Some(info), Some(bits)) = (&state.info, state.haves.get(&id)) {
-                    s.add_peer(*peer, info.clone());
-                    s.peer_has(peer, bits.ones().map(|i| i as u32));
-                    state.in_sched.insert(id);
-                }
-            }
-            release.sched = Some(s);
+            ));
         }
         tracing::info!(
             version = %release.manifest().version,
@@ -496,8 +488,13 @@ impl Mesh {
         );
         self.wanted.remove(&id);
         self.releases.insert(id, release);
-        for state in self.peers.values_mut() {
-            state.sent.remove(&id);
+        let peers: Vec<PeerId> = self.peers.keys().copied().collect();
+        for peer in peers {
+            if let Some(state) = self.peers.get_mut(&peer) {
+                state.sent.remove(&id);
+                state.in_sched.remove(&id);
+            }
+            self.sync_peer(&peer);
         }
     }
 
@@ -597,11 +594,16 @@ impl Mesh {
         }
         if let Some(state) = self.peers.get_mut(&peer) {
             state.info = Some(pi);
+            state.platform = agent_field(&info.agent_version, "platform");
         }
         self.sync_peer(&peer);
     }
 
-    /// Feeds what is known about a peer into the schedulers that lack it.
+    /// Adds an identified peer to the schedulers of the releases it takes
+    /// part in, with what it is known to have. A peer takes part if it is
+    /// the seed, runs a platform the release is for, or said it has pieces:
+    /// so every node knows its site's members from the start, before their
+    /// have-maps arrive, and does not fetch everything from the seed alone.
     fn sync_peer(&mut self, peer: &PeerId) {
         let Some(state) = self.peers.get_mut(peer) else {
             return;
@@ -609,14 +611,23 @@ impl Mesh {
         let Some(info) = state.info.clone() else {
             return;
         };
-        for (id, bits) in &state.haves {
-            let Some(s) = self.releases.get_mut(id).and_then(|r| r.sched.as_mut()) else {
+        for (id, r) in &mut self.releases {
+            let Some(s) = r.sched.as_mut() else {
                 continue;
             };
-            if state.in_sched.insert(*id) {
-                s.add_peer(*peer, info.clone());
+            let takes_part = info.seed
+                || state.haves.contains_key(id)
+                || state
+                    .platform
+                    .as_ref()
+                    .is_some_and(|p| r.manifest.manifest().supports(p));
+            if !takes_part || !state.in_sched.insert(*id) {
+                continue;
             }
-            s.peer_has(peer, bits.ones().map(|i| i as u32));
+            s.add_peer(*peer, info.clone());
+            if let Some(bits) = state.haves.get(id) {
+                s.peer_has(peer, bits.ones().map(|i| i as u32));
+            }
         }
     }
 
@@ -865,15 +876,30 @@ impl Mesh {
             .haves
             .entry(have.release)
             .or_insert_with(|| Bits::new(have.pieces as usize));
+        let mut new = Vec::new();
         if let Some(full) = &have.full {
             for i in Bits::from_bytes(have.pieces as usize, full).ones() {
-                bits.set(i);
+                if bits.set(i) {
+                    new.push(i as u32);
+                }
             }
         }
         for &i in &have.added {
-            bits.set(i as usize);
+            if bits.set(i as usize) {
+                new.push(i);
+            }
         }
-        self.sync_peer(&peer);
+        if state.in_sched.contains(&have.release) {
+            if let Some(s) = self
+                .releases
+                .get_mut(&have.release)
+                .and_then(|r| r.sched.as_mut())
+            {
+                s.peer_has(&peer, new);
+            }
+        } else {
+            self.sync_peer(&peer);
+        }
         false
     }
 
@@ -1230,8 +1256,10 @@ impl Mesh {
         let now = Instant::now();
         self.banned.retain(|_, t| *t > now);
         if self.p.role == Role::Seed {
+            let known = self.releases.len();
             self.scan_releases();
-            if now - self.last_announce >= ANNOUNCE_EVERY {
+            // A new publish is announced at once, then with the rest.
+            if self.releases.len() != known || now - self.last_announce >= ANNOUNCE_EVERY {
                 self.last_announce = now;
                 self.announce_all();
             }
