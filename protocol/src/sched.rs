@@ -187,6 +187,24 @@ impl Peer {
     }
 }
 
+/// Where a peer is, as the rules see it. The order indexes `pick`'s bests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Class {
+    Lan = 0,
+    Wan = 1,
+    Seed = 2,
+}
+
+/// A peer as one plan sees it.
+#[derive(Debug)]
+struct View<'a, P> {
+    key: &'a P,
+    class: Class,
+    have: &'a Bits,
+    rate: f64,
+    free: usize,
+}
+
 #[derive(Debug)]
 struct Pending<P> {
     peer: P,
@@ -432,95 +450,144 @@ impl<P: Ord + Clone> Scheduler<P> {
         if self.is_complete() {
             return Vec::new();
         }
-        let mut slots: BTreeMap<P, usize> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| !p.banned_at(now))
-            .map(|(k, p)| {
-                (
-                    k.clone(),
-                    self.cfg.per_peer_pieces.saturating_sub(p.in_flight),
-                )
-            })
-            .filter(|(_, free)| *free > 0)
-            .collect();
-        let total: usize = slots.values().sum();
-        if total == 0 {
-            return Vec::new();
-        }
         if self.mine.is_none() {
             self.mine = Some(self.compute_mine(now));
         }
-        let fallback = self
+        let any_wan = self
             .idle_since
             .is_some_and(|t| now.saturating_sub(t) >= self.cfg.wan_fallback_after);
-        let n = self.lens.len();
-        let mut cands: Vec<(u32, u64, u32)> = (0..n)
+        let mut views = self.views(now);
+        let total: usize = views.iter().map(|v| v.free).sum();
+        // Plan in batches: a lone free slot waits for company.
+        if total == 0 || (total < self.cfg.batch && !self.pending.is_empty()) {
+            return Vec::new();
+        }
+        let mut cands: Vec<(u32, u64, u32)> = (0..self.lens.len())
             .filter(|&i| !self.have.get(i) && self.requested[i] == 0 && self.avail[i] > 0)
+            .filter(|&i| self.pick(i, &views, any_wan, &[]).is_some())
             .map(|i| (self.avail[i], mix(self.me.tag ^ self.keys[i]), i as u32))
             .collect();
-        let everything_requested = cands.is_empty();
-        let keep = (total * 8).max(256);
-        if cands.len() > keep {
-            cands.select_nth_unstable(keep);
-            cands.truncate(keep);
-        }
+        let eligible = !cands.is_empty();
         cands.sort_unstable();
-        let mut batches: BTreeMap<P, Vec<u32>> = BTreeMap::new();
+        let mut batches: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
+        let mut left = total;
         for &(_, _, i) in &cands {
             let len = u64::from(self.lens[i as usize]);
-            if budget < len {
+            if budget < len || left == 0 {
                 break;
             }
-            if let Some(src) = self.source(i, &slots, fallback, &[]) {
-                take_slot(&mut slots, &src);
-                batches.entry(src).or_default().push(i);
+            if let Some(k) = self.pick(i as usize, &views, any_wan, &[]) {
+                views[k].free -= 1;
+                left -= 1;
+                batches.entry(k).or_default().push(i);
                 budget -= len;
             }
-            if slots.is_empty() {
-                break;
-            }
         }
-        if everything_requested {
-            self.plan_endgame(&mut slots, &mut batches, &mut budget);
+        if !eligible {
+            self.plan_endgame(&mut views, &mut batches, budget);
         }
+        let batches: Vec<(P, Vec<u32>)> = batches
+            .into_iter()
+            .map(|(k, pieces)| (views[k].key.clone(), pieces))
+            .collect();
         self.issue(now, batches)
     }
 
+    /// Every missing piece is requested or unavailable: if few remain, ask
+    /// a second peer for those with one request out.
     fn plan_endgame(
         &self,
-        slots: &mut BTreeMap<P, usize>,
-        batches: &mut BTreeMap<P, Vec<u32>>,
-        budget: &mut u64,
+        views: &mut [View<'_, P>],
+        batches: &mut BTreeMap<usize, Vec<u32>>,
+        mut budget: u64,
     ) {
-        let open: Vec<u32> = (0..self.lens.len())
-            .filter(|&i| !self.have.get(i) && self.requested[i] == 1)
-            .map(|i| i as u32)
-            .collect();
         let missing = self.lens.len() - self.have.count();
-        if open.is_empty() || missing > self.cfg.endgame_pieces {
+        if missing > self.cfg.endgame_pieces {
             return;
         }
-        for i in open {
-            let len = u64::from(self.lens[i as usize]);
-            if *budget < len {
+        for i in (0..self.lens.len()).filter(|&i| !self.have.get(i) && self.requested[i] == 1) {
+            let len = u64::from(self.lens[i]);
+            if budget < len {
                 break;
             }
-            let asked: Vec<P> = self
+            let asked: Vec<usize> = self
                 .pending
                 .values()
-                .filter(|r| r.pieces.contains(&i))
-                .map(|r| r.peer.clone())
+                .filter(|r| r.pieces.contains(&(i as u32)))
+                .filter_map(|r| views.iter().position(|v| *v.key == r.peer))
                 .collect();
-            if let Some(src) = self.source(i, slots, true, &asked) {
-                take_slot(slots, &src);
-                batches.entry(src).or_default().push(i);
-                *budget -= len;
+            if let Some(k) = self.pick(i, views, true, &asked) {
+                views[k].free -= 1;
+                batches.entry(k).or_default().push(i as u32);
+                budget -= len;
             }
         }
     }
 
-    fn issue(&mut self, now: Duration, batches: BTreeMap<P, Vec<u32>>) -> Vec<Planned<P>> {
+    /// The peers a plan may use (not banned), with their free slots.
+    fn views(&self, now: Duration) -> Vec<View<'_, P>> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| !p.banned_at(now))
+            .map(|(key, p)| View {
+                key,
+                class: if p.info.seed {
+                    Class::Seed
+                } else if p.info.site == self.me.site {
+                    Class::Lan
+                } else {
+                    Class::Wan
+                },
+                have: &p.have,
+                rate: p.rate,
+                free: self.cfg.per_peer_pieces.saturating_sub(p.in_flight),
+            })
+            .collect()
+    }
+
+    /// The view index of the peer to ask for piece `i`, by the rules in the
+    /// module docs; `skip` are views already asked.
+    fn pick(
+        &self,
+        i: usize,
+        views: &[View<'_, P>],
+        any_wan: bool,
+        skip: &[usize],
+    ) -> Option<usize> {
+        let mut best: [Option<(usize, f64)>; 3] = [None; 3];
+        let mut lan_has = false;
+        for (k, v) in views.iter().enumerate() {
+            if !v.have.get(i) || skip.contains(&k) {
+                continue;
+            }
+            lan_has |= v.class == Class::Lan;
+            if v.free == 0 {
+                continue;
+            }
+            // Throughput per piece in flight, counting this plan's.
+            let busy = self.cfg.per_peer_pieces - v.free;
+            let score = v.rate / (busy as f64 + 1.0);
+            let slot = &mut best[v.class as usize];
+            if slot.is_none_or(|(_, s)| score > s) {
+                *slot = Some((k, score));
+            }
+        }
+        let [lan, wan, seed] = best;
+        if let Some((k, _)) = lan {
+            return Some(k);
+        }
+        let (mine, from_seed) = self
+            .mine
+            .as_ref()
+            .map_or((false, false), |(site, seed)| (site.get(i), seed.get(i)));
+        if lan_has || !(mine || any_wan) {
+            return None;
+        }
+        wan.or(if from_seed || any_wan { seed } else { None })
+            .map(|(k, _)| k)
+    }
+
+    fn issue(&mut self, now: Duration, batches: Vec<(P, Vec<u32>)>) -> Vec<Planned<P>> {
         let mut out = Vec::new();
         for (peer, pieces) in batches {
             for part in pieces.chunks(self.cfg.batch.max(1)) {
@@ -554,51 +621,6 @@ impl<P: Ord + Clone> Scheduler<P> {
             }
         }
         out
-    }
-
-    /// The peer to ask for piece `i`, by the rules in the module docs.
-    fn source(&self, i: u32, slots: &BTreeMap<P, usize>, any_wan: bool, skip: &[P]) -> Option<P> {
-        let idx = i as usize;
-        let holders = || {
-            self.peers
-                .iter()
-                .filter(|(k, p)| p.have.get(idx) && !skip.contains(k))
-        };
-        let best = |same_site: bool, seed: bool| {
-            holders()
-                .filter(|(k, p)| {
-                    slots.contains_key(*k)
-                        && (p.info.site == self.me.site && !p.info.seed) == same_site
-                        && p.info.seed == seed
-                })
-                .max_by(|a, b| {
-                    // Throughput per piece in flight, counting this plan's.
-                    let score = |(k, p): &(&P, &Peer)| {
-                        let busy = self.cfg.per_peer_pieces - slots.get(*k).copied().unwrap_or(0);
-                        p.rate / (busy as f64 + 1.0)
-                    };
-                    score(a).total_cmp(&score(b))
-                })
-                .map(|(k, _)| k.clone())
-        };
-        if let Some(lan) = best(true, false) {
-            return Some(lan);
-        }
-        // Banned peers hold nothing (their have-maps are cleared).
-        let lan_has_it = holders().any(|(_, p)| self.is_member(&p.info));
-        let (mine, from_seed) = self.mine.as_ref().map_or((false, false), |(site, seed)| {
-            (site.get(idx), seed.get(idx))
-        });
-        if lan_has_it || !(mine || any_wan) {
-            return None;
-        }
-        best(false, false).or_else(|| {
-            if from_seed || any_wan {
-                best(false, true)
-            } else {
-                None
-            }
-        })
     }
 
     fn is_member(&self, info: &PeerInfo) -> bool {
@@ -668,15 +690,6 @@ impl<P: Ord + Clone> Scheduler<P> {
     /// Uncompressed bytes of the requests in flight.
     pub fn bytes_in_flight(&self) -> u64 {
         self.pending.values().map(|r| r.bytes).sum()
-    }
-}
-
-fn take_slot<P: Ord>(slots: &mut BTreeMap<P, usize>, peer: &P) {
-    if let Some(free) = slots.get_mut(peer) {
-        *free -= 1;
-        if *free == 0 {
-            slots.remove(peer);
-        }
     }
 }
 
