@@ -188,6 +188,14 @@ pub fn node_params(
     store: Arc<ChunkStore>,
     listen_override: &[String],
 ) -> anyhow::Result<mesh::Params> {
+    let key_path = dir.join("node.key");
+    if !key_path.exists() {
+        anyhow::bail!(
+            "{} has no node.key; create the node with `fleetmesh-node init --dir {} ...` first",
+            dir.display(),
+            dir.display()
+        );
+    }
     let m = &config.mesh;
     let listen = if listen_override.is_empty() {
         &m.listen
@@ -200,7 +208,7 @@ pub fn node_params(
     let run_dir = dir.join("run");
     std::fs::create_dir_all(&run_dir).ctx("create", &run_dir)?;
     Ok(mesh::Params {
-        keypair: node_keypair(&dir.join("node.key"))?,
+        keypair: node_keypair(&key_path)?,
         role: Role::Node,
         site: m.site.clone(),
         platform: config.platform.clone(),

@@ -105,6 +105,14 @@ fn init_writes_a_node_that_reads_back_and_refuses_bad_options() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
+    // A node directory without its key is not started.
+    let nokey = tmp.path().join("nokey");
+    fs::create_dir_all(&nokey).expect("mkdir");
+    for f in ["node.toml", "root.pub"] {
+        fs::copy(dir.join(f), nokey.join(f)).expect("copy");
+    }
+    let err = one_line_error(&node(&["run"], &nokey));
+    assert!(err.contains("no node.key"), "{err}");
     // A second init would replace the node's identity: refused.
     let err = one_line_error(&init(&dir, &[]));
     assert!(err.contains("already holds a node"), "{err}");
