@@ -7,4 +7,6 @@
 //! and the time-zone rules are compiled in, so every node decides the same.
 
 pub mod cron;
+pub mod group;
+pub mod rollout;
 pub mod window;
