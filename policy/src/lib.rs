@@ -7,6 +7,7 @@
 //! and the time-zone rules are compiled in, so every node decides the same.
 
 pub mod cron;
+pub mod doc;
 pub mod group;
 pub mod rollout;
 pub mod window;

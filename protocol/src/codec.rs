@@ -41,6 +41,10 @@ pub enum Kind {
     Request = 8,
     /// [`crate::mesh::Response`] on the exchange protocol.
     Response = 9,
+    /// A policy document (the `fleetmesh-policy` crate's `PolicyDoc`).
+    Policy = 10,
+    /// A signed policy document.
+    SignedPolicy = 11,
 }
 
 /// A type that travels or is stored through this codec.
