@@ -21,6 +21,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// Where a node keeps the newest signed policy it accepted.
+pub const POLICY_FILE: &str = "policy.signed";
+
 /// What `init` writes.
 #[derive(Debug)]
 pub struct InitOptions {
@@ -181,6 +184,35 @@ pub fn trust_state(dir: &Path) -> anyhow::Result<TrustState> {
     Ok(TrustState::from_chain(root, &chain)?)
 }
 
+/// The saved policy as it applies to this node, if there is one.
+pub fn policy_gate(
+    dir: &Path,
+    config: &NodeConfig,
+    now: fleetmesh_protocol::UnixTime,
+) -> anyhow::Result<Option<crate::updater::Gate>> {
+    let bytes = match std::fs::read(dir.join(POLICY_FILE)) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let signed = codec::decode(&bytes)?;
+    let policy = fleetmesh_policy::doc::verify_policy(&signed, &trust_state(dir)?, None, now)
+        .map_err(anyhow::Error::msg)?;
+    let node_id = node_keypair(&dir.join("node.key"))?
+        .public()
+        .to_peer_id()
+        .to_string();
+    let mut labels = config.mesh.labels.clone();
+    labels.insert("node".into(), node_id.clone());
+    labels.insert("site".into(), config.mesh.site.clone());
+    labels.insert("platform".into(), config.platform.clone());
+    Ok(Some(crate::updater::Gate {
+        policy,
+        node_id,
+        labels,
+    }))
+}
+
 /// The mesh parameters of a node directory.
 pub fn node_params(
     dir: &Path,
@@ -228,6 +260,7 @@ pub fn node_params(
         store: Some(store),
         release_key: None,
         sched: Default::default(),
+        policy_file: dir.join(POLICY_FILE),
         chaos_corrupt_uploads: false,
         chaos_gossip: Vec::new(),
     })

@@ -357,17 +357,23 @@ fn boot(dir: &Path, store: &ChunkStore, once: bool) -> anyhow::Result<Next> {
         return Ok(Next::Reboot);
     }
     let chain_path = dir.join("trust.chain");
-    let mut chain_seen = std::fs::metadata(&chain_path)
-        .and_then(|m| m.modified())
-        .ok();
+    let policy_path = dir.join(daemon::POLICY_FILE);
+    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut chain_seen = mtime(&chain_path);
+    let mut policy_seen = None;
     loop {
-        // The mesh rewrites the chain when a peer brings a newer one.
-        let modified = std::fs::metadata(&chain_path)
-            .and_then(|m| m.modified())
-            .ok();
-        if modified != chain_seen {
-            chain_seen = modified;
+        // The mesh rewrites the chain and the policy when peers bring newer ones.
+        if mtime(&chain_path) != chain_seen {
+            chain_seen = mtime(&chain_path);
             updater.set_trust(daemon::trust_state(dir)?);
+            policy_seen = None;
+        }
+        if mtime(&policy_path) != policy_seen {
+            policy_seen = mtime(&policy_path);
+            match daemon::policy_gate(dir, &config, cli::unix_now()) {
+                Ok(gate) => updater.set_policy(gate),
+                Err(e) => tracing::warn!("policy not used: {}", cli::error_line(e.as_ref())),
+            }
         }
         let request = run.join(INSTALL_REQUEST);
         let forced = match std::fs::read_to_string(&request) {

@@ -86,7 +86,26 @@ pub struct Updater<'s> {
     run_dir: PathBuf,
     boot: BootInfo,
     running: std::cell::OnceCell<Option<semver::Version>>,
+    gate: Option<Gate>,
+    /// Why the staged release is not installing (policy), for the status.
+    waiting: Option<String>,
 }
+
+/// A signed policy as it applies to this node.
+#[derive(Clone, Debug)]
+pub struct Gate {
+    /// The verified policy.
+    pub policy: fleetmesh_policy::doc::PolicyDoc,
+    /// This node's id (its peer id).
+    pub node_id: String,
+    /// Its labels, with `node`, `site` and `platform`.
+    pub labels: fleetmesh_policy::group::Labels,
+}
+
+/// Install throughput assumed when deciding whether a window is long enough.
+const INSTALL_BYTES_PER_SEC: u64 = 20 << 20;
+/// Fixed install overhead (boot, health check) in that estimate.
+const INSTALL_OVERHEAD_SECS: u64 = 60;
 
 impl std::fmt::Debug for Updater<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -134,7 +153,60 @@ impl<'s> Updater<'s> {
             run_dir,
             boot,
             running: std::cell::OnceCell::new(),
+            gate: None,
+            waiting: None,
         })
+    }
+
+    /// Installs from now on only as `gate`'s policy allows (`None`: as
+    /// `update.install_when_staged` says).
+    pub fn set_policy(&mut self, gate: Option<Gate>) {
+        self.gate = gate;
+    }
+
+    /// Whether a staged release may install now: by the policy if there is
+    /// one, else by the configuration. Records why not, for the status.
+    fn may_install(
+        &mut self,
+        target: &semver::Version,
+        image_len: u64,
+        now: UnixTime,
+    ) -> Result<bool, UpdaterError> {
+        let Some(gate) = &self.gate else {
+            self.waiting = None;
+            return Ok(self.config.install_when_staged);
+        };
+        let running = self.running_version(now)?;
+        let install_secs = image_len / INSTALL_BYTES_PER_SEC + INSTALL_OVERHEAD_SECS;
+        let decision = gate.policy.decide(
+            &gate.node_id,
+            &gate.labels,
+            target,
+            running.as_ref(),
+            now,
+            install_secs,
+        );
+        use fleetmesh_policy::doc::Decision;
+        let why = match decision {
+            Decision::Install => None,
+            Decision::Wait {
+                reason,
+                until: Some(t),
+            } => Some(format!("{reason}; next at {t}")),
+            Decision::Wait {
+                reason,
+                until: None,
+            }
+            | Decision::Never(reason) => Some(reason),
+        };
+        if why != self.waiting {
+            match &why {
+                Some(w) => tracing::info!(version = %target, "not installing yet: {w}"),
+                None => tracing::info!(version = %target, "policy allows the install now"),
+            }
+        }
+        self.waiting = why;
+        Ok(self.waiting.is_none())
     }
 
     /// Replaces the trust state (the mesh brought a newer trust chain).
@@ -164,7 +236,18 @@ impl<'s> Updater<'s> {
     ) -> Result<Next, UpdaterError> {
         if let State::Staged(t) | State::WaitingForWindow(t) = self.machine.state() {
             // Already staged: ask again whether it may install now.
-            let allowed = self.config.install_when_staged || version == Some(&t.version);
+            let (target, release) = (t.version.clone(), t.release);
+            let image_len = self
+                .store
+                .manifest(&release)?
+                .and_then(|s| {
+                    fleetmesh_protocol::codec::decode::<fleetmesh_protocol::Manifest>(
+                        s.body_bytes(),
+                    )
+                    .ok()
+                })
+                .map_or(0, |m| m.image_len);
+            let allowed = version == Some(&target) || self.may_install(&target, image_len, now)?;
             let actions = self.machine.handle(Event::InstallAllowed(allowed));
             let next = self.execute(actions, now)?;
             self.write_status(now)?;
@@ -195,7 +278,8 @@ impl<'s> Updater<'s> {
             running,
             downgrade_allowed: false,
         });
-        let allowed = self.config.install_when_staged || version.is_some();
+        let (target, image_len) = (m.version.clone(), m.image_len);
+        let allowed = version.is_some() || self.may_install(&target, image_len, now)?;
         actions.extend(self.machine.handle(Event::InstallAllowed(allowed)));
         let next = self.execute(actions, now)?;
         self.write_status(now)?;
@@ -366,6 +450,7 @@ impl<'s> Updater<'s> {
             State::RolledBack { reason, .. } | State::Failed { reason, .. } => {
                 Some(reason.to_string())
             }
+            State::Staged(_) | State::WaitingForWindow(_) => self.waiting.clone(),
             _ => None,
         };
         Ok(Status {

@@ -24,6 +24,8 @@ pub const MAX_BATCH: usize = 64;
 pub const RESPONSE_BUDGET: usize = 1 << 20;
 /// Most announcements a node keeps and hands to a new peer.
 pub const MAX_ANNOUNCEMENTS: usize = 16;
+/// Largest encoded signed policy carried in a hello.
+pub const MAX_POLICY_BYTES: usize = 300 << 10;
 /// Most piece indices in one incremental have-update.
 pub const MAX_HAVE_ADDED: usize = 8192;
 
@@ -196,6 +198,9 @@ pub struct Hello {
     pub trust: TrustChain,
     /// The newest announcement per channel.
     pub announcements: Vec<Signed<Announcement>>,
+    /// The newest signed policy the sender holds, encoded (empty: none).
+    /// Bytes, because the policy type lives in the policy crate.
+    pub policy: Vec<u8>,
 }
 
 /// A have-map or an update to one.
@@ -252,7 +257,8 @@ impl Message for Request {
     const KIND: Kind = Kind::Request;
     const WHAT: &'static str = "request";
     const MAX_BYTES: usize = <TrustChain as Message>::MAX_BYTES
-        + MAX_ANNOUNCEMENTS * <Signed<Announcement> as Message>::MAX_BYTES;
+        + MAX_ANNOUNCEMENTS * <Signed<Announcement> as Message>::MAX_BYTES
+        + MAX_POLICY_BYTES;
 }
 
 impl Message for Response {

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod init;
 pub mod layout;
+pub mod policy;
 pub mod publish;
 pub mod serve;
 pub mod verify;

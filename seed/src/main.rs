@@ -10,7 +10,7 @@ use fleetmesh_node::mesh::{
 };
 use fleetmesh_seed::layout::Seed;
 use fleetmesh_seed::publish::{publish, PublishRequest};
-use fleetmesh_seed::{init, serve, verify};
+use fleetmesh_seed::{init, policy, serve, verify};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -83,6 +83,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Sign and show the policy: windows, groups, rollouts, pins.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCmd,
+    },
+    /// Start, pause, resume or abort the rollout of a version (each signs a
+    /// new policy version).
+    Rollout {
+        /// What to do.
+        #[arg(value_enum)]
+        action: RolloutAction,
+        /// Seed directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The release's version.
+        #[arg(long, value_name = "X.Y.Z", value_parser = cli::parse_version)]
+        version: semver::Version,
+    },
     /// Re-read and re-hash every chunk and check every signature; exit 1 and
     /// name the bad chunks if anything is wrong.
     Verify {
@@ -93,6 +111,36 @@ enum Command {
         #[arg(long, value_name = "X.Y.Z", value_parser = cli::parse_version)]
         version: Option<semver::Version>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCmd {
+    /// Validate FILE.toml, sign it as the next policy version, install it
+    /// (a running seed gossips it at once).
+    Apply {
+        /// Seed directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The policy file (see docs/policy.md).
+        file: PathBuf,
+    },
+    /// Print the policy in force.
+    Show {
+        /// Seed directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum RolloutAction {
+    Start,
+    Pause,
+    Resume,
+    Abort,
 }
 
 fn main() -> ExitCode {
@@ -196,12 +244,78 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 println!("{} nodes reporting", status.nodes.len());
             }
         }
+        Command::Policy {
+            command: PolicyCmd::Apply { dir, file },
+        } => {
+            let doc = policy::apply(&Seed::open(&dir)?, &file, cli::unix_now())?;
+            eprintln!("policy version {} signed and installed", doc.version);
+        }
+        Command::Policy {
+            command: PolicyCmd::Show { dir, json },
+        } => match policy::current(&Seed::open(&dir)?)? {
+            None => anyhow::bail!("no policy yet: run `fleetmesh-seed policy apply` first"),
+            Some((doc, _)) if json => println!("{}", serde_json::to_string_pretty(&doc)?),
+            Some((doc, _)) => print_policy(&doc),
+        },
+        Command::Rollout {
+            action,
+            dir,
+            version,
+        } => {
+            let cmd = match action {
+                RolloutAction::Start => policy::RolloutCommand::Start,
+                RolloutAction::Pause => policy::RolloutCommand::Pause,
+                RolloutAction::Resume => policy::RolloutCommand::Resume,
+                RolloutAction::Abort => policy::RolloutCommand::Abort,
+            };
+            let doc = policy::rollout(&Seed::open(&dir)?, &version, cmd, cli::unix_now())?;
+            eprintln!(
+                "rollout of {version}: {action:?}; policy version {}",
+                doc.version
+            );
+        }
         Command::Verify { dir, version } => {
             let checks = verify::verify(&Seed::open(&dir)?, version.as_ref(), cli::unix_now())?;
             return Ok(print_checks(&checks));
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_policy(doc: &fleetmesh_policy::doc::PolicyDoc) {
+    println!(
+        "policy version {} (expires {})",
+        doc.version, doc.expires_at
+    );
+    for g in &doc.groups {
+        println!("group   {:<16} {:?}", g.name, g.selector);
+    }
+    for w in &doc.windows {
+        let when = match (&w.cron, w.start, w.end) {
+            (Some(c), _, _) => format!("cron {c:?} for {} min", w.duration_secs / 60),
+            (None, Some(s), Some(e)) => format!("once {s}..{e}"),
+            _ => "?".into(),
+        };
+        println!(
+            "window  {:<16} {} {when} groups {:?}",
+            w.name, w.tz, w.groups
+        );
+    }
+    for r in &doc.rollouts {
+        println!(
+            "rollout {:<16} {:?}, wave {} of {}",
+            r.version,
+            r.state,
+            r.wave + 1,
+            r.waves.len()
+        );
+    }
+    for p in &doc.pins {
+        println!("pin     {:<16} {}", p.group, p.version);
+    }
+    for p in &doc.rollback {
+        println!("rollback {:<15} {}", p.group, p.version);
+    }
 }
 
 fn progress_bar(len: u64) -> indicatif::ProgressBar {

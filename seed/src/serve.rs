@@ -84,6 +84,7 @@ pub fn params(
         store: None,
         release_key: Some(seed.key::<Release>()?),
         sched: Default::default(),
+        policy_file: crate::policy::current_path(seed),
         chaos_corrupt_uploads: false,
         chaos_gossip: Vec::new(),
     })

@@ -95,6 +95,24 @@ impl Lab {
         Ok(serde_json::from_str(&out)?)
     }
 
+    /// Runs `fleetmesh-seed ARGS --dir SEED`; returns its stdout.
+    pub fn seed_cmd(&self, args: &[&str]) -> Result<String> {
+        run_ok(
+            Command::new(&self.seed_bin)
+                .args(args)
+                .args(["--dir", path_str(&self.seed_dir)?]),
+        )
+    }
+
+    /// Runs `fleetmesh-node ARGS --dir NODE_DIR` for node `i`; returns stdout.
+    pub fn node_cmd(&self, i: usize, args: &[&str]) -> Result<String> {
+        run_ok(
+            Command::new(&self.node_bin)
+                .args(args)
+                .args(["--dir", path_str(&self.nodes[i].dir)?]),
+        )
+    }
+
     fn spawn(&self, bin: &Path, args: &[String], log: &str) -> Result<Child> {
         let log_path = self.dir.join(log);
         let log = std::fs::OpenOptions::new()

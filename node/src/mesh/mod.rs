@@ -20,6 +20,7 @@ pub mod status;
 use crate::store::{ChunkFiles, ChunkStore};
 use crate::{fsutil, ReleaseInfo};
 use codec::{ExchangeCodec, PROTOCOL};
+use fleetmesh_policy::doc::{verify_policy, PolicyDoc};
 use fleetmesh_protocol::bucket::TokenBucket;
 use fleetmesh_protocol::keys::{Release as ReleaseRole, Root, SecretKey};
 use fleetmesh_protocol::manifest::Manifest;
@@ -116,6 +117,9 @@ pub struct Params {
     pub release_key: Option<SecretKey<ReleaseRole>>,
     /// Scheduler tunables.
     pub sched: sched::Config,
+    /// Seed: the current policy, read when it changes. Node: where an
+    /// accepted policy is saved for the updater.
+    pub policy_file: PathBuf,
     /// Fault injection for tests: serve every chunk with a flipped byte.
     pub chaos_corrupt_uploads: bool,
     /// Fault injection for tests: raw announce-topic messages to gossip
@@ -229,6 +233,9 @@ struct Mesh {
     listening: Vec<Multiaddr>,
     last_report: Instant,
     gossip_rejected: u64,
+    /// The newest valid policy: its version and signed encoding.
+    policy: Option<(u64, Vec<u8>)>,
+    policy_seen: Option<std::time::SystemTime>,
 }
 
 /// A stable 64-bit tag of a peer id, for the scheduler's hashing.
@@ -416,10 +423,13 @@ impl Mesh {
             listening: Vec::new(),
             last_report: now,
             gossip_rejected: 0,
+            policy: None,
+            policy_seen: None,
             p,
         };
         mesh.load_counters();
         mesh.scan_releases();
+        mesh.load_policy();
         Ok(mesh)
     }
 
@@ -701,6 +711,7 @@ impl Mesh {
                 Err(e) => Err(e.to_string()),
             },
             TOPIC_STATUS => self.on_report(&message.source, &message.data),
+            TOPIC_POLICY => self.on_policy(&message.data),
             _ => Ok(MessageAcceptance::Ignore),
         };
         let acceptance = match verdict {
@@ -735,6 +746,13 @@ impl Mesh {
                 self.want(a);
                 Ok(MessageAcceptance::Accept)
             }
+            // A validly signed older release: a late relay or a replay.
+            // Not acted on and not relayed, but not a reason to ban: honest
+            // peers relay old announcements that cross a new one.
+            Err(e @ fleetmesh_protocol::Error::VersionRollback { .. }) => {
+                tracing::debug!("ignoring announcement: {e}");
+                Ok(MessageAcceptance::Ignore)
+            }
             Err(e) => Err(e.to_string()),
         }
     }
@@ -768,6 +786,90 @@ impl Mesh {
         Hello {
             trust: self.p.chain.clone(),
             announcements: self.announcements.signed(),
+            policy: self
+                .policy
+                .as_ref()
+                .map(|p| p.1.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Loads the policy file (the seed's current policy, or the one a node
+    /// accepted before a restart) if it changed.
+    fn load_policy(&mut self) {
+        let modified = std::fs::metadata(&self.p.policy_file)
+            .and_then(|m| m.modified())
+            .ok();
+        if modified.is_none() || modified == self.policy_seen {
+            return;
+        }
+        self.policy_seen = modified;
+        let Ok(bytes) = std::fs::read(&self.p.policy_file) else {
+            return;
+        };
+        match self.check_policy(&bytes) {
+            Ok(Some(version)) => {
+                tracing::info!(version, "policy loaded");
+                self.policy = Some((version, bytes));
+                self.publish_policy();
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!("{}: {e}", self.p.policy_file.display()),
+        }
+    }
+
+    /// Verifies an encoded signed policy; `Some(version)` if it is newer
+    /// than the one held, `None` if it is the one held or an older one
+    /// (a late relay: not acted on, not relayed, not held against anyone).
+    fn check_policy(&self, bytes: &[u8]) -> Result<Option<u64>, String> {
+        if self.policy.as_ref().is_some_and(|p| p.1 == bytes) {
+            return Ok(None);
+        }
+        let signed: Signed<PolicyDoc> = wire::decode(bytes).map_err(|e| e.to_string())?;
+        let doc = verify_policy(&signed, &self.trust, None, crate::cli::unix_now())?;
+        let newer = self.policy.as_ref().is_none_or(|p| doc.version > p.0);
+        Ok(newer.then_some(doc.version))
+    }
+
+    /// A policy from a peer: newer and valid is kept (and saved, for the
+    /// updater); the one held is a re-publish; anything else is refused.
+    fn on_policy(&mut self, bytes: &[u8]) -> Result<MessageAcceptance, String> {
+        if self.trust.current(crate::cli::unix_now()).is_err() {
+            return Ok(MessageAcceptance::Ignore);
+        }
+        let Some(version) = self.check_policy(bytes)? else {
+            let same = self.policy.as_ref().is_some_and(|p| p.1 == bytes);
+            return Ok(if same {
+                MessageAcceptance::Accept
+            } else {
+                MessageAcceptance::Ignore
+            });
+        };
+        if self.p.role == Role::Node {
+            if let Err(e) = fsutil::write_atomic(&self.p.policy_file, bytes, 0o644) {
+                tracing::error!("cannot save policy: {e}");
+                return Ok(MessageAcceptance::Ignore);
+            }
+            self.policy_seen = std::fs::metadata(&self.p.policy_file)
+                .and_then(|m| m.modified())
+                .ok();
+        }
+        tracing::info!(version, "policy accepted");
+        self.policy = Some((version, bytes.to_vec()));
+        Ok(MessageAcceptance::Accept)
+    }
+
+    fn publish_policy(&mut self) {
+        if self.p.role != Role::Seed {
+            return;
+        }
+        if let Some((_, bytes)) = &self.policy {
+            let topic = IdentTopic::new(TOPIC_POLICY);
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .gossip
+                .publish(topic, bytes.clone());
         }
     }
 
@@ -803,6 +905,11 @@ impl Mesh {
         {
             if let Err(e) = self.on_announcement(signed) {
                 tracing::debug!(%peer, "announcement in hello: {e}");
+            }
+        }
+        if !hello.policy.is_empty() {
+            if let Err(e) = self.on_policy(&hello.policy) {
+                self.strike(peer, &format!("policy in hello: {e}"));
             }
         }
     }
@@ -1287,9 +1394,11 @@ impl Mesh {
             let known = self.releases.len();
             self.scan_releases();
             // A new publish is announced at once, then with the rest.
+            self.load_policy();
             if self.releases.len() != known || now - self.last_announce >= ANNOUNCE_EVERY {
                 self.last_announce = now;
                 self.announce_all();
+                self.publish_policy();
             }
         }
         if now - self.last_discover >= DISCOVER_EVERY {
@@ -1357,6 +1466,7 @@ impl Mesh {
             updated_at: crate::cli::unix_now().0,
             banned: self.banned.keys().map(|p| p.to_string()).collect(),
             gossip_rejected: self.gossip_rejected,
+            policy_version: self.policy.as_ref().map(|p| p.0),
             nodes: self.reports.clone(),
         }
     }

@@ -34,6 +34,9 @@ pub struct MeshStatus {
     /// Gossip messages rejected (and not relayed) since start.
     #[serde(default)]
     pub gossip_rejected: u64,
+    /// Version of the signed policy held.
+    #[serde(default)]
+    pub policy_version: Option<u64>,
     /// Seed: the latest status report of each node, by peer id.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub nodes: BTreeMap<String, serde_json::Value>,
