@@ -241,6 +241,8 @@ pub fn node_params(
     std::fs::create_dir_all(&run_dir).ctx("create", &run_dir)?;
     Ok(mesh::Params {
         keypair: node_keypair(&key_path)?,
+        node_key: Some(keyfile::read::<Node>(&key_path)?),
+        labels: m.labels.clone(),
         role: Role::Node,
         site: m.site.clone(),
         platform: config.platform.clone(),

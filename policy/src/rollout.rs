@@ -151,7 +151,9 @@ impl Rollout {
             )));
         }
         let soaked = now.0 >= self.wave_opened_at.0.saturating_add(wave.soak_secs);
-        if !soaked || pct(counts.succeeded) < u64::from(wave.success_pct) {
+        // A wave no node falls into has nothing to wait for but its soak.
+        let enough = counts.members == 0 || pct(counts.succeeded) >= u64::from(wave.success_pct);
+        if !soaked || !enough {
             return None;
         }
         if self.wave + 1 < self.waves.len() {
@@ -245,6 +247,11 @@ mod tests {
             r.evaluate(UnixTime(1001), counts(10, 0, 1)),
             None,
             "10% < 20%"
+        );
+        assert_eq!(
+            r.evaluate(UnixTime(1600), counts(0, 0, 0)),
+            Some(Step::Advance),
+            "empty wave"
         );
         let last = Rollout { wave: 2, ..plan() };
         assert_eq!(

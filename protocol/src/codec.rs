@@ -45,6 +45,12 @@ pub enum Kind {
     Policy = 10,
     /// A signed policy document.
     SignedPolicy = 11,
+    /// [`crate::mesh::Report`], a node's status report.
+    Report = 12,
+    /// A signed report.
+    SignedReport = 13,
+    /// [`crate::mesh::ReportEnvelope`]: key and signed report.
+    ReportEnvelope = 14,
 }
 
 /// A type that travels or is stored through this codec.

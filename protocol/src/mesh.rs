@@ -8,8 +8,9 @@
 //! codec checks before decoding.
 
 use crate::codec::{Kind, Message};
-use crate::keys::Release;
+use crate::keys::{Node, PublicKey, Release};
 use crate::manifest::{is_valid_name, Manifest, MAX_CHUNKS, MAX_PLATFORMS};
+use crate::signed::RoleKeys;
 use crate::signed::{Signed, SignedBody};
 use crate::time::UnixTime;
 use crate::trust::{TrustChain, TrustState};
@@ -282,4 +283,77 @@ pub fn pieces(manifest: &Manifest) -> Vec<(ChunkId, u32)> {
         .filter(|c| seen.insert(c.id))
         .map(|c| (c.id, c.len))
         .collect()
+}
+
+/// Most labels, releases or characters of free text in a report.
+pub const MAX_REPORT_ITEMS: usize = 32;
+
+/// A node's status, signed with its node key and gossiped; the seed's
+/// fleet view and rollout decisions are built from these.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    /// The node's peer id (derived from the key that signs the report).
+    pub node_id: String,
+    /// When the node made the report.
+    pub at: UnixTime,
+    /// Its labels, with `site` and `platform`.
+    pub labels: BTreeMap<String, String>,
+    /// The version it booted, if known.
+    pub booted_version: Option<String>,
+    /// The slot it booted.
+    pub slot: Option<String>,
+    /// The update state (`idle`, `waiting_for_window`, `committed`,
+    /// `rolled_back`, …). `committed` is only reported after a good boot.
+    pub state: String,
+    /// The release being (or last) applied.
+    pub target_version: Option<String>,
+    /// Why it is waiting, rolled back or failed.
+    pub reason: Option<String>,
+    /// Download progress per release: (version, pieces held, pieces).
+    pub releases: Vec<(String, u64, u64)>,
+}
+
+impl Message for Report {
+    const KIND: Kind = Kind::Report;
+    const WHAT: &'static str = "status report";
+    const MAX_BYTES: usize = 16 << 10;
+}
+
+impl SignedBody for Report {
+    type Role = Node;
+    const SIGNED_KIND: Kind = Kind::SignedReport;
+}
+
+/// A signed report with the key that signed it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReportEnvelope {
+    /// The node's public key.
+    pub key: PublicKey<Node>,
+    /// The report.
+    pub signed: Signed<Report>,
+}
+
+impl Message for ReportEnvelope {
+    const KIND: Kind = Kind::ReportEnvelope;
+    const WHAT: &'static str = "status report";
+    const MAX_BYTES: usize = <Signed<Report> as Message>::MAX_BYTES + 128;
+}
+
+impl ReportEnvelope {
+    /// Checks the signature with the enclosed key and the report's sizes.
+    /// The caller checks that `node_id` is the key's peer id.
+    pub fn verify(&self) -> Result<Report> {
+        let report = self.signed.verify(&RoleKeys::single(self.key))?;
+        let long = |s: &Option<String>| s.as_ref().is_some_and(|s| s.len() > 512);
+        if report.labels.len() > MAX_REPORT_ITEMS
+            || report.releases.len() > MAX_REPORT_ITEMS
+            || long(&report.reason)
+        {
+            return Err(Error::invalid(
+                Report::WHAT,
+                "too many labels or releases, or reason too long",
+            ));
+        }
+        Ok(report)
+    }
 }

@@ -33,6 +33,8 @@ pub struct SeedMeshConfig {
     pub mdns: bool,
     /// Most connected peers.
     pub max_peers: usize,
+    /// A node not heard from for this long shows as stale.
+    pub report_stale_after_secs: u64,
 }
 
 impl Default for SeedMeshConfig {
@@ -46,6 +48,7 @@ impl Default for SeedMeshConfig {
             upload_bytes_per_sec: 0,
             mdns: true,
             max_peers: 256,
+            report_stale_after_secs: 300,
         }
     }
 }
@@ -124,7 +127,9 @@ impl Config {
              # Upload cap in bytes/s (0: none).\n\
              upload_bytes_per_sec = {}\n\
              mdns = {}\n\
-             max_peers = {}\n",
+             max_peers = {}\n\
+             # A node not heard from for this long shows as stale in `status`.\n\
+             report_stale_after_secs = {}\n",
             p.max_image_bytes,
             p.chunk_avg_bytes,
             p.zstd_level,
@@ -136,6 +141,7 @@ impl Config {
             self.mesh.upload_bytes_per_sec,
             self.mesh.mdns,
             self.mesh.max_peers,
+            self.mesh.report_stale_after_secs,
         )
     }
 

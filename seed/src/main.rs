@@ -10,7 +10,7 @@ use fleetmesh_node::mesh::{
 };
 use fleetmesh_seed::layout::Seed;
 use fleetmesh_seed::publish::{publish, PublishRequest};
-use fleetmesh_seed::{init, policy, serve, verify};
+use fleetmesh_seed::{fleet, init, policy, serve, verify};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -205,6 +205,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Run { dir, listen } => {
             let seed = Seed::open(&dir)?;
             let params = serve::params(&seed, &listen, &mut rand_core::OsRng)?;
+            spawn_rollout_stepper(dir.clone());
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -224,24 +225,20 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Status { dir, json } => {
             let seed = Seed::open(&dir)?;
-            let path = seed.layout.run().join(MESH_STATUS_FILE);
-            let bytes = std::fs::read(&path).with_context(|| {
-                format!(
-                    "read {} (has `fleetmesh-seed run` started?)",
-                    path.display()
-                )
-            })?;
-            let status: MeshStatus = serde_json::from_slice(&bytes)
-                .with_context(|| format!("parse {}", path.display()))?;
+            let status = read_status(&seed)?;
+            let policy = policy::current(&seed)?.map(|(d, _)| d);
+            let fleet = fleet::view(
+                &status.nodes,
+                policy.as_ref(),
+                cli::unix_now(),
+                seed.config.mesh.report_stale_after_secs,
+            );
             if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
+                let mut out = serde_json::to_value(&status)?;
+                out["fleet"] = serde_json::to_value(&fleet)?;
+                println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
-                println!("seed {} at {}", status.node_id, status.listen.join(" "));
-                println!("peers {} {:?}", status.peers, status.peer_sites);
-                for r in &status.releases {
-                    println!("release {:<10} egress {} B", r.version, r.egress_bytes);
-                }
-                println!("{} nodes reporting", status.nodes.len());
+                print_status(&status, &fleet);
             }
         }
         Command::Policy {
@@ -280,6 +277,76 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn read_status(seed: &Seed) -> anyhow::Result<MeshStatus> {
+    let path = seed.layout.run().join(MESH_STATUS_FILE);
+    let bytes = std::fs::read(&path).with_context(|| {
+        format!(
+            "read {} (has `fleetmesh-seed run` started?)",
+            path.display()
+        )
+    })?;
+    serde_json::from_slice(&bytes).with_context(|| format!("parse {}", path.display()))
+}
+
+/// Every 5 s, advances or halts rollouts from the nodes' reports (each
+/// decision signs a new policy, which the running mesh gossips).
+fn spawn_rollout_stepper(dir: PathBuf) {
+    std::thread::spawn(move || loop {
+        std::thread::sleep(std::time::Duration::from_secs(5));
+        let stepped = Seed::open(&dir)
+            .map_err(anyhow::Error::from)
+            .and_then(|seed| {
+                let status = read_status(&seed)?;
+                Ok(fleet::step_rollouts(&seed, &status.nodes, cli::unix_now())?)
+            });
+        if let Err(e) = stepped {
+            tracing::warn!("rollout step: {}", cli::error_line(e.as_ref()));
+        }
+    });
+}
+
+fn print_status(status: &MeshStatus, fleet: &fleet::FleetView) {
+    println!("seed {} at {}", status.node_id, status.listen.join(" "));
+    println!("peers {} {:?}", status.peers, status.peer_sites);
+    for r in &status.releases {
+        println!("release {:<10} egress {} B", r.version, r.egress_bytes);
+    }
+    println!(
+        "nodes {} ({} stale); by version {:?}; by state {:?}; by site {:?}",
+        fleet.nodes.len(),
+        fleet.stale,
+        fleet.by_version,
+        fleet.by_state,
+        fleet.by_site
+    );
+    for r in &fleet.rollouts {
+        println!("rollout {} {:?}", r.version, r.state);
+        for w in &r.waves {
+            println!(
+                "  wave {:<12} {} members {:>4} committed {:>4} failed {:>4}",
+                w.name,
+                if w.open { "open  " } else { "closed" },
+                w.members,
+                w.succeeded,
+                w.failed
+            );
+        }
+    }
+    for n in &fleet.nodes {
+        println!(
+            "  {} {:<10} {:<8} {:<20} slot {:<2} last {}{} {}",
+            n.node_id,
+            n.site,
+            n.version.as_deref().unwrap_or("?"),
+            n.state,
+            n.slot.as_deref().unwrap_or("?"),
+            n.last_report,
+            if n.stale { " STALE" } else { "" },
+            n.reason.as_deref().unwrap_or("")
+        );
+    }
 }
 
 fn print_policy(doc: &fleetmesh_policy::doc::PolicyDoc) {

@@ -65,6 +65,8 @@ pub fn params(
     std::fs::create_dir_all(&run).ctx("create", &run)?;
     Ok(mesh::Params {
         keypair: node_key(seed, rng)?,
+        node_key: None,
+        labels: Default::default(),
         role: Role::Seed,
         site: m.site.clone(),
         platform: "seed".into(),

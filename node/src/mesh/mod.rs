@@ -22,11 +22,11 @@ use crate::{fsutil, ReleaseInfo};
 use codec::{ExchangeCodec, PROTOCOL};
 use fleetmesh_policy::doc::{verify_policy, PolicyDoc};
 use fleetmesh_protocol::bucket::TokenBucket;
-use fleetmesh_protocol::keys::{Release as ReleaseRole, Root, SecretKey};
+use fleetmesh_protocol::keys::{Node, Release as ReleaseRole, Root, SecretKey};
 use fleetmesh_protocol::manifest::Manifest;
 use fleetmesh_protocol::mesh::{
-    Accepted, Announcement, Announcements, Have, Hello, Request, Response, MAX_BATCH,
-    MAX_HAVE_ADDED, RESPONSE_BUDGET,
+    Accepted, Announcement, Announcements, Have, Hello, Report, ReportEnvelope, Request, Response,
+    MAX_BATCH, MAX_HAVE_ADDED, RESPONSE_BUDGET,
 };
 use fleetmesh_protocol::sched::{self, Bits, PeerInfo, Planned, RequestId, Scheduler};
 use fleetmesh_protocol::TrustState;
@@ -113,6 +113,10 @@ pub struct Params {
     pub files: ChunkFiles,
     /// Nodes: the store that completed releases are recorded in.
     pub store: Option<Arc<ChunkStore>>,
+    /// Nodes: the key that signs status reports.
+    pub node_key: Option<SecretKey<Node>>,
+    /// Nodes: labels from the configuration (reported with site and platform).
+    pub labels: BTreeMap<String, String>,
     /// Seed: the key that signs announcements.
     pub release_key: Option<SecretKey<ReleaseRole>>,
     /// Scheduler tunables.
@@ -226,8 +230,8 @@ struct Mesh {
     last_status: Instant,
     last_announce: Instant,
     last_discover: Instant,
-    /// Latest status report from each node (seed view), as JSON.
-    reports: BTreeMap<String, serde_json::Value>,
+    /// Latest signed status report from each node (seed view).
+    reports: BTreeMap<String, Report>,
     /// Counters from the last run, by release, until the release loads.
     saved_counters: BTreeMap<ReleaseId, release::Counters>,
     listening: Vec<Multiaddr>,
@@ -236,6 +240,8 @@ struct Mesh {
     /// The newest valid policy: its version and signed encoding.
     policy: Option<(u64, Vec<u8>)>,
     policy_seen: Option<std::time::SystemTime>,
+    /// When the updater's status file last changed (a change is reported at once).
+    update_seen: Option<std::time::SystemTime>,
 }
 
 /// A stable 64-bit tag of a peer id, for the scheduler's hashing.
@@ -425,6 +431,7 @@ impl Mesh {
             gossip_rejected: 0,
             policy: None,
             policy_seen: None,
+            update_seen: None,
             p,
         };
         mesh.load_counters();
@@ -710,7 +717,7 @@ impl Mesh {
                 Ok(signed) => self.on_announcement(&signed),
                 Err(e) => Err(e.to_string()),
             },
-            TOPIC_STATUS => self.on_report(&message.source, &message.data),
+            TOPIC_STATUS => self.on_report(&message.data),
             TOPIC_POLICY => self.on_policy(&message.data),
             _ => Ok(MessageAcceptance::Ignore),
         };
@@ -766,17 +773,26 @@ impl Mesh {
         }
     }
 
-    fn on_report(
-        &mut self,
-        source: &Option<PeerId>,
-        data: &[u8],
-    ) -> Result<MessageAcceptance, String> {
-        let value: serde_json::Value =
-            serde_json::from_slice(data).map_err(|e| format!("status report: {e}"))?;
-        if self.p.role == Role::Seed {
-            let key = source.map(|p| p.to_string()).unwrap_or_default();
-            if self.reports.len() < 100_000 || self.reports.contains_key(&key) {
-                self.reports.insert(key, value);
+    /// A node's signed report: the signature must verify with the key it
+    /// carries, and that key must be the node id's.
+    fn on_report(&mut self, data: &[u8]) -> Result<MessageAcceptance, String> {
+        let envelope: ReportEnvelope = wire::decode(data).map_err(|e| e.to_string())?;
+        let report = envelope.verify().map_err(|e| e.to_string())?;
+        let key = libp2p::identity::ed25519::PublicKey::try_from_bytes(&envelope.key.to_bytes())
+            .map_err(|e| e.to_string())?;
+        let peer = PeerId::from_public_key(&libp2p::identity::PublicKey::from(key));
+        if peer.to_string() != report.node_id {
+            return Err(format!("report for {} signed by {peer}", report.node_id));
+        }
+        if self.p.role == Role::Seed
+            && (self.reports.len() < 100_000 || self.reports.contains_key(&report.node_id))
+        {
+            let newer = self
+                .reports
+                .get(&report.node_id)
+                .is_none_or(|old| old.at <= report.at);
+            if newer {
+                self.reports.insert(report.node_id.clone(), report);
             }
         }
         Ok(MessageAcceptance::Accept)
@@ -1421,8 +1437,13 @@ impl Mesh {
             self.last_status = now;
             self.write_status();
         }
-        if self.p.role == Role::Node && now - self.last_report >= REPORT_EVERY {
+        let update_status = std::fs::metadata(self.p.run_dir.join(crate::updater::STATUS_FILE))
+            .and_then(|m| m.modified())
+            .ok();
+        let changed = update_status != self.update_seen;
+        if self.p.role == Role::Node && (changed || now - self.last_report >= REPORT_EVERY) {
             self.last_report = now;
+            self.update_seen = update_status;
             self.publish_report();
             for bytes in self.p.chaos_gossip.clone() {
                 let topic = IdentTopic::new(TOPIC_ANNOUNCE);
@@ -1505,22 +1526,49 @@ impl Mesh {
 
     /// Gossips this node's progress (the seed's fleet view is built from it).
     fn publish_report(&mut self) {
+        let Some(key) = &self.p.node_key else {
+            return;
+        };
         let st = self.status();
-        let report = serde_json::json!({
-            "node_id": st.node_id,
-            "site": st.site,
-            "peers": st.peers,
-            "releases": st.releases.iter().map(|r| serde_json::json!({
-                "version": r.version, "chunks_have": r.chunks_have,
-                "chunks_total": r.chunks_total, "complete": r.complete,
-            })).collect::<Vec<_>>(),
+        let update: serde_json::Value =
+            std::fs::read(self.p.run_dir.join(crate::updater::STATUS_FILE))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default();
+        let text = |v: &serde_json::Value| v.as_str().map(str::to_owned);
+        let mut labels = self.p.labels.clone();
+        labels.insert("site".into(), self.p.site.clone());
+        labels.insert("platform".into(), self.p.platform.clone());
+        let report = Report {
+            node_id: st.node_id,
+            at: crate::cli::unix_now(),
+            labels,
+            booted_version: text(&update["booted_version"]),
+            slot: text(&update["active_slot"]),
+            state: text(&update["update"]["state"]).unwrap_or_else(|| "unknown".into()),
+            target_version: text(&update["update"]["target_version"]),
+            reason: text(&update["update"]["reason"]).map(|r| r.chars().take(500).collect()),
+            releases: st
+                .releases
+                .iter()
+                .rev()
+                .take(fleetmesh_protocol::mesh::MAX_REPORT_ITEMS)
+                .map(|r| (r.version.clone(), r.chunks_have, r.chunks_total))
+                .collect(),
+        };
+        let envelope = Signed::sign(&report, &[key]).map(|signed| ReportEnvelope {
+            key: key.public(),
+            signed,
         });
-        if let Ok(bytes) = serde_json::to_vec(&report) {
-            let _ = self
-                .swarm
-                .behaviour_mut()
-                .gossip
-                .publish(IdentTopic::new(TOPIC_STATUS), bytes);
+        match envelope.and_then(|e| wire::encode(&e)) {
+            Ok(bytes) => {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossip
+                    .publish(IdentTopic::new(TOPIC_STATUS), bytes);
+            }
+            Err(e) => tracing::warn!("cannot sign status report: {e}"),
         }
     }
 

@@ -37,9 +37,9 @@ pub struct MeshStatus {
     /// Version of the signed policy held.
     #[serde(default)]
     pub policy_version: Option<u64>,
-    /// Seed: the latest status report of each node, by peer id.
+    /// Seed: the latest signed status report of each node, by peer id.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub nodes: BTreeMap<String, serde_json::Value>,
+    pub nodes: BTreeMap<String, fleetmesh_protocol::mesh::Report>,
 }
 
 /// One release.
