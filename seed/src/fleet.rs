@@ -168,12 +168,18 @@ pub fn view(
     v
 }
 
-/// Advances, halts or completes running rollouts from the reports; signs
-/// and installs a new policy version if anything changed. Returns what
-/// was decided, for the log.
+/// An empty wave (no reporting node falls into it) opens the next only
+/// after this long, so that nodes that have not reported yet are not
+/// skipped over.
+pub const EMPTY_WAVE_GRACE_SECS: u64 = 60;
+
+/// Advances, halts or completes the running rollouts of `published`
+/// versions from the reports; signs and installs a new policy version if
+/// anything changed. Returns what was decided, for the log.
 pub fn step_rollouts(
     seed: &Seed,
     reports: &BTreeMap<String, Report>,
+    published: &[String],
     now: UnixTime,
 ) -> Result<Vec<String>> {
     let Some((mut doc, _)) = current(seed)? else {
@@ -182,7 +188,15 @@ pub fn step_rollouts(
     let mut decided = Vec::new();
     let snapshot = doc.clone();
     for r in &mut doc.rollouts {
+        // A rollout waits for its release: nothing can succeed before it.
+        if !published.contains(&r.version.to_string()) {
+            continue;
+        }
         let counts = wave_counts(r, r.wave, &snapshot, reports);
+        let grace = r.waves[r.wave].soak_secs.max(EMPTY_WAVE_GRACE_SECS);
+        if counts.members == 0 && (reports.is_empty() || now.0 < r.wave_opened_at.0 + grace) {
+            continue;
+        }
         let Some(step) = r.evaluate(now, counts) else {
             continue;
         };

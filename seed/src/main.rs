@@ -299,7 +299,14 @@ fn spawn_rollout_stepper(dir: PathBuf) {
             .map_err(anyhow::Error::from)
             .and_then(|seed| {
                 let status = read_status(&seed)?;
-                Ok(fleet::step_rollouts(&seed, &status.nodes, cli::unix_now())?)
+                let published: Vec<String> =
+                    status.releases.iter().map(|r| r.version.clone()).collect();
+                Ok(fleet::step_rollouts(
+                    &seed,
+                    &status.nodes,
+                    &published,
+                    cli::unix_now(),
+                )?)
             });
         if let Err(e) = stepped {
             tracing::warn!("rollout step: {}", cli::error_line(e.as_ref()));

@@ -166,8 +166,9 @@ fn waves_advance_on_success_and_a_failing_release_halts_at_the_canary() {
     });
     assert!(
         done.is_some(),
-        "1.0.0 rollout did not complete: {}",
-        policy_show(&lab)
+        "1.0.0 rollout did not complete: {}\n{}",
+        policy_show(&lab),
+        lab.seed_cmd(&["status"]).unwrap_or_default()
     );
     let log = std::fs::read_to_string(lab.seed_dir.join("policy/log.jsonl")).expect("log");
     let half = log.find("opening wave half").expect("opened half");
