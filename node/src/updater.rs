@@ -102,8 +102,10 @@ pub struct Gate {
     pub labels: fleetmesh_policy::group::Labels,
 }
 
-/// Install throughput assumed when deciding whether a window is long enough.
+/// Install throughput assumed before the first install has been measured.
 const INSTALL_BYTES_PER_SEC: u64 = 20 << 20;
+/// Where the measured install throughput is kept (in the slot-versions tree).
+const INSTALL_RATE_KEY: &str = "install_bytes_per_sec";
 /// Fixed install overhead (boot, health check) in that estimate.
 const INSTALL_OVERHEAD_SECS: u64 = 60;
 
@@ -177,7 +179,7 @@ impl<'s> Updater<'s> {
             return Ok(self.config.install_when_staged);
         };
         let running = self.running_version(now)?;
-        let install_secs = image_len / INSTALL_BYTES_PER_SEC + INSTALL_OVERHEAD_SECS;
+        let install_secs = image_len / self.install_rate()? + INSTALL_OVERHEAD_SECS;
         let decision = gate.policy.decide(
             &gate.node_id,
             &gate.labels,
@@ -207,6 +209,33 @@ impl<'s> Updater<'s> {
         }
         self.waiting = why;
         Ok(self.waiting.is_none())
+    }
+
+    /// Install throughput in bytes/s: the last install's, or a conservative
+    /// default before the first.
+    fn install_rate(&self) -> Result<u64, UpdaterError> {
+        Ok(self
+            .slots
+            .get(INSTALL_RATE_KEY)?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+            .filter(|&r| r > 0)
+            .unwrap_or(INSTALL_BYTES_PER_SEC))
+    }
+
+    fn record_install_rate(&self, target: &Target, secs: f64) -> Result<(), UpdaterError> {
+        let len = self
+            .store
+            .manifest(&target.release)?
+            .and_then(|s| {
+                fleetmesh_protocol::codec::decode::<fleetmesh_protocol::Manifest>(s.body_bytes())
+                    .ok()
+            })
+            .map_or(0, |m| m.image_len);
+        let rate = (len as f64 / secs.max(1e-3)) as u64;
+        if rate > 0 {
+            self.slots.insert(INSTALL_RATE_KEY, &rate.to_be_bytes())?;
+        }
+        Ok(())
     }
 
     /// Replaces the trust state (the mesh brought a newer trust chain).
@@ -260,7 +289,12 @@ impl<'s> Updater<'s> {
             .running_version(now)?
             .unwrap_or(semver::Version::new(0, 0, 0));
         let releases = self.verified_releases(now)?;
-        let pick = match version {
+        // An emergency rollback the policy grants this node's group.
+        let rollback = self.gate.as_ref().and_then(|g| {
+            let to = g.policy.rollback_for(&g.labels)?;
+            (*to < running).then(|| to.clone())
+        });
+        let pick = match version.or(rollback.as_ref()) {
             Some(v) => releases.into_iter().find(|m| m.manifest().version == *v),
             None => releases
                 .into_iter()
@@ -271,12 +305,13 @@ impl<'s> Updater<'s> {
             return Ok(Next::Idle);
         };
         let m = release.manifest();
+        let downgrade_allowed = m.version < running;
         let mut actions = self.machine.handle(Event::Staged {
             release: release.id(),
             version: m.version.clone(),
             image_hash: m.image_hash,
             running,
-            downgrade_allowed: false,
+            downgrade_allowed,
         });
         let (target, image_len) = (m.version.clone(), m.image_len);
         let allowed = version.is_some() || self.may_install(&target, image_len, now)?;
@@ -300,6 +335,9 @@ impl<'s> Updater<'s> {
                     let started = Instant::now();
                     let result = self.install(&target, now);
                     let secs = started.elapsed().as_secs_f64();
+                    if result.is_ok() {
+                        self.record_install_rate(&target, secs)?;
+                    }
                     tracing::info!(slot = %target.slot, version = %target.version, secs, ok = result.is_ok(), "install finished");
                     Some(Event::InstallFinished(result))
                 }

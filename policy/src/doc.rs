@@ -256,6 +256,12 @@ impl PolicyDoc {
                 return Decision::Never(format!("group {} is pinned to {}", p.group, p.version));
             }
         }
+        // A group rolled back stays there until the permission is removed.
+        if let Some(rb) = self.rollback_for(labels) {
+            if version > rb {
+                return Decision::Never(format!("rolled back to {rb} by policy"));
+            }
+        }
         let older = running.is_some_and(|r| version < r);
         if older {
             return match self.applicable(&self.rollback, labels) {
@@ -283,11 +289,48 @@ impl PolicyDoc {
         self.window_decision(labels, now, install_secs)
     }
 
+    /// The older version this node's group may roll back to, if granted.
+    pub fn rollback_for(&self, labels: &Labels) -> Option<&semver::Version> {
+        self.applicable(&self.rollback, labels).map(|p| &p.version)
+    }
+
     /// The entry of `list` for the node's most specific group among those
     /// the list names.
     fn applicable<'a>(&'a self, list: &'a [Pin], labels: &Labels) -> Option<&'a Pin> {
         let g = most_specific(&self.groups, labels, list.iter().map(|p| p.group.as_str()))?;
         list.iter().find(|p| p.group == g.name)
+    }
+
+    /// The (download, upload) caps in bytes/s a bandwidth schedule sets for
+    /// a node at `now` (0: no cap), or `None` if none is in force. Rules of
+    /// the node's most specific group apply, else the rules for every node.
+    pub fn bandwidth_for(&self, labels: &Labels, now: UnixTime) -> Option<(u64, u64)> {
+        let names = self
+            .bandwidth
+            .iter()
+            .flat_map(|b| b.groups.iter().map(String::as_str));
+        let rules: Vec<&BandwidthDef> = match most_specific(&self.groups, labels, names) {
+            Some(g) => self
+                .bandwidth
+                .iter()
+                .filter(|b| b.groups.contains(&g.name))
+                .collect(),
+            None => self
+                .bandwidth
+                .iter()
+                .filter(|b| b.groups.is_empty())
+                .collect(),
+        };
+        rules.into_iter().find_map(|b| {
+            let schedule = Schedule::Every {
+                cron: b.cron.parse().ok()?,
+                duration_secs: b.duration_secs,
+                tz: zone(&b.tz).ok()?,
+            };
+            schedule
+                .open_at(now)
+                .map(|_| (b.download_bps, b.upload_bps))
+        })
     }
 
     /// The windows that apply to a node: those of its most specific group

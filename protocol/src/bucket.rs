@@ -30,6 +30,20 @@ impl TokenBucket {
         }
     }
 
+    /// Changes the rate (a bandwidth schedule started or ended); tokens
+    /// earned so far are kept, up to the new burst.
+    pub fn set_rate(&mut self, now: Duration, rate: u64, burst: u64) {
+        self.refill(now);
+        self.rate = rate;
+        self.burst = burst.max(64 << 10);
+        self.tokens = self.tokens.min(self.burst as f64);
+    }
+
+    /// The rate in bytes/s (0: none).
+    pub fn rate(&self) -> u64 {
+        self.rate
+    }
+
     /// True if the bucket never limits.
     pub fn unlimited(&self) -> bool {
         self.rate == 0
@@ -104,6 +118,16 @@ mod tests {
         }
         let expected = 10 * 1_000_000 + 100_000;
         assert!(sent.abs_diff(expected) <= 50_000, "sent {sent}");
+    }
+
+    #[test]
+    fn a_new_rate_applies_from_now() {
+        let mut b = TokenBucket::new(0, 0);
+        b.set_rate(Duration::ZERO, 1000, 65_536);
+        assert_eq!(b.available(Duration::ZERO), 65_536);
+        assert_eq!(b.reserve(Duration::ZERO, 66_536), Duration::from_secs(1));
+        b.set_rate(Duration::ZERO, 0, 0);
+        assert_eq!(b.reserve(Duration::ZERO, 1 << 30), Duration::ZERO);
     }
 
     #[test]

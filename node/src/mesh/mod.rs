@@ -242,6 +242,8 @@ struct Mesh {
     policy_seen: Option<std::time::SystemTime>,
     /// When the updater's status file last changed (a change is reported at once).
     update_seen: Option<std::time::SystemTime>,
+    /// This node's labels for policy: configured ones, `node`, `site`, `platform`.
+    labels: BTreeMap<String, String>,
 }
 
 /// A stable 64-bit tag of a peer id, for the scheduler's hashing.
@@ -432,8 +434,15 @@ impl Mesh {
             policy: None,
             policy_seen: None,
             update_seen: None,
+            labels: BTreeMap::new(),
             p,
         };
+        mesh.labels = mesh.p.labels.clone();
+        mesh.labels
+            .insert("node".into(), mesh.swarm.local_peer_id().to_string());
+        mesh.labels.insert("site".into(), mesh.p.site.clone());
+        mesh.labels
+            .insert("platform".into(), mesh.p.platform.clone());
         mesh.load_counters();
         mesh.scan_releases();
         mesh.load_policy();
@@ -873,6 +882,35 @@ impl Mesh {
         tracing::info!(version, "policy accepted");
         self.policy = Some((version, bytes.to_vec()));
         Ok(MessageAcceptance::Accept)
+    }
+
+    /// Caps from the policy's bandwidth schedule for this node, if one is
+    /// in force; a schedule only tightens the configured caps.
+    fn apply_bandwidth_schedule(&mut self) {
+        let scheduled = self
+            .policy
+            .as_ref()
+            .and_then(|(_, bytes)| wire::decode::<Signed<PolicyDoc>>(bytes).ok())
+            .and_then(|s| wire::decode::<PolicyDoc>(s.body_bytes()).ok())
+            .and_then(|doc| doc.bandwidth_for(&self.labels, crate::cli::unix_now()));
+        let tighter = |configured: u64, scheduled: u64| match (configured, scheduled) {
+            (0, s) => s,
+            (c, 0) => c,
+            (c, s) => c.min(s),
+        };
+        let (down, up) = match scheduled {
+            Some((d, u)) => (
+                tighter(self.p.download_cap, d),
+                tighter(self.p.upload_cap, u),
+            ),
+            None => (self.p.download_cap, self.p.upload_cap),
+        };
+        let now = self.now();
+        if down != self.down.rate() || up != self.up.rate() {
+            tracing::info!(down, up, "bandwidth caps (bytes/s, 0: none)");
+            self.down.set_rate(now, down, down / 4);
+            self.up.set_rate(now, up, up / 4);
+        }
     }
 
     fn publish_policy(&mut self) {
@@ -1435,6 +1473,7 @@ impl Mesh {
         }
         if now - self.last_status >= STATUS_EVERY {
             self.last_status = now;
+            self.apply_bandwidth_schedule();
             self.write_status();
         }
         let update_status = std::fs::metadata(self.p.run_dir.join(crate::updater::STATUS_FILE))
@@ -1536,9 +1575,8 @@ impl Mesh {
                 .and_then(|b| serde_json::from_slice(&b).ok())
                 .unwrap_or_default();
         let text = |v: &serde_json::Value| v.as_str().map(str::to_owned);
-        let mut labels = self.p.labels.clone();
-        labels.insert("site".into(), self.p.site.clone());
-        labels.insert("platform".into(), self.p.platform.clone());
+        let mut labels = self.labels.clone();
+        labels.remove("node");
         let report = Report {
             node_id: st.node_id,
             at: crate::cli::unix_now(),

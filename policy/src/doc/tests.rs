@@ -231,3 +231,38 @@ fn signed_policies_verify_and_refuse_old_versions() {
         "expired"
     );
 }
+
+#[test]
+fn bandwidth_schedules_by_group_and_time_of_day() {
+    let mut p = policy();
+    p.bandwidth = vec![
+        BandwidthDef {
+            groups: vec!["berlin".into()],
+            tz: "Europe/Berlin".into(),
+            cron: "0 8 * * mon-fri".into(),
+            duration_secs: 10 * 3600,
+            download_bps: 1_000_000,
+            upload_bps: 200_000,
+        },
+        BandwidthDef {
+            groups: vec![],
+            tz: "UTC".into(),
+            cron: "0 0 * * *".into(),
+            duration_secs: 24 * 3600,
+            download_bps: 5_000_000,
+            upload_bps: 0,
+        },
+    ];
+    p.validate().expect("valid");
+    let ber = labels("n1", "ber1");
+    let nyc = labels("n2", "nyc1");
+    // Wednesday 10:00 in Berlin: office hours cap.
+    let office = at("2026-06-10T08:00:00Z");
+    assert_eq!(p.bandwidth_for(&ber, office), Some((1_000_000, 200_000)));
+    // Berlin at night: its group has rules, none in force; the global rule is not its.
+    assert_eq!(p.bandwidth_for(&ber, at("2026-06-10T22:00:00Z")), None);
+    // Saturday: no office hours.
+    assert_eq!(p.bandwidth_for(&ber, at("2026-06-13T08:00:00Z")), None);
+    // Everyone else: the all-day global rule.
+    assert_eq!(p.bandwidth_for(&nyc, office), Some((5_000_000, 0)));
+}
