@@ -109,6 +109,25 @@ fn rollout_state(lab: &Lab, version: &str) -> serde_json::Value {
         .unwrap_or_default()
 }
 
+/// Every node's update state and policy version, for failure messages.
+fn fleet_dump(lab: &Lab) -> String {
+    (0..lab.nodes.len())
+        .map(|i| match update_state(lab, i) {
+            Some(s) => format!(
+                "node{i:02} booted {} slot {} state {} target {} policy {} reason {}",
+                s["booted_version"],
+                s["active_slot"],
+                s["update"]["state"],
+                s["update"]["target_version"],
+                s["policy_version"],
+                s["update"]["reason"]
+            ),
+            None => format!("node{i:02}: no status"),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn in_canary(node_id: &str, version: &str) -> bool {
     fleetmesh_policy::rollout::position(node_id, version) < 1000
 }
@@ -166,9 +185,10 @@ fn waves_advance_on_success_and_a_failing_release_halts_at_the_canary() {
     });
     assert!(
         done.is_some(),
-        "1.0.0 rollout did not complete: {}\n{}",
+        "1.0.0 rollout did not complete: {}\n{}\n{}",
         policy_show(&lab),
-        lab.seed_cmd(&["status"]).unwrap_or_default()
+        lab.seed_cmd(&["status"]).unwrap_or_default(),
+        fleet_dump(&lab)
     );
     let log = std::fs::read_to_string(lab.seed_dir.join("policy/log.jsonl")).expect("log");
     let half = log.find("opening wave half").expect("opened half");
@@ -187,8 +207,9 @@ fn waves_advance_on_success_and_a_failing_release_halts_at_the_canary() {
     });
     assert!(
         halted.is_some(),
-        "2.0.0 rollout did not halt: {}",
-        policy_show(&lab)
+        "2.0.0 rollout did not halt: {}\n{}",
+        policy_show(&lab),
+        fleet_dump(&lab)
     );
     // Give any wrongly admitted node time to act before looking.
     std::thread::sleep(Duration::from_secs(15));
