@@ -359,7 +359,9 @@ fn boot(dir: &Path, store: &ChunkStore, once: bool) -> anyhow::Result<Next> {
     let chain_path = dir.join("trust.chain");
     let policy_path = dir.join(daemon::POLICY_FILE);
     let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let mut chain_seen = mtime(&chain_path);
+    // None: load on the first pass too. The mesh may have saved a chain
+    // between `Updater::start` and here, and that must not be missed.
+    let mut chain_seen = None;
     let mut policy_seen = None;
     loop {
         // The mesh rewrites the chain and the policy when peers bring newer ones.
