@@ -222,15 +222,20 @@ impl<'s> Updater<'s> {
             .unwrap_or(INSTALL_BYTES_PER_SEC))
     }
 
-    fn record_install_rate(&self, target: &Target, secs: f64) -> Result<(), UpdaterError> {
-        let len = self
+    /// A stored release's image length (0 if its manifest is gone).
+    fn image_len(&self, release: &ReleaseId) -> Result<u64, UpdaterError> {
+        Ok(self
             .store
-            .manifest(&target.release)?
+            .manifest(release)?
             .and_then(|s| {
                 fleetmesh_protocol::codec::decode::<fleetmesh_protocol::Manifest>(s.body_bytes())
                     .ok()
             })
-            .map_or(0, |m| m.image_len);
+            .map_or(0, |m| m.image_len))
+    }
+
+    fn record_install_rate(&self, target: &Target, secs: f64) -> Result<(), UpdaterError> {
+        let len = self.image_len(&target.release)?;
         let rate = (len as f64 / secs.max(1e-3)) as u64;
         if rate > 0 {
             self.slots.insert(INSTALL_RATE_KEY, &rate.to_be_bytes())?;
@@ -266,16 +271,7 @@ impl<'s> Updater<'s> {
         if let State::Staged(t) | State::WaitingForWindow(t) = self.machine.state() {
             // Already staged: ask again whether it may install now.
             let (target, release) = (t.version.clone(), t.release);
-            let image_len = self
-                .store
-                .manifest(&release)?
-                .and_then(|s| {
-                    fleetmesh_protocol::codec::decode::<fleetmesh_protocol::Manifest>(
-                        s.body_bytes(),
-                    )
-                    .ok()
-                })
-                .map_or(0, |m| m.image_len);
+            let image_len = self.image_len(&release)?;
             let allowed = version == Some(&target) || self.may_install(&target, image_len, now)?;
             let actions = self.machine.handle(Event::InstallAllowed(allowed));
             let next = self.execute(actions, now)?;
