@@ -237,8 +237,8 @@ struct Mesh {
     listening: Vec<Multiaddr>,
     last_report: Instant,
     gossip_rejected: u64,
-    /// The newest valid policy: its version and signed encoding.
-    policy: Option<(u64, Vec<u8>)>,
+    /// The newest valid policy, decoded and as signed bytes.
+    policy: Option<(PolicyDoc, Vec<u8>)>,
     policy_seen: Option<std::time::SystemTime>,
     /// When the updater's status file last changed (a change is reported at once).
     update_seen: Option<std::time::SystemTime>,
@@ -833,9 +833,9 @@ impl Mesh {
             return;
         };
         match self.check_policy(&bytes) {
-            Ok(Some(version)) => {
-                tracing::info!(version, "policy loaded");
-                self.policy = Some((version, bytes));
+            Ok(Some(doc)) => {
+                tracing::info!(version = doc.version, "policy loaded");
+                self.policy = Some((doc, bytes));
                 self.publish_policy();
             }
             Ok(None) => {}
@@ -843,17 +843,20 @@ impl Mesh {
         }
     }
 
-    /// Verifies an encoded signed policy; `Some(version)` if it is newer
+    /// Verifies an encoded signed policy; `Some(policy)` if it is newer
     /// than the one held, `None` if it is the one held or an older one
     /// (a late relay: not acted on, not relayed, not held against anyone).
-    fn check_policy(&self, bytes: &[u8]) -> Result<Option<u64>, String> {
+    fn check_policy(&self, bytes: &[u8]) -> Result<Option<PolicyDoc>, String> {
         if self.policy.as_ref().is_some_and(|p| p.1 == bytes) {
             return Ok(None);
         }
         let signed: Signed<PolicyDoc> = wire::decode(bytes).map_err(|e| e.to_string())?;
         let doc = verify_policy(&signed, &self.trust, None, crate::cli::unix_now())?;
-        let newer = self.policy.as_ref().is_none_or(|p| doc.version > p.0);
-        Ok(newer.then_some(doc.version))
+        let newer = self
+            .policy
+            .as_ref()
+            .is_none_or(|p| doc.version > p.0.version);
+        Ok(newer.then_some(doc))
     }
 
     /// A policy from a peer: newer and valid is kept (and saved, for the
@@ -862,7 +865,7 @@ impl Mesh {
         if self.trust.current(crate::cli::unix_now()).is_err() {
             return Ok(MessageAcceptance::Ignore);
         }
-        let Some(version) = self.check_policy(bytes)? else {
+        let Some(doc) = self.check_policy(bytes)? else {
             let same = self.policy.as_ref().is_some_and(|p| p.1 == bytes);
             return Ok(if same {
                 MessageAcceptance::Accept
@@ -879,8 +882,8 @@ impl Mesh {
                 .and_then(|m| m.modified())
                 .ok();
         }
-        tracing::info!(version, "policy accepted");
-        self.policy = Some((version, bytes.to_vec()));
+        tracing::info!(version = doc.version, "policy accepted");
+        self.policy = Some((doc, bytes.to_vec()));
         Ok(MessageAcceptance::Accept)
     }
 
@@ -890,9 +893,7 @@ impl Mesh {
         let scheduled = self
             .policy
             .as_ref()
-            .and_then(|(_, bytes)| wire::decode::<Signed<PolicyDoc>>(bytes).ok())
-            .and_then(|s| wire::decode::<PolicyDoc>(s.body_bytes()).ok())
-            .and_then(|doc| doc.bandwidth_for(&self.labels, crate::cli::unix_now()));
+            .and_then(|(doc, _)| doc.bandwidth_for(&self.labels, crate::cli::unix_now()));
         let tighter = |configured: u64, scheduled: u64| match (configured, scheduled) {
             (0, s) => s,
             (c, 0) => c,
@@ -1526,7 +1527,7 @@ impl Mesh {
             updated_at: crate::cli::unix_now().0,
             banned: self.banned.keys().map(|p| p.to_string()).collect(),
             gossip_rejected: self.gossip_rejected,
-            policy_version: self.policy.as_ref().map(|p| p.0),
+            policy_version: self.policy.as_ref().map(|p| p.0.version),
             nodes: self.reports.clone(),
         }
     }
