@@ -288,6 +288,16 @@ impl Drop for Lab {
     }
 }
 
+/// The workspace binary `name` built next to `exe` (a test uses its
+/// `CARGO_BIN_EXE_fleetmesh-testnet`).
+pub fn binary_next_to(exe: &str, name: &str) -> Result<PathBuf> {
+    let path = Path::new(exe).with_file_name(name);
+    if !path.is_file() {
+        bail!("{} missing: run `cargo test --workspace`", path.display());
+    }
+    Ok(path)
+}
+
 /// Polls `f` every 50 ms until it returns `Some` or `timeout` passes.
 pub fn wait_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let start = Instant::now();

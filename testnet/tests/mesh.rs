@@ -19,13 +19,8 @@ use std::time::Duration;
 const TIMEOUT: Duration = Duration::from_secs(180);
 
 fn bin(name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_fleetmesh-testnet")).with_file_name(name);
-    assert!(
-        path.is_file(),
-        "{} missing: run `cargo test --workspace`",
-        path.display()
-    );
-    path
+    fleetmesh_testnet::lab::binary_next_to(env!("CARGO_BIN_EXE_fleetmesh-testnet"), name)
+        .expect("workspace binary")
 }
 
 /// A lab with a published `size`-byte v1.0.0 and a running seed.

@@ -3,17 +3,12 @@
 //! maintenance window.
 
 use fleetmesh_testnet::lab::{wait_until, Lab};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 fn bin(name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_fleetmesh-testnet")).with_file_name(name);
-    assert!(
-        path.is_file(),
-        "{} missing: run `cargo test --workspace`",
-        path.display()
-    );
-    path
+    fleetmesh_testnet::lab::binary_next_to(env!("CARGO_BIN_EXE_fleetmesh-testnet"), name)
+        .expect("workspace binary")
 }
 
 fn rfc3339(unix: u64) -> String {

@@ -10,13 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn bin(name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_fleetmesh-testnet")).with_file_name(name);
-    assert!(
-        path.is_file(),
-        "{} missing: run `cargo test --workspace`",
-        path.display()
-    );
-    path
+    fleetmesh_testnet::lab::binary_next_to(env!("CARGO_BIN_EXE_fleetmesh-testnet"), name)
+        .expect("workspace binary")
 }
 
 fn image(seed: u64, len: usize) -> Vec<u8> {
