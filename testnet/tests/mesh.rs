@@ -184,8 +184,14 @@ fn a_peer_serving_corrupt_chunks_is_banned_and_nothing_corrupt_is_stored() {
         .expect("start");
     lab.wait_complete(&[bad], "1.0.0", TIMEOUT)
         .expect("bad node completes");
+    // A download cap (8 MiB at 1 MiB/s) keeps every honest node fetching
+    // long enough to find the bad node: uncapped on loopback, one could
+    // finish from the seed and its honest peers before it learnt of it.
     let honest: Vec<usize> = (0..3)
-        .map(|_| lab.add_node("a", "").expect("node"))
+        .map(|_| {
+            lab.add_node("a", "mesh.download_bytes_per_sec = 1048576")
+                .expect("node")
+        })
         .collect();
     for &i in &honest {
         lab.start_node(i, &[]).expect("start");
