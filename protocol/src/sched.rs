@@ -15,17 +15,20 @@
 //!    pieces, and the site fans them out over the LAN. Joins and leaves move
 //!    only the pieces of the node that came or went.
 //! 3. Over the WAN, a cross-site peer that has the piece is preferred to the
-//!    seed. From the seed, a node fetches only the pieces it owns among all
-//!    the nodes it knows (every site), so each piece leaves the seed about
-//!    once and the sites then trade it between them.
+//!    seed. From the seed, a node fetches only the pieces its site owns
+//!    among the sites it knows (rendezvous over site names) and it owns in
+//!    its site, so each piece leaves the seed about once and the sites then
+//!    trade it between them.
 //! 4. Among candidates, rarest first, ties broken by a per-node hash so nodes
 //!    spread out.
-//! 5. A node that has had nothing to do for `wan_fallback_after` (its site
-//!    has stalled) may fetch any piece over the WAN, so nothing starves.
+//! 5. A node that has had nothing to do while its site gained nothing it
+//!    lacks for `wan_fallback_after` (the site has stalled) may fetch any
+//!    piece over the WAN, so nothing starves. A node merely waiting for its
+//!    site's owners while the site makes progress is not stalled.
 //! 6. Per-peer caps on pieces in flight; requests time out and their pieces
 //!    go back to be requested elsewhere; a banned peer is never asked.
 //! 7. Endgame: when every missing piece is in flight and few remain, a piece
-//!    may be requested from a second peer.
+//!    may be requested from a second same-site peer.
 
 use crate::ChunkId;
 use std::collections::BTreeMap;
@@ -227,6 +230,9 @@ pub struct Scheduler<P> {
     have: Bits,
     /// Peers (not banned at the time they told us) that have each piece.
     avail: Vec<u32>,
+    /// Same-site peers (not banned) known to have each piece: lets a plan
+    /// skip, without looking at any peer, the pieces it may not fetch yet.
+    lan_avail: Vec<u32>,
     /// Requests outstanding per piece.
     requested: Vec<u8>,
     peers: BTreeMap<P, Peer>,
@@ -236,6 +242,21 @@ pub struct Scheduler<P> {
     /// seed; `None` when membership changed.
     mine: Option<(Bits, Bits)>,
     idle_since: Option<Duration>,
+    /// A same-site peer gained a piece this node lacks since the last plan.
+    site_progress: bool,
+    /// Tags of the other sites known to take part (from status reports),
+    /// at most [`MAX_SITES`].
+    sites: Vec<u64>,
+}
+
+/// Most sites a scheduler keeps track of.
+pub const MAX_SITES: usize = 65_536;
+
+/// A site's rendezvous tag: FNV-1a of its name.
+fn site_tag(site: &str) -> u64 {
+    site.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// splitmix64: a cheap, well-mixed hash for rendezvous and tie-breaks.
@@ -272,12 +293,15 @@ impl<P: Ord + Clone> Scheduler<P> {
                 .collect(),
             have: bits,
             avail: vec![0; n],
+            lan_avail: vec![0; n],
             requested: vec![0; n],
             peers: BTreeMap::new(),
             pending: BTreeMap::new(),
             next_id: 0,
             mine: None,
             idle_since: None,
+            site_progress: false,
+            sites: Vec::new(),
         }
     }
 
@@ -307,6 +331,20 @@ impl<P: Ord + Clone> Scheduler<P> {
         self.have.clear(piece as usize);
     }
 
+    /// A site known to take part in the fleet (every node's status report
+    /// names its site), connected or not: the seed's share is split among
+    /// every site known, so nodes that see different peers still agree.
+    pub fn add_site(&mut self, site: &str) {
+        let tag = site_tag(site);
+        if tag == site_tag(&self.me.site) || self.sites.len() >= MAX_SITES {
+            return;
+        }
+        if let Err(at) = self.sites.binary_search(&tag) {
+            self.sites.insert(at, tag);
+            self.mine = None;
+        }
+    }
+
     /// A peer that takes part in this release, with nothing known yet.
     pub fn add_peer(&mut self, peer: P, info: PeerInfo) {
         if self.peers.contains_key(&peer) {
@@ -329,8 +367,10 @@ impl<P: Ord + Clone> Scheduler<P> {
     pub fn remove_peer(&mut self, peer: &P) {
         self.fail_requests_to(peer);
         if let Some(p) = self.peers.remove(peer) {
+            let lan = u32::from(self.is_member(&p.info));
             for i in p.have.ones() {
                 self.avail[i] -= 1;
+                self.lan_avail[i] -= lan;
             }
             self.membership_changed(&p.info);
         }
@@ -341,9 +381,12 @@ impl<P: Ord + Clone> Scheduler<P> {
         let Some(p) = self.peers.get_mut(peer) else {
             return;
         };
+        let lan = u32::from(p.info.site == self.me.site && !p.info.seed);
         for i in pieces {
             if p.have.set(i as usize) {
                 self.avail[i as usize] += 1;
+                self.lan_avail[i as usize] += lan;
+                self.site_progress |= lan == 1 && !self.have.get(i as usize);
             }
         }
     }
@@ -353,8 +396,10 @@ impl<P: Ord + Clone> Scheduler<P> {
         self.fail_requests_to(peer);
         if let Some(p) = self.peers.get_mut(peer) {
             p.banned_until = Some(now + self.cfg.ban);
+            let lan = u32::from(p.info.site == self.me.site && !p.info.seed);
             for i in p.have.ones() {
                 self.avail[i] -= 1;
+                self.lan_avail[i] -= lan;
             }
             p.have = Bits::new(self.lens.len());
             if !p.info.seed {
@@ -381,9 +426,11 @@ impl<P: Ord + Clone> Scheduler<P> {
             .filter(|&i| req.pieces.contains(&i) && self.have.set(i as usize))
             .collect();
         if let Some(p) = self.peers.get_mut(&req.peer) {
+            let lan = u32::from(p.info.site == self.me.site && !p.info.seed);
             for &i in lacks {
                 if req.pieces.contains(&i) && p.have.clear(i as usize) {
                     self.avail[i as usize] -= 1;
+                    self.lan_avail[i as usize] -= lan;
                 }
             }
             let secs = (now.saturating_sub(req.sent)).as_secs_f64().max(1e-3);
@@ -437,6 +484,9 @@ impl<P: Ord + Clone> Scheduler<P> {
 
     /// Plans new requests, charging at most `budget` bytes.
     pub fn plan(&mut self, now: Duration, budget: u64) -> Vec<Planned<P>> {
+        if std::mem::take(&mut self.site_progress) {
+            self.idle_since = None;
+        }
         let planned = self.plan_inner(now, budget);
         if planned.is_empty() && self.pending.is_empty() && !self.is_complete() {
             self.idle_since.get_or_insert(now);
@@ -484,7 +534,7 @@ impl<P: Ord + Clone> Scheduler<P> {
             }
         }
         if !eligible {
-            self.plan_endgame(&mut views, &mut batches, budget);
+            self.plan_endgame(&mut views, &mut batches, budget, any_wan);
         }
         let batches: Vec<(P, Vec<u32>)> = batches
             .into_iter()
@@ -500,6 +550,7 @@ impl<P: Ord + Clone> Scheduler<P> {
         views: &mut [View<'_, P>],
         batches: &mut BTreeMap<usize, Vec<u32>>,
         mut budget: u64,
+        any_wan: bool,
     ) {
         let missing = self.lens.len() - self.have.count();
         if missing > self.cfg.endgame_pieces {
@@ -516,7 +567,10 @@ impl<P: Ord + Clone> Scheduler<P> {
                 .filter(|r| r.pieces.contains(&(i as u32)))
                 .filter_map(|r| views.iter().position(|v| *v.key == r.peer))
                 .collect();
-            if let Some(k) = self.pick(i, views, true, &asked) {
+            // Only same-site copies are doubled: a second WAN copy is what
+            // the site rule exists to avoid, and timeouts cover a slow one.
+            let pick = self.pick(i, views, any_wan, &asked);
+            if let Some(k) = pick.filter(|&k| views[k].class == Class::Lan) {
                 views[k].free -= 1;
                 batches.entry(k).or_default().push(i as u32);
                 budget -= len;
@@ -554,14 +608,22 @@ impl<P: Ord + Clone> Scheduler<P> {
         any_wan: bool,
         skip: &[usize],
     ) -> Option<usize> {
+        // No same-site copy and not this node's to fetch over the WAN: the
+        // rules below would refuse it after looking at every peer.
+        let mine_site = self.mine.as_ref().is_some_and(|(site, _)| site.get(i));
+        if self.lan_avail[i] == 0 && !mine_site && !any_wan {
+            return None;
+        }
         let mut best: [Option<(usize, f64)>; 3] = [None; 3];
         let mut lan_has = false;
         for (k, v) in views.iter().enumerate() {
-            if !v.have.get(i) || skip.contains(&k) {
+            if !v.have.get(i) {
                 continue;
             }
+            // A same-site copy keeps the piece off the WAN even when its
+            // holder is busy or already asked.
             lan_has |= v.class == Class::Lan;
-            if v.free == 0 {
+            if v.free == 0 || skip.contains(&k) {
                 continue;
             }
             // Throughput per piece in flight, counting this plan's.
@@ -635,7 +697,10 @@ impl<P: Ord + Clone> Scheduler<P> {
     }
 
     /// Pieces this node owns for WAN fetching among its site's members, and
-    /// pieces it owns for fetching from the seed among all nodes it knows.
+    /// pieces it owns for fetching from the seed: those its site owns among
+    /// the sites it knows of (rendezvous over site names; with every site
+    /// known from status reports, nodes that see different peers of a big
+    /// fleet still agree), and that it owns within its site.
     fn compute_mine(&self, now: Duration) -> (Bits, Bits) {
         let live = |p: &&Peer| !p.info.seed && !p.banned_at(now);
         let site: Vec<u64> = self
@@ -645,20 +710,26 @@ impl<P: Ord + Clone> Scheduler<P> {
             .filter(|p| self.is_member(&p.info))
             .map(|p| p.info.tag)
             .collect();
-        let all: Vec<u64> = self
+        let my_site = site_tag(&self.me.site);
+        let mut sites: Vec<u64> = self
             .peers
             .values()
             .filter(live)
-            .map(|p| p.info.tag)
+            .map(|p| site_tag(&p.info.site))
+            .filter(|&t| t != my_site)
+            .chain(self.sites.iter().copied())
             .collect();
+        sites.sort_unstable();
+        sites.dedup();
         let mut mine = (Bits::new(self.lens.len()), Bits::new(self.lens.len()));
         for (i, key) in self.keys.iter().enumerate() {
             let me = mix(self.me.tag ^ key);
             if site.iter().all(|t| mix(t ^ key) < me) {
                 mine.0.set(i);
-            }
-            if all.iter().all(|t| mix(t ^ key) < me) {
-                mine.1.set(i);
+                let ours = mix(my_site ^ key);
+                if sites.iter().all(|t| mix(t ^ key) < ours) {
+                    mine.1.set(i);
+                }
             }
         }
         mine

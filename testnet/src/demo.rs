@@ -1,26 +1,36 @@
 //! `fleetmesh-testnet demo`: the local job a new user runs first.
 //!
-//! It drives real processes on 127.0.0.1: a seed publishes a generated
-//! image, six nodes in two sites fetch it over the mesh, the seed publishes
-//! a v2 with known edits while they run, and they fetch the delta. It checks
-//! every node's reassembled images and reports the bytes the seed, each
-//! site's WAN and each node moved. (Installing in maintenance windows and
-//! rollback come with the policy and testnet stages.)
+//! It drives real processes on 127.0.0.1: a seed and nodes in sites. The
+//! seed signs a policy whose maintenance window is closed, publishes v1,
+//! and the nodes fetch it over the mesh and wait. The operator opens the
+//! window with a new policy and every node installs v1 into its inactive
+//! (file) slot, boots it on trial and commits. A v2 with known edits moves
+//! as a delta and installs. A v3 whose health check fails goes to a canary
+//! wave, which rolls back by itself; the seed halts the rollout and no
+//! other node touches its slots. Every step is checked; the report goes
+//! to `report.json` and a plot of chunks held over time to `progress.svg`.
 
 use anyhow::{bail, Context, Result};
 use fleetmesh_node::mesh::status::MeshStatus;
 use fleetmesh_protocol::ImageHash;
 use fleetmesh_testnet::image::{write_image, EditPlan};
-use fleetmesh_testnet::lab::Lab;
+use fleetmesh_testnet::lab::{wait_until, Lab};
 use fleetmesh_testnet::meshbench::node_image_hash;
 use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const MARKER: &str = ".fleetmesh-demo";
+/// The demo's releases: v1, its delta v2, and v3 that fails its health check.
+const VERSIONS: [&str; 3] = ["1.0.0", "2.0.0", "3.0.0"];
+/// Longest wait for any one step.
+const STEP_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long after the window policy is applied the window opens.
+const WINDOW_DELAY: u64 = 10;
 
 /// What the demo is asked to do.
 #[derive(Debug)]
@@ -33,6 +43,10 @@ pub struct DemoConfig {
     pub seed: u64,
     /// Scattered small edits in v2.
     pub small_edits: usize,
+    /// Nodes, spread round-robin over the sites.
+    pub nodes: usize,
+    /// Sites.
+    pub sites: usize,
 }
 
 /// One expectation and whether it held.
@@ -51,15 +65,11 @@ pub struct Check {
 pub struct DemoReport {
     /// Image size.
     pub image_bytes: u64,
-    /// `publish` output for v1, with its wall time.
-    pub v1: serde_json::Value,
-    /// Seconds v1's publish took.
-    pub v1_seconds: f64,
-    /// `publish` output for v2.
-    pub v2: serde_json::Value,
-    /// Seconds v2's publish took.
-    pub v2_seconds: f64,
-    /// Bytes the edit plan changed.
+    /// `publish` output for each release.
+    pub published: Vec<serde_json::Value>,
+    /// Seconds each publish took.
+    pub publish_seconds: Vec<f64>,
+    /// Bytes the v2 edit plan changed.
     pub changed_bytes: u64,
     /// v2's new chunk bytes / changed bytes.
     pub delta_ratio: f64,
@@ -67,8 +77,31 @@ pub struct DemoReport {
     pub stored_ratio: f64,
     /// Distribution of each release to the nodes.
     pub distribution: Vec<Distribution>,
+    /// Seconds from the window opening to every node committed to v1.
+    pub v1_install_seconds: f64,
+    /// Seconds from v2's distribution to every node committed to it.
+    pub v2_install_seconds: f64,
+    /// The nodes of v3's canary wave.
+    pub canary: Vec<String>,
+    /// Every node at the end.
+    pub nodes: Vec<NodeOutcome>,
     /// Expectations.
     pub checks: Vec<Check>,
+}
+
+/// Where a node ended.
+#[derive(Debug, Serialize)]
+pub struct NodeOutcome {
+    /// `nodeNN`.
+    pub name: String,
+    /// Its site.
+    pub site: String,
+    /// The running slot.
+    pub active_slot: String,
+    /// The running version.
+    pub booted_version: Option<String>,
+    /// Its last update state.
+    pub update_state: String,
 }
 
 /// One release going from the seed to every node.
@@ -88,6 +121,8 @@ pub struct Distribution {
     pub site_wan_bytes: Vec<(String, u64)>,
     /// Nodes whose reassembled image matched the published image.
     pub images_verified: usize,
+    /// Seconds since publish, and each node's share of chunks held.
+    pub samples: Vec<(f64, Vec<f64>)>,
 }
 
 impl DemoReport {
@@ -97,82 +132,244 @@ impl DemoReport {
     }
 }
 
-/// Sites and nodes per site in the demo.
-const SITES: [&str; 2] = ["site-a", "site-b"];
-const NODES_PER_SITE: usize = 3;
-
 /// Runs the demo, printing progress lines through `say`.
 pub fn run(cfg: &DemoConfig, say: &mut dyn FnMut(&str)) -> Result<DemoReport> {
+    if cfg.sites == 0 || cfg.nodes < 2 * cfg.sites {
+        bail!(
+            "--nodes {} --sites {}: the demo needs at least two nodes per site",
+            cfg.nodes,
+            cfg.sites
+        );
+    }
     let seed_bin = sibling_binary("fleetmesh-seed")?;
     let node_bin = sibling_binary("fleetmesh-node")?;
     prepare_work_dir(&cfg.work)?;
-    let (v1, v2) = (cfg.work.join("v1.img"), cfg.work.join("v2.img"));
-
+    let images: Vec<PathBuf> = VERSIONS
+        .iter()
+        .map(|v| cfg.work.join(format!("v{v}.img")))
+        .collect();
     say(&format!(
-        "generating a {} MiB image and its v2",
-        cfg.size >> 20
+        "generating a {} MiB image, its v2 (5% rewritten, {} small edits) and v3",
+        cfg.size >> 20,
+        cfg.small_edits
     ));
-    write_image(cfg.seed, cfg.size, BufWriter::new(File::create(&v1)?))?;
+    write_image(
+        cfg.seed,
+        cfg.size,
+        BufWriter::new(File::create(&images[0])?),
+    )?;
     let plan = EditPlan::standard(cfg.size, cfg.seed, 0.05, cfg.small_edits);
     plan.apply(
-        BufReader::new(File::open(&v1)?),
-        BufWriter::new(File::create(&v2)?),
+        BufReader::new(File::open(&images[0])?),
+        BufWriter::new(File::create(&images[1])?),
+    )?;
+    let v2_len = fs::metadata(&images[1])?.len();
+    EditPlan::standard(v2_len, cfg.seed + 1, 0.01, cfg.small_edits / 4).apply(
+        BufReader::new(File::open(&images[1])?),
+        BufWriter::new(File::create(&images[2])?),
     )?;
 
     let mut lab = Lab::new(&cfg.work, &seed_bin, &node_bin)?;
-    say(&format!("seed initialised in {}", lab.seed_dir.display()));
     lab.start_seed()?;
     say(&format!(
-        "seed serving at {}",
+        "seed {} serving at {}",
+        lab.seed_dir.display(),
         lab.seed_addr.as_deref().unwrap_or("?")
     ));
-    for site in SITES {
-        for _ in 0..NODES_PER_SITE {
-            lab.add_node(site, "")?;
-        }
+    // Every node's health check fails on v3 (a bad release); the first
+    // node of each site is in v3's canary ring.
+    let sites: Vec<String> = (0..cfg.sites)
+        .map(|s| format!("site-{}", (b'a' + (s % 26) as u8) as char))
+        .collect();
+    let health = "update.health = \"command\"\n\
+                  update.health_command = [\"sh\", \"-c\", \"test \\\"$FLEETMESH_TARGET_VERSION\\\" != 3.0.0\"]\n\
+                  update.health_timeout_secs = 30";
+    for i in 0..cfg.nodes {
+        let ring = if i < cfg.sites {
+            "\nmesh.labels = { ring = \"canary\" }"
+        } else {
+            ""
+        };
+        lab.add_node(&sites[i % cfg.sites], &format!("{health}{ring}"))?;
     }
+    let canary: Vec<usize> = (0..cfg.sites).collect();
+    let far = fleetmesh_node::cli::unix_now().0 + 86_400;
+    apply_policy(&lab, far, "the maintenance window opens tomorrow")?;
+    say("policy 1 signed: the maintenance window opens tomorrow");
     for i in 0..lab.nodes.len() {
         lab.start_node(i, &[])?;
     }
     say(&format!(
         "{} nodes started in {} sites (logs: {}/node*.log)",
         lab.nodes.len(),
-        SITES.len(),
+        sites.len(),
         cfg.work.display()
     ));
-    lab.wait_connected(Duration::from_secs(60))?;
+    lab.wait_connected(Duration::from_secs(120))?;
     say("all nodes connected to each other and the seed");
-    let (p1, t1) = timed(|| lab.publish(&v1, "1.0.0"))?;
-    say(&format!(
-        "published v1.0.0 in {t1:.2} s while the mesh runs: {p1}"
+
+    let mut published = Vec::new();
+    let mut publish_seconds = Vec::new();
+    let mut distribution = Vec::new();
+    let mut checks = Vec::new();
+    let mut release = |lab: &Lab, n: usize, say: &mut dyn FnMut(&str)| -> Result<()> {
+        // Nodes restart to boot a new slot: let them find each other again.
+        lab.wait_connected(Duration::from_secs(120))?;
+        let (p, t) = timed(|| lab.publish(&images[n], VERSIONS[n]))?;
+        say(&format!(
+            "published v{} in {t:.2} s: {} new chunks, {} new bytes",
+            VERSIONS[n], p["new_chunks"], p["new_bytes"]
+        ));
+        let d = distribute(lab, &images[n], &p, VERSIONS[n], &sites, say)?;
+        published.push(p);
+        publish_seconds.push(t);
+        distribution.push(d);
+        Ok(())
+    };
+
+    // v1: downloaded and staged everywhere, installed nowhere.
+    release(&lab, 0, say)?;
+    let waiting = watch(&lab, say, Duration::from_secs(60), |views| {
+        views.iter().all(|v| v.state == "waiting_for_window")
+    });
+    checks.push(check(
+        "with the window closed, every node stages v1 and waits",
+        waiting.is_ok(),
+        waiting
+            .as_ref()
+            .err()
+            .map_or("all waiting".into(), |e| e.to_string()),
     ));
-    let d1 = distribute(&lab, &v1, &p1, "1.0.0", say)?;
-    let (p2, t2) = timed(|| lab.publish(&v2, "1.1.0"))?;
+
+    // The operator opens the window.
+    let opens = fleetmesh_node::cli::unix_now().0 + WINDOW_DELAY;
+    apply_policy(&lab, opens, "the maintenance window opens now")?;
     say(&format!(
-        "published v1.1.0 in {t2:.2} s while the mesh runs: {p2}"
+        "policy 2 signed: the maintenance window opens in {WINDOW_DELAY} s"
     ));
-    let d2 = distribute(&lab, &v2, &p2, "1.1.0", say)?;
+    let mut early = Vec::new();
+    let start = Instant::now();
+    let installed = watch(&lab, say, STEP_TIMEOUT, |views| {
+        let now = fleetmesh_node::cli::unix_now().0;
+        for v in views {
+            if now < opens && v.state != "waiting_for_window" && !early.contains(&v.name) {
+                early.push(v.name.clone());
+            }
+        }
+        views.iter().all(|v| v.committed(VERSIONS[0]))
+    });
+    let v1_install_seconds = start.elapsed().as_secs_f64() - WINDOW_DELAY as f64;
+    checks.push(check(
+        "no node installs before its window opens",
+        early.is_empty(),
+        if early.is_empty() {
+            "none early".to_string()
+        } else {
+            format!("early: {}", early.join(", "))
+        },
+    ));
+    checks.push(check(
+        "every node installs v1 in the window, boots it and commits",
+        installed.is_ok(),
+        installed.as_ref().err().map_or_else(
+            || format!("{v1_install_seconds:.1} s after the window opened"),
+            |e| e.to_string(),
+        ),
+    ));
+    installed?;
+
+    // v2: a delta, installed at once (the window is open).
+    release(&lab, 1, say)?;
+    let start = Instant::now();
+    let installed = watch(&lab, say, STEP_TIMEOUT, |views| {
+        views.iter().all(|v| v.committed(VERSIONS[1]))
+    });
+    let v2_install_seconds = start.elapsed().as_secs_f64();
+    checks.push(check(
+        "every node installs v2 and commits",
+        installed.is_ok(),
+        installed.as_ref().err().map_or_else(
+            || format!("in {v2_install_seconds:.1} s"),
+            |e| e.to_string(),
+        ),
+    ));
+    installed?;
+
+    // v3: the canary fails its health check and rolls back; the seed halts.
+    let slots_before: Vec<String> = fleet(&lab).into_iter().map(|v| v.slot).collect();
+    release(&lab, 2, say)?;
+    let canary_names: Vec<String> = canary.iter().map(|&i| node_name(i)).collect();
+    say(&format!(
+        "v3's canary wave is {}; its health check fails on every node",
+        canary_names.join(", ")
+    ));
+    let halted = watch(&lab, say, STEP_TIMEOUT, |views| {
+        // The halt may come before a canary node's turn: it then stays put.
+        canary.iter().any(|&i| views[i].state == "rolled_back")
+            && views.iter().all(View::settled)
+            && rollout_halted(&lab, VERSIONS[2])
+    });
+    checks.push(check(
+        "v3's canary rolls back by itself and the seed halts the rollout",
+        halted.is_ok(),
+        halted
+            .as_ref()
+            .err()
+            .map_or("halted at the canary".into(), |e| e.to_string()),
+    ));
+    // Give a wrongly admitted node time to act before the final look.
+    std::thread::sleep(Duration::from_secs(10));
+    let views = fleet(&lab);
+    let on_v2 = views
+        .iter()
+        .filter(|v| v.booted.as_deref() == Some(VERSIONS[1]))
+        .count();
+    checks.push(check(
+        "every node runs v2 at the end",
+        on_v2 == views.len(),
+        format!("{on_v2} of {}", views.len()),
+    ));
+    let touched: Vec<&str> = views
+        .iter()
+        .enumerate()
+        .filter(|(i, v)| {
+            let staged_only = matches!(v.state.as_str(), "staged" | "waiting_for_window");
+            !canary.contains(i)
+                && (v.slot != slots_before[*i]
+                    || (v.target.as_deref() == Some(VERSIONS[2]) && !staged_only))
+        })
+        .map(|(_, v)| v.name.as_str())
+        .collect();
+    checks.push(check(
+        "no node outside the canary tries v3",
+        touched.is_empty(),
+        if touched.is_empty() {
+            "none".to_string()
+        } else {
+            touched.join(", ")
+        },
+    ));
+    lab.kill_seed();
+    let verified = lab.seed_cmd(&["verify"]);
     drop(lab);
-    let verified = run_seed(
-        &seed_bin,
-        &["verify", "--dir", path_str(&cfg.work.join("seed"))?],
-    );
 
     let num = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
     let changed = plan.changed_bytes();
-    let delta_ratio = num(&p2, "new_bytes") as f64 / changed as f64;
-    let stored_ratio = num(&p1, "stored_bytes") as f64 / cfg.size as f64;
-    let nodes = SITES.len() * NODES_PER_SITE;
-    let max_down = |d: &Distribution| d.node_bytes_down.iter().copied().max().unwrap_or(0);
+    let delta_ratio = num(&published[1], "new_bytes") as f64 / changed as f64;
+    let stored_ratio = num(&published[0], "stored_bytes") as f64 / cfg.size as f64;
     let ratio = |a: u64, b: u64| a as f64 / b.max(1) as f64;
-    let checks = vec![
+    let (d1, d2) = (&distribution[0], &distribution[1]);
+    let max_down = |d: &Distribution| d.node_bytes_down.iter().copied().max().unwrap_or(0);
+    let all_verified = distribution.iter().all(|d| d.images_verified == cfg.nodes);
+    checks.extend([
         check(
-            "every node reassembled both images exactly",
-            d1.images_verified == nodes && d2.images_verified == nodes,
-            format!(
-                "{} and {} of {nodes}",
-                d1.images_verified, d2.images_verified
-            ),
+            "every node reassembled every image exactly",
+            all_verified,
+            distribution
+                .iter()
+                .map(|d| format!("v{} {}/{}", d.version, d.images_verified, cfg.nodes))
+                .collect::<Vec<_>>()
+                .join(", "),
         ),
         check(
             "seed egress for v1 <= 1.5x the release",
@@ -184,18 +381,16 @@ pub fn run(cfg: &DemoConfig, say: &mut dyn FnMut(&str)) -> Result<DemoReport> {
             d1.site_wan_bytes
                 .iter()
                 .all(|(_, b)| ratio(*b, d1.wire_bytes) <= 1.5),
-            format!(
-                "{:?}",
-                d1.site_wan_bytes
-                    .iter()
-                    .map(|(_, b)| format!("{:.2}x", ratio(*b, d1.wire_bytes)))
-                    .collect::<Vec<_>>()
-            ),
+            d1.site_wan_bytes
+                .iter()
+                .map(|(s, b)| format!("{s} {:.2}x", ratio(*b, d1.wire_bytes)))
+                .collect::<Vec<_>>()
+                .join(", "),
         ),
         check(
             "a node downloads about the delta for v2 (<= 1.5x its new chunks)",
-            ratio(max_down(&d2), d2.wire_bytes) <= 1.5,
-            format!("{} bytes for {} new", max_down(&d2), d2.wire_bytes),
+            ratio(max_down(d2), d2.wire_bytes) <= 1.5,
+            format!("{} bytes for {} new", max_down(d2), d2.wire_bytes),
         ),
         check(
             "delta bytes / changed bytes <= 1.5 at demo size",
@@ -212,24 +407,191 @@ pub fn run(cfg: &DemoConfig, say: &mut dyn FnMut(&str)) -> Result<DemoReport> {
             verified.is_ok(),
             verified.err().map_or("ok".into(), |e| e.to_string()),
         ),
-    ];
+    ]);
+    let nodes = views
+        .into_iter()
+        .map(|v| NodeOutcome {
+            name: v.name,
+            site: v.site,
+            active_slot: v.slot,
+            booted_version: v.booted,
+            update_state: v.state,
+        })
+        .collect();
     let report = DemoReport {
         image_bytes: cfg.size,
-        v1: p1,
-        v1_seconds: t1,
-        v2: p2,
-        v2_seconds: t2,
+        published,
+        publish_seconds,
         changed_bytes: changed,
         delta_ratio,
         stored_ratio,
-        distribution: vec![d1, d2],
+        distribution,
+        v1_install_seconds,
+        v2_install_seconds,
+        canary: canary_names,
+        nodes,
         checks,
     };
     fs::write(
         cfg.work.join("report.json"),
         serde_json::to_vec_pretty(&report)?,
     )?;
+    fs::write(
+        cfg.work.join("progress.svg"),
+        progress_svg(&report.distribution, &sites, &lab_sites(cfg, &sites)),
+    )?;
     Ok(report)
+}
+
+/// Each node's site, in node order.
+fn lab_sites(cfg: &DemoConfig, sites: &[String]) -> Vec<String> {
+    (0..cfg.nodes)
+        .map(|i| sites[i % sites.len()].clone())
+        .collect()
+}
+
+fn node_name(i: usize) -> String {
+    format!("node{i:02}")
+}
+
+/// Signs and installs the demo's policy: one window starting at `opens`
+/// for an hour, v1 and v2 to every node, v3 to the canary ring first.
+fn apply_policy(lab: &Lab, opens: u64, why: &str) -> Result<()> {
+    let at = |t: u64| -> Result<String> {
+        Ok(jiff::Timestamp::from_second(t as i64)
+            .context("window time")?
+            .to_string())
+    };
+    let text = format!(
+        "# {why}\n\
+         [[group]]\nname = \"canary\"\nselector = {{ ring = \"canary\" }}\n\n\
+         [[window]]\nname = \"maintenance\"\ntz = \"UTC\"\nstart = \"{}\"\nend = \"{}\"\n\n\
+         [[rollout]]\nversion = \"1.0.0\"\n[[rollout.wave]]\nname = \"all\"\npercent = 100\n\n\
+         [[rollout]]\nversion = \"2.0.0\"\n[[rollout.wave]]\nname = \"all\"\npercent = 100\n\n\
+         [[rollout]]\nversion = \"3.0.0\"\n\
+         [[rollout.wave]]\nname = \"canary\"\ngroup = \"canary\"\nsuccess_pct = 100\nerror_pct = 1\n\
+         [[rollout.wave]]\nname = \"all\"\npercent = 100\n",
+        at(opens)?,
+        at(opens + 3600)?
+    );
+    let path = lab.dir.join("policy.toml");
+    fs::write(&path, text)?;
+    lab.seed_cmd(&["policy", "apply", path_str(&path)?])?;
+    Ok(())
+}
+
+fn rollout_halted(lab: &Lab, version: &str) -> bool {
+    let Ok(out) = lab.seed_cmd(&["policy", "show", "--json"]) else {
+        return false;
+    };
+    let Ok(p) = serde_json::from_str::<serde_json::Value>(&out) else {
+        return false;
+    };
+    p["rollouts"].as_array().is_some_and(|rs| {
+        rs.iter()
+            .any(|r| r["version"] == version && r["state"].get("halted").is_some())
+    })
+}
+
+/// A node as the demo shows it.
+#[derive(Debug)]
+struct View {
+    name: String,
+    site: String,
+    slot: String,
+    booted: Option<String>,
+    state: String,
+    target: Option<String>,
+}
+
+impl View {
+    fn committed(&self, version: &str) -> bool {
+        self.booted.as_deref() == Some(version) && self.state == "committed"
+    }
+
+    /// Not in the middle of an update.
+    fn settled(&self) -> bool {
+        matches!(
+            self.state.as_str(),
+            "idle" | "staged" | "waiting_for_window" | "committed" | "rolled_back" | "failed"
+        )
+    }
+
+    fn short(&self) -> String {
+        let state = match self.state.as_str() {
+            "waiting_for_window" => "wait",
+            "committed" => "ok",
+            "rolled_back" => "rolledback",
+            "installing" => "install",
+            "rebooting" => "reboot",
+            s => s,
+        };
+        format!(
+            "{}:{}",
+            self.booted.as_deref().unwrap_or("-"),
+            state.chars().take(10).collect::<String>()
+        )
+    }
+}
+
+fn fleet(lab: &Lab) -> Vec<View> {
+    (0..lab.nodes.len())
+        .map(|i| {
+            let s = lab.node_update(i);
+            View {
+                name: node_name(i),
+                site: lab.nodes[i].site.clone(),
+                slot: s
+                    .as_ref()
+                    .map_or("?".into(), |s| format!("{:?}", s.active_slot)),
+                booted: s.as_ref().and_then(|s| s.booted_version.clone()),
+                state: s
+                    .as_ref()
+                    .map_or("starting".into(), |s| s.update.state.clone()),
+                target: s.and_then(|s| s.update.target_version),
+            }
+        })
+        .collect()
+}
+
+/// Polls the fleet until `done`, printing a line per site whenever a
+/// node's state changes.
+fn watch(
+    lab: &Lab,
+    say: &mut dyn FnMut(&str),
+    timeout: Duration,
+    mut done: impl FnMut(&[View]) -> bool,
+) -> Result<()> {
+    let start = Instant::now();
+    let mut last = String::new();
+    let finished = wait_until(timeout, || {
+        let views = fleet(lab);
+        let line = table(&views, View::short);
+        if line != last {
+            say(&format!("{:6.1}s {line}", start.elapsed().as_secs_f64()));
+            last = line;
+        }
+        done(&views).then_some(())
+    });
+    finished.with_context(|| {
+        format!(
+            "not reached within {timeout:?}: {}",
+            table(&fleet(lab), View::short)
+        )
+    })
+}
+
+/// One compact line: each site's nodes.
+fn table(views: &[View], f: impl Fn(&View) -> String) -> String {
+    let mut by_site: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for v in views {
+        by_site.entry(&v.site).or_default().push(f(v));
+    }
+    by_site
+        .iter()
+        .map(|(s, vs)| format!("{s} [{}]", vs.join(" ")))
+        .collect::<Vec<_>>()
+        .join("  ")
 }
 
 fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
@@ -238,17 +600,59 @@ fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
     Ok((v, start.elapsed().as_secs_f64()))
 }
 
-/// Waits for every node to have `version`, checks their images and
-/// collects the bytes it took.
+/// Waits for every node to have `version`, printing and sampling their
+/// progress, then checks their images and collects the bytes it took.
 fn distribute(
     lab: &Lab,
     image: &Path,
     published: &serde_json::Value,
     version: &str,
+    sites: &[String],
     say: &mut dyn FnMut(&str),
 ) -> Result<Distribution> {
-    let all: Vec<usize> = (0..lab.nodes.len()).collect();
-    let took = lab.wait_complete(&all, version, Duration::from_secs(600))?;
+    let start = Instant::now();
+    let held = |s: &Option<MeshStatus>| -> f64 {
+        s.as_ref()
+            .and_then(|s| s.releases.iter().find(|r| r.version == version))
+            .map_or(0.0, |r| r.chunks_have as f64 / r.chunks_total.max(1) as f64)
+    };
+    let mut samples: Vec<(f64, Vec<f64>)> = Vec::new();
+    let mut last_print = Instant::now();
+    let complete = wait_until(STEP_TIMEOUT, || {
+        let statuses: Vec<Option<MeshStatus>> =
+            (0..lab.nodes.len()).map(|i| lab.node_status(i)).collect();
+        let shares: Vec<f64> = statuses.iter().map(held).collect();
+        let t = start.elapsed().as_secs_f64();
+        if samples.last().is_none_or(|(_, s)| *s != shares) {
+            samples.push((t, shares.clone()));
+        }
+        let done = (0..lab.nodes.len()).all(|i| lab.node_complete(i, version));
+        if done || last_print.elapsed() >= Duration::from_secs(1) {
+            last_print = Instant::now();
+            let views: Vec<(String, f64)> = lab
+                .nodes
+                .iter()
+                .zip(&shares)
+                .map(|(n, s)| (n.site.clone(), *s))
+                .collect();
+            let mut by_site: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+            for (site, s) in &views {
+                by_site
+                    .entry(site)
+                    .or_default()
+                    .push(format!("{:3.0}%", s * 100.0));
+            }
+            let line = by_site
+                .iter()
+                .map(|(s, v)| format!("{s} [{}]", v.join(" ")))
+                .collect::<Vec<_>>()
+                .join("  ");
+            say(&format!("{t:6.1}s v{version} {line}"));
+        }
+        done.then_some(())
+    });
+    complete.with_context(|| format!("v{version} did not reach every node in {STEP_TIMEOUT:?}"))?;
+    let took = start.elapsed();
     let id = published["release_id"]
         .as_str()
         .context("publish summary")?;
@@ -266,7 +670,7 @@ fn distribute(
         Some((r.bytes_down, r.bytes_down_same_site, r.egress_bytes))
     };
     let mut node_bytes_down = Vec::new();
-    let mut site_wan: Vec<(String, u64)> = SITES.iter().map(|s| (s.to_string(), 0)).collect();
+    let mut site_wan: Vec<(String, u64)> = sites.iter().map(|s| (s.clone(), 0)).collect();
     for (i, node) in lab.nodes.iter().enumerate() {
         let (down, same, _) = lab.node_status(i).as_ref().and_then(of).unwrap_or_default();
         node_bytes_down.push(down);
@@ -289,7 +693,67 @@ fn distribute(
         node_bytes_down,
         site_wan_bytes: site_wan,
         images_verified: verified,
+        samples,
     })
+}
+
+/// An SVG with one panel per release: each node's share of chunks held
+/// against seconds since publish, coloured by site.
+fn progress_svg(dists: &[Distribution], sites: &[String], node_sites: &[String]) -> String {
+    const COLOURS: [&str; 6] = [
+        "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
+    ];
+    let (w, h, pad) = (640.0, 180.0, 40.0);
+    let total_h = dists.len() as f64 * (h + pad) + pad;
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{total_h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n",
+        w + 2.0 * pad
+    );
+    for (k, d) in dists.iter().enumerate() {
+        let top = pad + k as f64 * (h + pad);
+        let t_max = d.seconds.max(0.1);
+        let _ = writeln!(
+            svg,
+            "<text x=\"{pad}\" y=\"{}\">v{}: chunks held per node over {:.1} s (y: 0-100%)</text>\n\
+             <rect x=\"{pad}\" y=\"{top}\" width=\"{w}\" height=\"{h}\" fill=\"none\" stroke=\"#999\"/>",
+            top - 8.0,
+            d.version,
+            t_max
+        );
+        for (node, node_site) in node_sites.iter().enumerate() {
+            let points: Vec<String> = d
+                .samples
+                .iter()
+                .filter_map(|(t, shares)| {
+                    let s = shares.get(node)?;
+                    Some(format!(
+                        "{:.1},{:.1}",
+                        pad + w * (t / t_max).min(1.0),
+                        top + h * (1.0 - s)
+                    ))
+                })
+                .collect();
+            let site = sites.iter().position(|s| s == node_site).unwrap_or(0);
+            let _ = writeln!(
+                svg,
+                "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"1.5\" points=\"{}\"/>",
+                COLOURS[site % COLOURS.len()],
+                points.join(" ")
+            );
+        }
+    }
+    for (i, s) in sites.iter().enumerate() {
+        let _ = writeln!(
+            svg,
+            "<text x=\"{}\" y=\"{}\" fill=\"{}\">{s}</text>",
+            pad + 80.0 * i as f64,
+            total_h - 10.0,
+            COLOURS[i % COLOURS.len()]
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
 }
 
 fn check(name: &str, ok: bool, detail: impl ToString) -> Check {
@@ -298,21 +762,6 @@ fn check(name: &str, ok: bool, detail: impl ToString) -> Check {
         ok,
         detail: detail.to_string(),
     }
-}
-
-fn run_seed(bin: &Path, args: &[&str]) -> Result<String> {
-    let out = Command::new(bin)
-        .args(args)
-        .output()
-        .with_context(|| format!("run {}", bin.display()))?;
-    if !out.status.success() {
-        bail!(
-            "fleetmesh-seed {}: {}",
-            args[0],
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8(out.stdout)?)
 }
 
 fn path_str(p: &Path) -> Result<&str> {

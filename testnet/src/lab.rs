@@ -6,6 +6,7 @@
 
 use anyhow::{bail, Context, Result};
 use fleetmesh_node::mesh::status::{MeshStatus, MESH_STATUS_FILE};
+use fleetmesh_node::updater::{Status, STATUS_FILE};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -221,6 +222,12 @@ impl Lab {
     /// Node `i`'s latest status.
     pub fn node_status(&self, i: usize) -> Option<MeshStatus> {
         read_status(&self.nodes[i].dir.join("run").join(MESH_STATUS_FILE))
+    }
+
+    /// Node `i`'s latest updater status (slot, booted version, update).
+    pub fn node_update(&self, i: usize) -> Option<Status> {
+        let path = self.nodes[i].dir.join("run").join(STATUS_FILE);
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
     }
 
     /// The seed's latest status.

@@ -4,6 +4,7 @@
 pub mod image;
 pub mod lab;
 pub mod meshbench;
+pub mod sim;
 pub mod sweep;
 
 /// Parses a size like `1GiB`, `256MiB`, `64KiB` or plain bytes.

@@ -22,8 +22,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Run the local demo: a seed and six nodes in two sites on 127.0.0.1;
-    /// publish v1, distribute, publish a v2 delta, distribute, verify, report.
+    /// Run the local demo: a seed and nodes in sites on 127.0.0.1. Publish
+    /// v1 and install it when the maintenance window opens, publish a v2
+    /// delta and install it, publish a v3 that fails its health check and
+    /// watch the canary roll back; check every step and report.
     Demo {
         /// Working directory; an earlier demo there is replaced.
         #[arg(long, default_value = "fleetmesh-demo")]
@@ -34,6 +36,12 @@ enum Cmd {
         /// Seed of the generated image.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Nodes, spread round-robin over the sites.
+        #[arg(long, default_value_t = 8)]
+        nodes: usize,
+        /// Sites.
+        #[arg(long, default_value_t = 2)]
+        sites: usize,
     },
     /// Write a deterministic image (and optionally its v2) and print the edit
     /// plan's changed bytes as JSON.
@@ -74,6 +82,45 @@ enum Cmd {
         #[arg(long, default_value_t = 900)]
         timeout_secs: u64,
     },
+    /// Simulate the mesh's scheduler for many nodes (discrete-event, one
+    /// thread, seeded); print completion against the topology's lower bound,
+    /// seed and WAN bytes, and the trace hash as JSON. Exits non-zero if a
+    /// node did not complete or an invariant broke.
+    Sim {
+        /// Edge nodes.
+        #[arg(long, default_value_t = 1000)]
+        nodes: usize,
+        /// Sites.
+        #[arg(long, default_value_t = 10)]
+        sites: usize,
+        /// Random seed: the same seed gives the same trace hash.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Image size.
+        #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+        size: u64,
+        /// Piece size.
+        #[arg(long, default_value = "256KiB", value_parser = parse_size)]
+        piece: u64,
+        /// Each site's WAN, Mbit/s each way.
+        #[arg(long, default_value_t = 20.0)]
+        wan_mbit: f64,
+        /// The seed's uplink, Mbit/s.
+        #[arg(long, default_value_t = 50.0)]
+        seed_mbit: f64,
+        /// Probability that a response is lost.
+        #[arg(long, default_value_t = 0.0)]
+        drop: f64,
+        /// Nodes that crash once and restart 5 s later.
+        #[arg(long, default_value_t = 0)]
+        crashes: usize,
+        /// Sites whose WAN is cut once for 10 s.
+        #[arg(long, default_value_t = 0)]
+        partitions: usize,
+        /// Nodes that serve corrupt pieces.
+        #[arg(long, default_value_t = 0)]
+        corrupt: usize,
+    },
     /// Measure delta ratio and per-chunk costs for several average chunk sizes.
     ChunkSweep {
         /// Image size (held in memory twice).
@@ -111,7 +158,13 @@ fn main() -> ExitCode {
 
 fn run(cmd: Cmd) -> Result<ExitCode> {
     match cmd {
-        Cmd::Demo { work, size, seed } => {
+        Cmd::Demo {
+            work,
+            size,
+            seed,
+            nodes,
+            sites,
+        } => {
             // About 100 small edits per 64 MiB: the benchmark's density (300
             // per GiB) raised so that a small demo image still sees them.
             let small_edits = (size / (640 << 10)).max(1) as usize;
@@ -120,43 +173,11 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 size,
                 seed,
                 small_edits,
+                nodes,
+                sites,
             };
             let report = demo::run(&cfg, &mut |line| eprintln!("demo: {line}"))?;
-            println!("image            {} bytes", report.image_bytes);
-            println!(
-                "publish v1       {:.2} s, stored/image {:.3}",
-                report.v1_seconds, report.stored_ratio
-            );
-            println!(
-                "publish v2       {:.2} s, new chunk bytes / changed bytes {:.3}",
-                report.v2_seconds, report.delta_ratio
-            );
-            for d in &report.distribution {
-                println!(
-                    "distribute {:<6} {:.2} s to {} nodes; seed sent {:.2}x the release; site WAN {}",
-                    d.version,
-                    d.seconds,
-                    d.node_bytes_down.len(),
-                    d.seed_egress_bytes as f64 / d.wire_bytes.max(1) as f64,
-                    d.site_wan_bytes
-                        .iter()
-                        .map(|(s, b)| format!("{s} {:.2}x", *b as f64 / d.wire_bytes.max(1) as f64))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-            }
-            for c in &report.checks {
-                println!(
-                    "[{}] {} ({})",
-                    if c.ok { " ok " } else { "FAIL" },
-                    c.name,
-                    c.detail
-                );
-            }
-            println!(
-                "report           {}",
-                cfg.work.join("report.json").display()
-            );
+            print_summary(&cfg, &report);
             if !report.passed() {
                 return Ok(ExitCode::FAILURE);
             }
@@ -205,6 +226,42 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             )?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
+        Cmd::Sim {
+            nodes,
+            sites,
+            seed,
+            size,
+            piece,
+            wan_mbit,
+            seed_mbit,
+            drop,
+            crashes,
+            partitions,
+            corrupt,
+        } => {
+            let mut cfg = fleetmesh_testnet::sim::SimConfig::new(nodes, sites, seed);
+            cfg.image_bytes = size;
+            cfg.piece_bytes = u32::try_from(piece)
+                .ok()
+                .filter(|&p| p > 0)
+                .ok_or_else(|| anyhow::anyhow!("--piece {piece} must be 1 B-4 GiB"))?;
+            for (name, mbit) in [("--wan-mbit", wan_mbit), ("--seed-mbit", seed_mbit)] {
+                if !(mbit > 0.0 && mbit.is_finite()) {
+                    anyhow::bail!("{name} {mbit} must be a positive rate");
+                }
+            }
+            cfg.wan_bps = wan_mbit * 1e6 / 8.0;
+            cfg.seed_bps = seed_mbit * 1e6 / 8.0;
+            cfg.drop = drop;
+            cfg.crashes = crashes;
+            cfg.partitions = partitions;
+            cfg.corrupt = corrupt;
+            let report = fleetmesh_testnet::sim::run(&cfg).map_err(anyhow::Error::msg)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            if !report.passed() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         Cmd::ChunkSweep {
             size,
             seed,
@@ -236,4 +293,71 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_summary(cfg: &demo::DemoConfig, report: &demo::DemoReport) {
+    let ratio = |a: u64, b: u64| a as f64 / b.max(1) as f64;
+    println!("image              {} bytes", report.image_bytes);
+    for (p, t) in report.published.iter().zip(&report.publish_seconds) {
+        println!(
+            "publish v{:<9} {t:.2} s, {} new chunk bytes",
+            p["version"].as_str().unwrap_or("?"),
+            p["new_bytes"]
+        );
+    }
+    println!("compression        stored/image {:.3}", report.stored_ratio);
+    println!(
+        "delta v2           new chunk bytes / changed bytes {:.3}",
+        report.delta_ratio
+    );
+    for d in &report.distribution {
+        println!(
+            "distribute v{:<6} {:.2} s to {} nodes; seed sent {:.2}x the release; WAN per site {}; most a node pulled {:.2}x",
+            d.version,
+            d.seconds,
+            d.node_bytes_down.len(),
+            ratio(d.seed_egress_bytes, d.wire_bytes),
+            d.site_wan_bytes
+                .iter()
+                .map(|(s, b)| format!("{s} {:.2}x", ratio(*b, d.wire_bytes)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            ratio(
+                d.node_bytes_down.iter().copied().max().unwrap_or(0),
+                d.wire_bytes
+            )
+        );
+    }
+    println!(
+        "install v1         every node committed {:.1} s after its window opened",
+        report.v1_install_seconds
+    );
+    println!(
+        "install v2         every node committed {:.1} s after distribution",
+        report.v2_install_seconds
+    );
+    println!("v3 canary          {}", report.canary.join(", "));
+    for n in &report.nodes {
+        println!(
+            "  {} {:<7} slot {} runs {} ({})",
+            n.name,
+            n.site,
+            n.active_slot,
+            n.booted_version.as_deref().unwrap_or("-"),
+            n.update_state
+        );
+    }
+    for c in &report.checks {
+        println!(
+            "[{}] {} ({})",
+            if c.ok { " ok " } else { "FAIL" },
+            c.name,
+            c.detail
+        );
+    }
+    println!(
+        "report             {} and {}",
+        cfg.work.join("report.json").display(),
+        cfg.work.join("progress.svg").display()
+    );
 }

@@ -232,6 +232,9 @@ struct Mesh {
     last_discover: Instant,
     /// Latest signed status report from each node (seed view).
     reports: BTreeMap<String, Report>,
+    /// Every site named in a valid status report (at most
+    /// [`sched::MAX_SITES`]): the schedulers split the seed's share by site.
+    sites: std::collections::BTreeSet<String>,
     /// Counters from the last run, by release, until the release loads.
     saved_counters: BTreeMap<ReleaseId, release::Counters>,
     listening: Vec<Multiaddr>,
@@ -427,6 +430,7 @@ impl Mesh {
             last_announce: now - ANNOUNCE_EVERY,
             last_discover: now,
             reports: BTreeMap::new(),
+            sites: std::collections::BTreeSet::new(),
             saved_counters: BTreeMap::new(),
             listening: Vec::new(),
             last_report: now,
@@ -526,12 +530,16 @@ impl Mesh {
         if self.p.role == Role::Seed || (recorded && release.all_present()) {
             release.complete = true;
         } else {
-            release.sched = Some(Scheduler::new(
+            let mut sched = Scheduler::new(
                 self.p.sched.clone(),
                 self.me.clone(),
                 &release.pieces,
                 |i| release.have.get(i),
-            ));
+            );
+            for site in &self.sites {
+                sched.add_site(site);
+            }
+            release.sched = Some(sched);
         }
         tracing::info!(
             version = %release.manifest().version,
@@ -792,6 +800,13 @@ impl Mesh {
         let peer = PeerId::from_public_key(&libp2p::identity::PublicKey::from(key));
         if peer.to_string() != report.node_id {
             return Err(format!("report for {} signed by {peer}", report.node_id));
+        }
+        if let Some(site) = report.labels.get("site") {
+            if self.sites.len() < sched::MAX_SITES && self.sites.insert(site.clone()) {
+                for s in self.releases.values_mut().filter_map(|r| r.sched.as_mut()) {
+                    s.add_site(site);
+                }
+            }
         }
         if self.p.role == Role::Seed
             && (self.reports.len() < 100_000 || self.reports.contains_key(&report.node_id))

@@ -362,3 +362,48 @@ fn simulated_four_sites_with_uneven_sizes() {
     }
     assert!(seed <= n * 11 / 10, "seed sent {seed}");
 }
+
+/// Pieces node (`site`, `tag`) asks the seed for when it sees only the seed
+/// and its own site's `members`, knowing of `sites` from status reports.
+fn seed_fetches(site: &str, tag: u64, members: &[u64], sites: &[&str], n: usize) -> Vec<u32> {
+    let mut s = sched(site, tag, n);
+    s.add_peer(0, seed_info());
+    s.peer_has(&0, 0..n as u32);
+    for &m in members.iter().filter(|&&m| m != tag) {
+        s.add_peer(m as u32, info(site, m));
+    }
+    for other in sites {
+        s.add_site(other);
+    }
+    let mut got: Vec<u32> = s
+        .plan(T0, u64::MAX)
+        .into_iter()
+        .flat_map(|p| p.pieces)
+        .collect();
+    got.sort_unstable();
+    got
+}
+
+#[test]
+fn sites_known_from_reports_split_the_seed_without_seeing_their_nodes() {
+    // Few enough pieces that no plan hits the per-peer cap.
+    let n = 100;
+    let sites = ["a", "b", "c"];
+    let members = [[1, 2], [3, 4], [5, 6]];
+    let mut from_seed = vec![0; n];
+    for (site, tags) in sites.iter().zip(members) {
+        for tag in tags {
+            for i in seed_fetches(site, tag, &tags, &sites, n) {
+                from_seed[i as usize] += 1;
+            }
+        }
+    }
+    assert!(
+        from_seed.iter().all(|&c| c == 1),
+        "each piece leaves the seed once: {from_seed:?}"
+    );
+    // Without the reports each site believes it is alone and takes it all.
+    let alone =
+        seed_fetches("a", 1, &[1, 2], &[], n).len() + seed_fetches("a", 2, &[1, 2], &[], n).len();
+    assert_eq!(alone, n);
+}

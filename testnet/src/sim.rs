@@ -1,0 +1,761 @@
+//! `fleetmesh-testnet sim`: the node's own chunk scheduler
+//! ([`fleetmesh_protocol::sched`]) for thousands of nodes over a simulated
+//! network, single-threaded and seeded, so the same seed gives the same
+//! trace hash.
+//!
+//! The network: every node has a full-duplex NIC (`lan_bps`), every site a
+//! WAN link (`wan_bps` each way), the seed an uplink (`seed_bps`). A
+//! response occupies every link on its path in FIFO order (cut-through) and
+//! arrives one latency after the last link frees. Chunk contents are not
+//! materialised: a piece is an id and a length; a corrupt node's pieces
+//! fail verification. Have-maps travel on a 100 ms tick, as the node sends
+//! them, and nodes plan on the tick after something changed for them.
+//!
+//! Invariants checked as it runs: nothing unverified is stored; a node
+//! never fetches a piece over its site's WAN while a same-site copy it has
+//! heard of exists; every node completes.
+
+use fleetmesh_protocol::sched::{Config, PeerInfo, RequestId, Scheduler};
+use fleetmesh_protocol::ChunkId;
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+use serde::Serialize;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::{Duration, Instant};
+
+/// Have-maps and plans run on this tick, as in the node.
+const TICK_US: u64 = 100_000;
+/// Most invariant violations kept for the report.
+const MAX_VIOLATIONS: usize = 20;
+
+/// What to simulate.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Edge nodes (the seed is extra).
+    pub nodes: usize,
+    /// Sites; node `k` is in site `k % sites`.
+    pub sites: usize,
+    /// Seeds every random choice.
+    pub seed: u64,
+    /// Image size.
+    pub image_bytes: u64,
+    /// Piece (chunk) size.
+    pub piece_bytes: u32,
+    /// Each site's WAN link, bytes/s each way.
+    pub wan_bps: f64,
+    /// The seed's uplink, bytes/s.
+    pub seed_bps: f64,
+    /// Each node's NIC, bytes/s each way.
+    pub lan_bps: f64,
+    /// One-way latency inside a site.
+    pub lan_latency: Duration,
+    /// One-way latency between sites.
+    pub wan_latency: Duration,
+    /// Random peers in other sites each node knows.
+    pub wan_peers: usize,
+    /// Probability that a response is lost.
+    pub drop: f64,
+    /// Nodes that crash once and restart 5 s later.
+    pub crashes: usize,
+    /// Sites whose WAN is cut once for 10 s.
+    pub partitions: usize,
+    /// Nodes that serve corrupt pieces.
+    pub corrupt: usize,
+    /// Give up after this much simulated time.
+    pub max_time: Duration,
+}
+
+impl SimConfig {
+    /// The defaults for `nodes` in `sites`: 64 MiB in 256 KiB pieces, WAN
+    /// 20 Mbit/s per site, seed 50 Mbit/s, LAN 1 Gbit/s.
+    pub fn new(nodes: usize, sites: usize, seed: u64) -> Self {
+        SimConfig {
+            nodes,
+            sites,
+            seed,
+            image_bytes: 64 << 20,
+            piece_bytes: 256 << 10,
+            wan_bps: 20e6 / 8.0,
+            seed_bps: 50e6 / 8.0,
+            lan_bps: 1e9 / 8.0,
+            lan_latency: Duration::from_micros(500),
+            wan_latency: Duration::from_millis(20),
+            wan_peers: 4,
+            drop: 0.0,
+            crashes: 0,
+            partitions: 0,
+            corrupt: 0,
+            max_time: Duration::from_secs(3600),
+        }
+    }
+
+    /// The lower bound: every site must receive the image over its WAN,
+    /// the seed must send it once, every node must receive it, and all
+    /// sites together are fed by the seed's and the sites' uplinks.
+    pub fn t_min(&self) -> f64 {
+        let f = self.image_bytes as f64;
+        let sites = self.sites as f64;
+        [
+            f / self.seed_bps,
+            f / self.wan_bps,
+            f / self.lan_bps,
+            sites * f / (self.seed_bps + sites * self.wan_bps),
+        ]
+        .into_iter()
+        .fold(0.0, f64::max)
+    }
+}
+
+/// What the run measured.
+#[derive(Debug, Serialize)]
+pub struct SimReport {
+    /// Edge nodes.
+    pub nodes: usize,
+    /// Sites.
+    pub sites: usize,
+    /// Pieces in the image.
+    pub pieces: usize,
+    /// Image bytes.
+    pub image_bytes: u64,
+    /// Simulated seconds until the last node completed.
+    pub completion_secs: f64,
+    /// The topology's lower bound.
+    pub t_min_secs: f64,
+    /// completion / T_min.
+    pub ratio: f64,
+    /// Seed egress / image.
+    pub seed_egress: f64,
+    /// Most bytes any site pulled over its WAN / image.
+    pub wan_max: f64,
+    /// Mean over sites of bytes over the WAN / image.
+    pub wan_mean: f64,
+    /// Nodes that completed.
+    pub completed: usize,
+    /// Responses delivered.
+    pub deliveries: u64,
+    /// Scheduler plans run.
+    pub plans: u64,
+    /// Peers banned for corrupt pieces (by any node).
+    pub bans: u64,
+    /// Responses lost to drops, crashes and partitions.
+    pub lost: u64,
+    /// Every 10 simulated seconds: seconds, mean share of pieces held,
+    /// seed egress / image so far.
+    pub progress: Vec<(f64, f64, f64)>,
+    /// Invariant violations (the first few).
+    pub violations: Vec<String>,
+    /// blake3 of every delivery in order: equal seeds give equal hashes.
+    pub trace_hash: String,
+    /// Wall-clock seconds the simulation took.
+    pub wall_secs: f64,
+}
+
+impl SimReport {
+    /// True if every node completed and no invariant broke.
+    pub fn passed(&self) -> bool {
+        self.completed == self.nodes && self.violations.is_empty()
+    }
+}
+
+/// A link that carries one response at a time, in order.
+#[derive(Clone, Copy, Debug, Default)]
+struct Link {
+    busy_until: u64,
+}
+
+impl Link {
+    /// Occupies the link for `bytes` from `at` (or when it frees); returns
+    /// when they have passed.
+    fn carry(&mut self, at: u64, bytes: u64, bps: f64) -> u64 {
+        let start = at.max(self.busy_until);
+        self.busy_until = start + (bytes as f64 * 1e6 / bps).ceil() as u64;
+        self.busy_until
+    }
+}
+
+struct Node {
+    site: usize,
+    sched: Option<Scheduler<u32>>,
+    peers: Vec<u32>,
+    up: Link,
+    down: Link,
+    alive: bool,
+    /// Restarts so far: responses to an earlier life are dropped.
+    life: u32,
+    up_since: u64,
+    corrupt: bool,
+    /// Microseconds at which each piece was stored (u64::MAX: not held).
+    got_at: Vec<u64>,
+    /// Pieces gained since the last tick, for have-maps.
+    fresh: Vec<u32>,
+    dirty: bool,
+    done_at: Option<u64>,
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Event {
+    Deliver {
+        node: u32,
+        life: u32,
+        req: u64,
+        peer: u32,
+    },
+    Crash(u32),
+    Restart(u32),
+    Cut(usize),
+    Heal(usize),
+}
+
+struct Sim {
+    cfg: SimConfig,
+    tags: Vec<u64>,
+    pieces: Vec<(ChunkId, u32)>,
+    nodes: Vec<Node>,
+    wan_up: Vec<Link>,
+    wan_down: Vec<Link>,
+    cut: Vec<bool>,
+    events: BinaryHeap<Reverse<(u64, u64, Event)>>,
+    seq: u64,
+    rng: ChaCha8Rng,
+    now: u64,
+    seed_egress: u64,
+    wan_in: Vec<u64>,
+    trace: blake3::Hasher,
+    report: Counters,
+    progress: Vec<(f64, f64, f64)>,
+}
+
+#[derive(Default)]
+struct Counters {
+    deliveries: u64,
+    plans: u64,
+    bans: u64,
+    lost: u64,
+    violations: Vec<String>,
+}
+
+/// The seed's index; nodes are 1..=n.
+const SEED: u32 = 0;
+
+fn info(site: usize, seed: bool, tag: u64) -> PeerInfo {
+    PeerInfo {
+        site: if seed {
+            "seed".into()
+        } else {
+            format!("s{site}")
+        },
+        seed,
+        tag,
+    }
+}
+
+/// Runs the simulation.
+pub fn run(cfg: &SimConfig) -> Result<SimReport, String> {
+    if cfg.nodes == 0 || cfg.sites == 0 || cfg.sites > cfg.nodes {
+        return Err(format!(
+            "--nodes {} --sites {}: need at least one node per site",
+            cfg.nodes, cfg.sites
+        ));
+    }
+    if cfg.piece_bytes == 0 || cfg.image_bytes < u64::from(cfg.piece_bytes) {
+        return Err("the image must hold at least one piece".into());
+    }
+    if !(0.0..1.0).contains(&cfg.drop) {
+        return Err(format!("--drop {} must be in [0, 1)", cfg.drop));
+    }
+    let wall = Instant::now();
+    let mut sim = Sim::new(cfg.clone());
+    sim.run();
+    let r = &sim.report;
+    let f = cfg.image_bytes as f64;
+    let done: Vec<u64> = sim.nodes[1..].iter().filter_map(|n| n.done_at).collect();
+    let completion = done.iter().copied().max().unwrap_or(0) as f64 / 1e6;
+    let t_min = cfg.t_min();
+    Ok(SimReport {
+        nodes: cfg.nodes,
+        sites: cfg.sites,
+        pieces: sim.pieces.len(),
+        image_bytes: cfg.image_bytes,
+        completion_secs: completion,
+        t_min_secs: t_min,
+        ratio: completion / t_min,
+        seed_egress: sim.seed_egress as f64 / f,
+        wan_max: sim.wan_in.iter().copied().max().unwrap_or(0) as f64 / f,
+        wan_mean: sim.wan_in.iter().sum::<u64>() as f64 / f / cfg.sites as f64,
+        completed: done.len(),
+        deliveries: r.deliveries,
+        plans: r.plans,
+        bans: r.bans,
+        lost: r.lost,
+        violations: r.violations.clone(),
+        progress: sim.progress.clone(),
+        trace_hash: sim.trace.finalize().to_hex().to_string(),
+        wall_secs: wall.elapsed().as_secs_f64(),
+    })
+}
+
+impl Sim {
+    fn new(cfg: SimConfig) -> Sim {
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        let count = cfg.image_bytes.div_ceil(u64::from(cfg.piece_bytes)) as usize;
+        let pieces: Vec<(ChunkId, u32)> = (0..count)
+            .map(|i| {
+                let mut id = [0u8; 32];
+                rng.fill_bytes(&mut id);
+                let len = if i + 1 < count {
+                    cfg.piece_bytes
+                } else {
+                    (cfg.image_bytes - (count as u64 - 1) * u64::from(cfg.piece_bytes)) as u32
+                };
+                (ChunkId(id), len)
+            })
+            .collect();
+        let n = cfg.nodes;
+        let tags: Vec<u64> = (0..=n).map(|_| rng.next_u64()).collect();
+        let site_of = |k: usize| (k - 1) % cfg.sites;
+        // Who knows whom: the seed and every node; a node and its site; a
+        // node and a few random nodes elsewhere (both ways).
+        let mut peers: Vec<Vec<u32>> = vec![Vec::new(); n + 1];
+        let mut by_site: Vec<Vec<u32>> = vec![Vec::new(); cfg.sites];
+        for k in 1..=n {
+            by_site[site_of(k)].push(k as u32);
+        }
+        for k in 1..=n {
+            peers[k].push(SEED);
+            peers[k].extend(by_site[site_of(k)].iter().filter(|&&j| j as usize != k));
+            if cfg.sites > 1 {
+                for _ in 0..cfg.wan_peers {
+                    let j = loop {
+                        let j = 1 + (rng.next_u64() % n as u64) as usize;
+                        if site_of(j) != site_of(k) {
+                            break j;
+                        }
+                    };
+                    peers[k].push(j as u32);
+                    peers[j].push(k as u32);
+                }
+            }
+        }
+        let mut nodes: Vec<Node> = Vec::with_capacity(n + 1);
+        for (k, mut list) in peers.into_iter().enumerate() {
+            list.sort_unstable();
+            list.dedup();
+            nodes.push(Node {
+                site: if k == 0 { usize::MAX } else { site_of(k) },
+                sched: None,
+                peers: list,
+                up: Link::default(),
+                down: Link::default(),
+                alive: true,
+                life: 0,
+                up_since: 0,
+                corrupt: false,
+                got_at: vec![if k == 0 { 0 } else { u64::MAX }; count],
+                fresh: Vec::new(),
+                dirty: true,
+                done_at: None,
+            });
+        }
+        nodes[0].peers = (1..=n as u32).collect();
+        let mut sim = Sim {
+            pieces,
+            nodes,
+            wan_up: vec![Link::default(); cfg.sites],
+            wan_down: vec![Link::default(); cfg.sites],
+            cut: vec![false; cfg.sites],
+            events: BinaryHeap::new(),
+            seq: 0,
+            now: 0,
+            seed_egress: 0,
+            wan_in: vec![0; cfg.sites],
+            trace: blake3::Hasher::new(),
+            report: Counters::default(),
+            progress: Vec::new(),
+            tags,
+            rng,
+            cfg,
+        };
+        for k in 1..=n {
+            sim.start(k);
+        }
+        sim.schedule_faults();
+        sim
+    }
+
+    fn push(&mut self, at: u64, e: Event) {
+        self.seq += 1;
+        self.events.push(Reverse((at, self.seq, e)));
+    }
+
+    fn info_of(&self, k: usize) -> PeerInfo {
+        info(self.nodes[k].site, k == 0, self.tags[k])
+    }
+
+    /// A node (re)starts: a fresh scheduler over the pieces it holds, told
+    /// what its live peers hold (as hello's have-maps do); they learn of it.
+    fn start(&mut self, k: usize) {
+        let cfg = Config::default();
+        let held = self.nodes[k].got_at.clone();
+        let mut s = Scheduler::new(cfg, self.info_of(k), &self.pieces, |i| held[i] != u64::MAX);
+        // Status reports have told it every site (the fleet was up before
+        // the release).
+        for site in 0..self.cfg.sites {
+            s.add_site(&format!("s{site}"));
+        }
+        let peers = self.nodes[k].peers.clone();
+        for &j in &peers {
+            let j = j as usize;
+            if !self.nodes[j].alive {
+                continue;
+            }
+            s.add_peer(j as u32, self.info_of(j));
+            let has = self.nodes[j].got_at.iter().enumerate();
+            s.peer_has(
+                &(j as u32),
+                has.filter(|(_, &t)| t != u64::MAX).map(|(i, _)| i as u32),
+            );
+            let me = self.info_of(k);
+            let held_now: Vec<u32> = (0..self.pieces.len() as u32)
+                .filter(|&i| held[i as usize] != u64::MAX)
+                .collect();
+            if let Some(other) = self.nodes[j].sched.as_mut() {
+                other.add_peer(k as u32, me);
+                other.peer_has(&(k as u32), held_now);
+                self.nodes[j].dirty = true;
+            }
+        }
+        let node = &mut self.nodes[k];
+        node.done_at = node.done_at.or(s.is_complete().then_some(self.now));
+        node.sched = Some(s);
+        node.alive = true;
+        node.up_since = self.now;
+        node.dirty = true;
+    }
+
+    fn schedule_faults(&mut self) {
+        let n = self.cfg.nodes as u64;
+        // Faults land within the first T_min, while pieces are moving.
+        let span = (self.cfg.t_min() * 1e6) as u64 + 1;
+        let mut picked = std::collections::BTreeSet::new();
+        for _ in 0..self.cfg.corrupt.min(self.cfg.nodes) {
+            let k = loop {
+                let k = 1 + (self.rng.next_u64() % n) as usize;
+                if picked.insert(k) {
+                    break k;
+                }
+            };
+            self.nodes[k].corrupt = true;
+            // A corrupt node starts with the image so that it has pieces to
+            // serve: the worst case for its neighbours.
+            self.nodes[k].got_at.iter_mut().for_each(|t| *t = 0);
+            self.nodes[k].done_at = Some(0);
+            self.start(k);
+        }
+        for _ in 0..self.cfg.crashes {
+            let k = 1 + (self.rng.next_u64() % n) as u32;
+            let at = self.rng.next_u64() % span;
+            self.push(at, Event::Crash(k));
+            self.push(at + 5_000_000, Event::Restart(k));
+        }
+        for _ in 0..self.cfg.partitions {
+            let site = (self.rng.next_u64() % self.cfg.sites as u64) as usize;
+            let at = self.rng.next_u64() % span;
+            self.push(at, Event::Cut(site));
+            self.push(at + 10_000_000, Event::Heal(site));
+        }
+    }
+
+    fn run(&mut self) {
+        let max = self.cfg.max_time.as_micros() as u64;
+        let mut next_tick = 0;
+        while self.now <= max {
+            if self.nodes[1..].iter().all(|n| n.done_at.is_some()) {
+                break;
+            }
+            let next_event = self.events.peek().map_or(u64::MAX, |Reverse((t, ..))| *t);
+            if next_event < next_tick {
+                let Some(Reverse((t, _, e))) = self.events.pop() else {
+                    break;
+                };
+                self.now = t;
+                self.handle(e);
+            } else {
+                self.now = next_tick;
+                if next_tick % 10_000_000 == 0 {
+                    self.sample();
+                }
+                self.tick();
+                next_tick += TICK_US;
+            }
+        }
+    }
+
+    fn sample(&mut self) {
+        let held: usize = self.nodes[1..]
+            .iter()
+            .map(|n| n.got_at.iter().filter(|&&t| t != u64::MAX).count())
+            .sum();
+        let share = held as f64 / (self.pieces.len() * self.cfg.nodes) as f64;
+        self.progress.push((
+            self.now as f64 / 1e6,
+            share,
+            self.seed_egress as f64 / self.cfg.image_bytes as f64,
+        ));
+    }
+
+    fn handle(&mut self, e: Event) {
+        match e {
+            Event::Deliver {
+                node,
+                life,
+                req,
+                peer,
+            } => self.deliver(node as usize, life, RequestId(req), peer as usize),
+            Event::Crash(k) => {
+                let k = k as usize;
+                if !self.nodes[k].alive {
+                    return;
+                }
+                self.nodes[k].alive = false;
+                self.nodes[k].life += 1;
+                self.nodes[k].sched = None;
+                self.nodes[k].fresh.clear();
+                for j in self.nodes[k].peers.clone() {
+                    if let Some(s) = self.nodes[j as usize].sched.as_mut() {
+                        s.remove_peer(&(k as u32));
+                        self.nodes[j as usize].dirty = true;
+                    }
+                }
+            }
+            Event::Restart(k) => {
+                if !self.nodes[k as usize].alive {
+                    self.start(k as usize);
+                }
+            }
+            Event::Cut(site) => self.cut[site] = true,
+            Event::Heal(site) => self.cut[site] = false,
+        }
+    }
+
+    /// Every 100 ms: have-maps go out, requests time out, nodes plan.
+    fn tick(&mut self) {
+        let now = Duration::from_micros(self.now);
+        for k in 1..self.nodes.len() {
+            if self.nodes[k].fresh.is_empty() {
+                continue;
+            }
+            let fresh = std::mem::take(&mut self.nodes[k].fresh);
+            for j in self.nodes[k].peers.clone() {
+                let other = &mut self.nodes[j as usize];
+                if let Some(s) = other.sched.as_mut() {
+                    s.peer_has(&(k as u32), fresh.iter().copied());
+                    other.dirty = true;
+                }
+            }
+        }
+        for k in 1..self.nodes.len() {
+            let node = &mut self.nodes[k];
+            let Some(s) = node.sched.as_mut() else {
+                continue;
+            };
+            if s.is_complete() {
+                continue;
+            }
+            if !s.expire(now).is_empty() {
+                node.dirty = true;
+            }
+            // An idle node plans every tick so that its WAN fallback fires.
+            if !node.dirty && s.in_flight() > 0 {
+                continue;
+            }
+            node.dirty = false;
+            self.report.plans += 1;
+            let planned = s.plan(now, u64::MAX);
+            for p in planned {
+                self.send(k, p.peer as usize, p.id, &p.pieces, p.bytes);
+            }
+        }
+    }
+
+    fn same_site(&self, a: usize, b: usize) -> bool {
+        a != 0 && b != 0 && self.nodes[a].site == self.nodes[b].site
+    }
+
+    /// Node `k` asks `peer` for `pieces`: the response crosses the links on
+    /// its path, or is lost.
+    fn send(&mut self, k: usize, peer: usize, id: RequestId, pieces: &[u32], bytes: u64) {
+        let lan = self.same_site(k, peer);
+        if !lan {
+            self.check_wan_fetch(k, pieces);
+        }
+        let site = self.nodes[k].site;
+        let cut = !lan && (self.cut[site] || (peer != 0 && self.cut[self.nodes[peer].site]));
+        let dropped =
+            self.cfg.drop > 0.0 && (self.rng.next_u64() as f64 / u64::MAX as f64) < self.cfg.drop;
+        if cut || dropped || !self.nodes[peer].alive {
+            self.report.lost += 1;
+            return;
+        }
+        let latency = if lan {
+            self.cfg.lan_latency
+        } else {
+            self.cfg.wan_latency
+        }
+        .as_micros() as u64;
+        let at = self.now + latency;
+        let up_bps = if peer == 0 {
+            self.cfg.seed_bps
+        } else {
+            self.cfg.lan_bps
+        };
+        let mut end = self.nodes[peer].up.carry(at, bytes, up_bps);
+        if !lan {
+            if peer != 0 {
+                let from = self.nodes[peer].site;
+                end = end.max(self.wan_up[from].carry(at, bytes, self.cfg.wan_bps));
+            }
+            end = end.max(self.wan_down[site].carry(at, bytes, self.cfg.wan_bps));
+        }
+        end = end.max(self.nodes[k].down.carry(at, bytes, self.cfg.lan_bps));
+        let life = self.nodes[k].life;
+        self.push(
+            end + latency,
+            Event::Deliver {
+                node: k as u32,
+                life,
+                req: id.0,
+                peer: peer as u32,
+            },
+        );
+    }
+
+    /// A WAN fetch while a same-site copy exists that the node has heard of
+    /// (held by a live, honest member for at least a tick) breaks the
+    /// site rule.
+    fn check_wan_fetch(&mut self, k: usize, pieces: &[u32]) {
+        let heard = self.now.saturating_sub(TICK_US);
+        for &i in pieces {
+            let copy = self.nodes[k].peers.iter().find(|&&j| {
+                let o = &self.nodes[j as usize];
+                j != 0
+                    && o.site == self.nodes[k].site
+                    && o.alive
+                    && !o.corrupt
+                    && o.up_since <= heard
+                    && o.got_at[i as usize] <= heard
+            });
+            if let Some(j) = copy {
+                self.violation(format!(
+                    "t={:.3}s node {k} fetched piece {i} over the WAN while node {j} in its site had it",
+                    self.now as f64 / 1e6
+                ));
+            }
+        }
+    }
+
+    fn violation(&mut self, what: String) {
+        if self.report.violations.len() < MAX_VIOLATIONS {
+            self.report.violations.push(what);
+        }
+    }
+
+    fn deliver(&mut self, k: usize, life: u32, id: RequestId, peer: usize) {
+        let now = Duration::from_micros(self.now);
+        let node = &mut self.nodes[k];
+        if !node.alive || node.life != life {
+            self.report.lost += 1;
+            return;
+        }
+        let Some(s) = node.sched.as_mut() else {
+            return;
+        };
+        let Some(pieces) = s.pieces_of(id).map(<[u32]>::to_vec) else {
+            // Expired first: the node already asked elsewhere.
+            return;
+        };
+        node.dirty = true;
+        self.report.deliveries += 1;
+        self.trace.update(&self.now.to_le_bytes());
+        self.trace.update(&(k as u32).to_le_bytes());
+        self.trace.update(&(peer as u32).to_le_bytes());
+        self.trace.update(&pieces[0].to_le_bytes());
+        if self.nodes[peer].corrupt {
+            // Verification fails on the first piece: ban, store nothing.
+            self.report.bans += 1;
+            if let Some(s) = self.nodes[k].sched.as_mut() {
+                s.ban(now, &(peer as u32));
+            }
+            return;
+        }
+        let bytes: u64 = pieces
+            .iter()
+            .map(|&i| u64::from(self.pieces[i as usize].1))
+            .sum();
+        if peer == 0 {
+            self.seed_egress += bytes;
+        }
+        if !self.same_site(k, peer) {
+            let site = self.nodes[k].site;
+            self.wan_in[site] += bytes;
+        }
+        let node = &mut self.nodes[k];
+        let Some(s) = node.sched.as_mut() else {
+            return;
+        };
+        let new = s.finish(now, id, &pieces, &[]);
+        for &i in &new {
+            node.got_at[i as usize] = self.now;
+        }
+        node.fresh.extend_from_slice(&new);
+        if s.is_complete() && node.done_at.is_none() {
+            node.done_at = Some(self.now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small(seed: u64) -> SimConfig {
+        let mut cfg = SimConfig::new(60, 4, seed);
+        cfg.image_bytes = 8 << 20;
+        cfg
+    }
+
+    #[test]
+    fn same_seed_same_trace_and_each_site_pulls_the_image_about_once() {
+        let a = run(&small(7)).expect("run");
+        let b = run(&small(7)).expect("run");
+        let c = run(&small(8)).expect("run");
+        assert!(a.passed(), "{a:?}");
+        assert_eq!(a.trace_hash, b.trace_hash);
+        assert_eq!(a.completion_secs, b.completion_secs);
+        assert_ne!(a.trace_hash, c.trace_hash);
+        assert!(a.seed_egress <= 1.1, "seed sent {}", a.seed_egress);
+        assert!(a.wan_max <= 1.1, "a site pulled {}", a.wan_max);
+        assert!(a.ratio >= 1.0 && a.ratio < 2.0, "{} x T_min", a.ratio);
+    }
+
+    #[test]
+    fn faults_slow_the_fleet_but_every_node_completes() {
+        let mut cfg = small(3);
+        cfg.drop = 0.05;
+        cfg.crashes = 5;
+        cfg.partitions = 1;
+        cfg.corrupt = 2;
+        let r = run(&cfg).expect("run");
+        assert!(r.passed(), "{r:?}");
+        assert!(r.lost > 0, "nothing was lost: {r:?}");
+        assert!(r.bans > 0, "nobody banned a corrupt node: {r:?}");
+    }
+
+    #[test]
+    fn bad_arguments_are_refused() {
+        assert!(run(&SimConfig::new(3, 4, 1)).is_err());
+        let mut cfg = small(1);
+        cfg.drop = 1.0;
+        assert!(run(&cfg).expect_err("drop 1.0").contains("--drop"));
+    }
+}
