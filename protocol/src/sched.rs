@@ -177,6 +177,8 @@ pub struct Planned<P> {
 #[derive(Debug)]
 struct Peer {
     info: PeerInfo,
+    /// A member of this node's site (not the seed), worked out once.
+    lan: bool,
     have: Bits,
     in_flight: usize,
     /// Bytes per second, smoothed over responses.
@@ -351,9 +353,11 @@ impl<P: Ord + Clone> Scheduler<P> {
             return;
         }
         self.membership_changed(&info);
+        let lan = self.is_member(&info);
         self.peers.insert(
             peer,
             Peer {
+                lan,
                 info,
                 have: Bits::new(self.lens.len()),
                 in_flight: 0,
@@ -367,7 +371,7 @@ impl<P: Ord + Clone> Scheduler<P> {
     pub fn remove_peer(&mut self, peer: &P) {
         self.fail_requests_to(peer);
         if let Some(p) = self.peers.remove(peer) {
-            let lan = u32::from(self.is_member(&p.info));
+            let lan = u32::from(p.lan);
             for i in p.have.ones() {
                 self.avail[i] -= 1;
                 self.lan_avail[i] -= lan;
@@ -381,7 +385,7 @@ impl<P: Ord + Clone> Scheduler<P> {
         let Some(p) = self.peers.get_mut(peer) else {
             return;
         };
-        let lan = u32::from(p.info.site == self.me.site && !p.info.seed);
+        let lan = u32::from(p.lan);
         for i in pieces {
             if p.have.set(i as usize) {
                 self.avail[i as usize] += 1;
@@ -396,7 +400,7 @@ impl<P: Ord + Clone> Scheduler<P> {
         self.fail_requests_to(peer);
         if let Some(p) = self.peers.get_mut(peer) {
             p.banned_until = Some(now + self.cfg.ban);
-            let lan = u32::from(p.info.site == self.me.site && !p.info.seed);
+            let lan = u32::from(p.lan);
             for i in p.have.ones() {
                 self.avail[i] -= 1;
                 self.lan_avail[i] -= lan;
@@ -415,10 +419,17 @@ impl<P: Ord + Clone> Scheduler<P> {
 
     /// A request finished: `got` were received, verified and stored;
     /// the peer said it `lacks` others. Pieces in neither go back to be
-    /// requested again. Returns the pieces that were new.
+    /// requested again. Returns the pieces that were new (also for a late
+    /// response to a request that already expired).
     pub fn finish(&mut self, now: Duration, id: RequestId, got: &[u32], lacks: &[u32]) -> Vec<u32> {
         let Some(req) = self.take_pending(id) else {
-            return Vec::new();
+            // A response after its request expired: what it brought is
+            // stored and verified all the same, and not fetched again.
+            return got
+                .iter()
+                .copied()
+                .filter(|&i| self.have.set(i as usize))
+                .collect();
         };
         let new: Vec<u32> = got
             .iter()
@@ -426,7 +437,7 @@ impl<P: Ord + Clone> Scheduler<P> {
             .filter(|&i| req.pieces.contains(&i) && self.have.set(i as usize))
             .collect();
         if let Some(p) = self.peers.get_mut(&req.peer) {
-            let lan = u32::from(p.info.site == self.me.site && !p.info.seed);
+            let lan = u32::from(p.lan);
             for &i in lacks {
                 if req.pieces.contains(&i) && p.have.clear(i as usize) {
                     self.avail[i as usize] -= 1;
@@ -587,7 +598,7 @@ impl<P: Ord + Clone> Scheduler<P> {
                 key,
                 class: if p.info.seed {
                     Class::Seed
-                } else if p.info.site == self.me.site {
+                } else if p.lan {
                     Class::Lan
                 } else {
                     Class::Wan
@@ -707,7 +718,7 @@ impl<P: Ord + Clone> Scheduler<P> {
             .peers
             .values()
             .filter(live)
-            .filter(|p| self.is_member(&p.info))
+            .filter(|p| p.lan)
             .map(|p| p.info.tag)
             .collect();
         let my_site = site_tag(&self.me.site);

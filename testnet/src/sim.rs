@@ -26,6 +26,9 @@ use std::time::{Duration, Instant};
 
 /// Have-maps and plans run on this tick, as in the node.
 const TICK_US: u64 = 100_000;
+/// The node's limits on serving: responses at once, and queued upload.
+const MAX_SERVING: usize = fleetmesh_node::mesh::MAX_SERVING;
+const MAX_UPLOAD_WAIT_US: u64 = 2_000_000;
 /// Most invariant violations kept for the report.
 const MAX_VIOLATIONS: usize = 20;
 
@@ -67,7 +70,7 @@ pub struct SimConfig {
 }
 
 impl SimConfig {
-    /// The defaults for `nodes` in `sites`: 64 MiB in 256 KiB pieces, WAN
+    /// The defaults for `nodes` in `sites`: 64 MiB in 1 MiB pieces, WAN
     /// 20 Mbit/s per site, seed 50 Mbit/s, LAN 1 Gbit/s.
     pub fn new(nodes: usize, sites: usize, seed: u64) -> Self {
         SimConfig {
@@ -75,7 +78,7 @@ impl SimConfig {
             sites,
             seed,
             image_bytes: 64 << 20,
-            piece_bytes: 256 << 10,
+            piece_bytes: 1 << 20,
             wan_bps: 20e6 / 8.0,
             seed_bps: 50e6 / 8.0,
             lan_bps: 1e9 / 8.0,
@@ -140,6 +143,8 @@ pub struct SimReport {
     pub bans: u64,
     /// Responses lost to drops, crashes and partitions.
     pub lost: u64,
+    /// Requests answered Busy (the node's serving limits).
+    pub busy: u64,
     /// Every 10 simulated seconds: seconds, mean share of pieces held,
     /// seed egress / image so far.
     pub progress: Vec<(f64, f64, f64)>,
@@ -180,6 +185,8 @@ struct Node {
     peers: Vec<u32>,
     up: Link,
     down: Link,
+    /// Responses queued for upload.
+    serving: usize,
     alive: bool,
     /// Restarts so far: responses to an earlier life are dropped.
     life: u32,
@@ -200,6 +207,9 @@ enum Event {
         life: u32,
         req: u64,
         peer: u32,
+        /// The peer answered Busy instead of serving.
+        busy: bool,
+        pieces: Vec<u32>,
     },
     Crash(u32),
     Restart(u32),
@@ -232,6 +242,7 @@ struct Counters {
     plans: u64,
     bans: u64,
     lost: u64,
+    busy: u64,
     violations: Vec<String>,
 }
 
@@ -288,6 +299,7 @@ pub fn run(cfg: &SimConfig) -> Result<SimReport, String> {
         plans: r.plans,
         bans: r.bans,
         lost: r.lost,
+        busy: r.busy,
         violations: r.violations.clone(),
         progress: sim.progress.clone(),
         trace_hash: sim.trace.finalize().to_hex().to_string(),
@@ -347,6 +359,7 @@ impl Sim {
                 peers: list,
                 up: Link::default(),
                 down: Link::default(),
+                serving: 0,
                 alive: true,
                 life: 0,
                 up_since: 0,
@@ -404,6 +417,10 @@ impl Sim {
             s.add_site(&format!("s{site}"));
         }
         let peers = self.nodes[k].peers.clone();
+        let me = self.info_of(k);
+        let held_now: Vec<u32> = (0..self.pieces.len() as u32)
+            .filter(|&i| held[i as usize] != u64::MAX)
+            .collect();
         for &j in &peers {
             let j = j as usize;
             if !self.nodes[j].alive {
@@ -415,13 +432,9 @@ impl Sim {
                 &(j as u32),
                 has.filter(|(_, &t)| t != u64::MAX).map(|(i, _)| i as u32),
             );
-            let me = self.info_of(k);
-            let held_now: Vec<u32> = (0..self.pieces.len() as u32)
-                .filter(|&i| held[i as usize] != u64::MAX)
-                .collect();
             if let Some(other) = self.nodes[j].sched.as_mut() {
-                other.add_peer(k as u32, me);
-                other.peer_has(&(k as u32), held_now);
+                other.add_peer(k as u32, me.clone());
+                other.peer_has(&(k as u32), held_now.iter().copied());
                 self.nodes[j].dirty = true;
             }
         }
@@ -511,7 +524,20 @@ impl Sim {
                 life,
                 req,
                 peer,
-            } => self.deliver(node as usize, life, RequestId(req), peer as usize),
+                busy,
+                pieces,
+            } => {
+                if busy {
+                    let node = &mut self.nodes[node as usize];
+                    if let Some(s) = node.sched.as_mut().filter(|_| node.life == life) {
+                        s.failed(RequestId(req));
+                        node.dirty = true;
+                    }
+                } else {
+                    self.nodes[peer as usize].serving -= 1;
+                    self.deliver(node as usize, life, RequestId(req), peer as usize, pieces);
+                }
+            }
             Event::Crash(k) => {
                 let k = k as usize;
                 if !self.nodes[k].alive {
@@ -546,13 +572,17 @@ impl Sim {
                 continue;
             }
             let fresh = std::mem::take(&mut self.nodes[k].fresh);
-            for j in self.nodes[k].peers.clone() {
+            let peers = std::mem::take(&mut self.nodes[k].peers);
+            for &j in &peers {
                 let other = &mut self.nodes[j as usize];
-                if let Some(s) = other.sched.as_mut() {
+                // A complete node ignores have-maps; skipping them is the
+                // simulator's largest saving.
+                if let Some(s) = other.sched.as_mut().filter(|s| !s.is_complete()) {
                     s.peer_has(&(k as u32), fresh.iter().copied());
                     other.dirty = true;
                 }
             }
+            self.nodes[k].peers = peers;
         }
         for k in 1..self.nodes.len() {
             let node = &mut self.nodes[k];
@@ -604,6 +634,26 @@ impl Sim {
         }
         .as_micros() as u64;
         let at = self.now + latency;
+        let life = self.nodes[k].life;
+        // The node's own limits: Busy past MAX_SERVING responses or
+        // MAX_UPLOAD_WAIT of queued upload.
+        let server = &self.nodes[peer];
+        if server.serving >= MAX_SERVING || server.up.busy_until > at + MAX_UPLOAD_WAIT_US {
+            self.report.busy += 1;
+            self.push(
+                at + latency,
+                Event::Deliver {
+                    node: k as u32,
+                    life,
+                    req: id.0,
+                    peer: peer as u32,
+                    busy: true,
+                    pieces: Vec::new(),
+                },
+            );
+            return;
+        }
+        self.nodes[peer].serving += 1;
         let up_bps = if peer == 0 {
             self.cfg.seed_bps
         } else {
@@ -618,7 +668,6 @@ impl Sim {
             end = end.max(self.wan_down[site].carry(at, bytes, self.cfg.wan_bps));
         }
         end = end.max(self.nodes[k].down.carry(at, bytes, self.cfg.lan_bps));
-        let life = self.nodes[k].life;
         self.push(
             end + latency,
             Event::Deliver {
@@ -626,6 +675,8 @@ impl Sim {
                 life,
                 req: id.0,
                 peer: peer as u32,
+                busy: false,
+                pieces: pieces.to_vec(),
             },
         );
     }
@@ -660,7 +711,7 @@ impl Sim {
         }
     }
 
-    fn deliver(&mut self, k: usize, life: u32, id: RequestId, peer: usize) {
+    fn deliver(&mut self, k: usize, life: u32, id: RequestId, peer: usize, pieces: Vec<u32>) {
         let now = Duration::from_micros(self.now);
         let node = &mut self.nodes[k];
         if !node.alive || node.life != life {
@@ -670,10 +721,10 @@ impl Sim {
         let Some(s) = node.sched.as_mut() else {
             return;
         };
-        let Some(pieces) = s.pieces_of(id).map(<[u32]>::to_vec) else {
-            // Expired first: the node already asked elsewhere.
+        // A response to an expired request is stored all the same.
+        if s.is_complete() || pieces.is_empty() {
             return;
-        };
+        }
         node.dirty = true;
         self.report.deliveries += 1;
         self.trace.update(&self.now.to_le_bytes());
@@ -721,6 +772,7 @@ mod tests {
     fn small(seed: u64) -> SimConfig {
         let mut cfg = SimConfig::new(60, 4, seed);
         cfg.image_bytes = 8 << 20;
+        cfg.piece_bytes = 256 << 10;
         cfg
     }
 

@@ -180,9 +180,18 @@ struct Peer {
 #[derive(Debug)]
 enum Outbound {
     Hello,
-    Have { release: ReleaseId, upto: usize },
+    Have {
+        release: ReleaseId,
+        upto: usize,
+    },
     Manifest(ReleaseId),
-    Chunks { release: ReleaseId, req: RequestId },
+    /// The pieces asked for, kept so that a response arriving after the
+    /// scheduler gave up on it is still stored.
+    Chunks {
+        release: ReleaseId,
+        req: RequestId,
+        pieces: Vec<u32>,
+    },
 }
 
 /// Results of blocking file work.
@@ -1183,9 +1192,14 @@ impl Mesh {
                     w.1 = None;
                 }
             }
-            (Outbound::Chunks { release, req }, Response::Chunks(chunks)) => {
-                self.store_chunks(peer, release, req, chunks)
-            }
+            (
+                Outbound::Chunks {
+                    release,
+                    req,
+                    pieces,
+                },
+                Response::Chunks(chunks),
+            ) => self.store_chunks(peer, release, req, &pieces, chunks),
             (what, Response::Busy) => self.on_failure(peer, what),
             (what, _) => {
                 self.strike(peer, "response does not match its request");
@@ -1196,7 +1210,7 @@ impl Mesh {
 
     fn on_failure(&mut self, peer: PeerId, what: Outbound) {
         match what {
-            Outbound::Chunks { release, req } => {
+            Outbound::Chunks { release, req, .. } => {
                 if let Some(s) = self
                     .releases
                     .get_mut(&release)
@@ -1253,17 +1267,15 @@ impl Mesh {
         peer: PeerId,
         release: ReleaseId,
         req: RequestId,
+        pieces: &[u32],
         chunks: Vec<Option<Vec<u8>>>,
     ) {
-        let Some(r) = self.releases.get(&release) else {
-            return;
-        };
-        let Some(pieces) = r.sched.as_ref().and_then(|s| s.pieces_of(req)) else {
+        let Some(r) = self.releases.get(&release).filter(|r| r.sched.is_some()) else {
             return;
         };
         let ids: Vec<(u32, ChunkId)> = pieces
             .iter()
-            .map(|&i| (i, r.pieces[i as usize].0))
+            .filter_map(|&i| Some((i, r.pieces.get(i as usize)?.0)))
             .collect();
         if chunks.len() > ids.len() {
             self.ban(peer, "sent more chunks than requested");
@@ -1664,6 +1676,7 @@ impl Mesh {
                 Outbound::Chunks {
                     release: id,
                     req: planned.id,
+                    pieces: planned.pieces,
                 },
             );
         }
