@@ -4,6 +4,7 @@
 pub mod image;
 pub mod lab;
 pub mod meshbench;
+pub mod scenario;
 pub mod sim;
 pub mod sweep;
 

@@ -2,7 +2,7 @@
 
 mod demo;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use fleetmesh_testnet::image::{write_image, EditPlan};
 use fleetmesh_testnet::parse_size;
@@ -81,6 +81,21 @@ enum Cmd {
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 900)]
         timeout_secs: u64,
+    },
+    /// Run a scenario file (topology, image, timed faults) as real
+    /// processes on 127.0.0.1; print or write its report as JSON. Exits
+    /// non-zero if a running honest node lacks the exact image or nobody
+    /// banned a corrupt peer.
+    Run {
+        /// The scenario (see testnet/scenarios/).
+        #[arg(long)]
+        scenario: PathBuf,
+        /// Lab directory; must not exist or be empty.
+        #[arg(long, default_value = "fleetmesh-scenario")]
+        work: PathBuf,
+        /// Write the report here as well as to stdout.
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
     /// Simulate the mesh's scheduler for many nodes (discrete-event, one
     /// thread, seeded); print completion against the topology's lower bound,
@@ -226,6 +241,30 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 &demo::sibling_binary("fleetmesh-node")?,
             )?;
             println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Cmd::Run {
+            scenario,
+            work,
+            json,
+        } => {
+            let s = fleetmesh_testnet::scenario::Scenario::load(&scenario)?;
+            let report = fleetmesh_testnet::scenario::run(
+                &s,
+                &work,
+                &demo::sibling_binary("fleetmesh-seed")?,
+                &demo::sibling_binary("fleetmesh-node")?,
+                &mut |line| eprintln!("run: {line}"),
+            )?;
+            let text = serde_json::to_string_pretty(&report)?;
+            if let Some(path) = json {
+                std::fs::write(&path, &text)
+                    .with_context(|| format!("write {}", path.display()))?;
+            }
+            println!("{text}");
+            if !report.passed() {
+                eprintln!("error: scenario {:?} did not hold", s.name);
+                return Ok(ExitCode::FAILURE);
+            }
         }
         Cmd::Sim {
             nodes,
