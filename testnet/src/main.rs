@@ -373,7 +373,7 @@ fn print_summary(cfg: &demo::DemoConfig, report: &demo::DemoReport) {
         report.v1_install_seconds
     );
     println!(
-        "install v2         every node committed {:.1} s after distribution",
+        "install v2         every node committed {:.1} s after its distribution was checked (installs start as soon as a node has it)",
         report.v2_install_seconds
     );
     println!("v3 canary          {}", report.canary.join(", "));
