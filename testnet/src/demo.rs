@@ -232,13 +232,10 @@ pub fn run(cfg: &DemoConfig, say: &mut dyn FnMut(&str)) -> Result<DemoReport> {
     let waiting = watch(&lab, say, Duration::from_secs(60), |views| {
         views.iter().all(|v| v.state == "waiting_for_window")
     });
-    checks.push(check(
+    checks.push(step_check(
         "with the window closed, every node stages v1 and waits",
-        waiting.is_ok(),
-        waiting
-            .as_ref()
-            .err()
-            .map_or("all waiting".into(), |e| e.to_string()),
+        &waiting,
+        || "all waiting".into(),
     ));
 
     // The operator opens the window.
@@ -268,13 +265,10 @@ pub fn run(cfg: &DemoConfig, say: &mut dyn FnMut(&str)) -> Result<DemoReport> {
             format!("early: {}", early.join(", "))
         },
     ));
-    checks.push(check(
+    checks.push(step_check(
         "every node installs v1 in the window, boots it and commits",
-        installed.is_ok(),
-        installed.as_ref().err().map_or_else(
-            || format!("{v1_install_seconds:.1} s after the window opened"),
-            |e| e.to_string(),
-        ),
+        &installed,
+        || format!("{v1_install_seconds:.1} s after the window opened"),
     ));
     installed?;
 
@@ -285,13 +279,10 @@ pub fn run(cfg: &DemoConfig, say: &mut dyn FnMut(&str)) -> Result<DemoReport> {
         views.iter().all(|v| v.committed(VERSIONS[1]))
     });
     let v2_install_seconds = start.elapsed().as_secs_f64();
-    checks.push(check(
+    checks.push(step_check(
         "every node installs v2 and commits",
-        installed.is_ok(),
-        installed.as_ref().err().map_or_else(
-            || format!("in {v2_install_seconds:.1} s"),
-            |e| e.to_string(),
-        ),
+        &installed,
+        || format!("in {v2_install_seconds:.1} s"),
     ));
     installed?;
 
@@ -309,13 +300,10 @@ pub fn run(cfg: &DemoConfig, say: &mut dyn FnMut(&str)) -> Result<DemoReport> {
             && views.iter().all(View::settled)
             && rollout_halted(&lab, VERSIONS[2])
     });
-    checks.push(check(
+    checks.push(step_check(
         "v3's canary rolls back by itself and the seed halts the rollout",
-        halted.is_ok(),
-        halted
-            .as_ref()
-            .err()
-            .map_or("halted at the canary".into(), |e| e.to_string()),
+        &halted,
+        || "halted at the canary".into(),
     ));
     // Give a wrongly admitted node time to act before the final look.
     std::thread::sleep(Duration::from_secs(10));
@@ -349,6 +337,7 @@ pub fn run(cfg: &DemoConfig, say: &mut dyn FnMut(&str)) -> Result<DemoReport> {
             touched.join(", ")
         },
     ));
+    let node_sites: Vec<String> = lab.nodes.iter().map(|n| n.site.clone()).collect();
     lab.kill_seed();
     let verified = lab.seed_cmd(&["verify"]);
     drop(lab);
@@ -438,16 +427,9 @@ pub fn run(cfg: &DemoConfig, say: &mut dyn FnMut(&str)) -> Result<DemoReport> {
     )?;
     fs::write(
         cfg.work.join("progress.svg"),
-        progress_svg(&report.distribution, &sites, &lab_sites(cfg, &sites)),
+        progress_svg(&report.distribution, &sites, &node_sites),
     )?;
     Ok(report)
-}
-
-/// Each node's site, in node order.
-fn lab_sites(cfg: &DemoConfig, sites: &[String]) -> Vec<String> {
-    (0..cfg.nodes)
-        .map(|i| sites[i % sites.len()].clone())
-        .collect()
 }
 
 fn node_name(i: usize) -> String {
@@ -566,7 +548,7 @@ fn watch(
     let mut last = String::new();
     let finished = wait_until(timeout, || {
         let views = fleet(lab);
-        let line = table(&views, View::short);
+        let line = table(views.iter().map(|v| (v.site.as_str(), v.short())));
         if line != last {
             say(&format!("{:6.1}s {line}", start.elapsed().as_secs_f64()));
             last = line;
@@ -576,16 +558,16 @@ fn watch(
     finished.with_context(|| {
         format!(
             "not reached within {timeout:?}: {}",
-            table(&fleet(lab), View::short)
+            table(fleet(lab).iter().map(|v| (v.site.as_str(), v.short())))
         )
     })
 }
 
-/// One compact line: each site's nodes.
-fn table(views: &[View], f: impl Fn(&View) -> String) -> String {
+/// One compact line of (site, cell) pairs: each site's cells in order.
+fn table<'a>(cells: impl IntoIterator<Item = (&'a str, String)>) -> String {
     let mut by_site: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for v in views {
-        by_site.entry(&v.site).or_default().push(f(v));
+    for (site, cell) in cells {
+        by_site.entry(site).or_default().push(cell);
     }
     by_site
         .iter()
@@ -626,27 +608,21 @@ fn distribute(
         if samples.last().is_none_or(|(_, s)| *s != shares) {
             samples.push((t, shares.clone()));
         }
-        let done = (0..lab.nodes.len()).all(|i| lab.node_complete(i, version));
+        let done = statuses.iter().all(|s| {
+            s.as_ref().is_some_and(|s| {
+                s.releases
+                    .iter()
+                    .any(|r| r.version == version && r.complete)
+            })
+        });
         if done || last_print.elapsed() >= Duration::from_secs(1) {
             last_print = Instant::now();
-            let views: Vec<(String, f64)> = lab
-                .nodes
-                .iter()
-                .zip(&shares)
-                .map(|(n, s)| (n.site.clone(), *s))
-                .collect();
-            let mut by_site: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-            for (site, s) in &views {
-                by_site
-                    .entry(site)
-                    .or_default()
-                    .push(format!("{:3.0}%", s * 100.0));
-            }
-            let line = by_site
-                .iter()
-                .map(|(s, v)| format!("{s} [{}]", v.join(" ")))
-                .collect::<Vec<_>>()
-                .join("  ");
+            let line = table(
+                lab.nodes
+                    .iter()
+                    .zip(&shares)
+                    .map(|(n, s)| (n.site.as_str(), format!("{:3.0}%", s * 100.0))),
+            );
             say(&format!("{t:6.1}s v{version} {line}"));
         }
         done.then_some(())
@@ -754,6 +730,15 @@ fn progress_svg(dists: &[Distribution], sites: &[String], node_sites: &[String])
     }
     svg.push_str("</svg>\n");
     svg
+}
+
+/// A step that waited for the fleet: held if it finished, with `detail`,
+/// else failed with the wait's error.
+fn step_check(name: &str, step: &Result<()>, detail: impl FnOnce() -> String) -> Check {
+    match step {
+        Ok(()) => check(name, true, detail()),
+        Err(e) => check(name, false, e),
+    }
 }
 
 fn check(name: &str, ok: bool, detail: impl ToString) -> Check {

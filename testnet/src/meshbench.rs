@@ -105,13 +105,7 @@ pub fn run(cfg: &BenchConfig, seed_bin: &Path, node_bin: &Path) -> Result<BenchR
     }
     // Let the last statuses (written every second) settle.
     std::thread::sleep(Duration::from_millis(1500));
-    let seed_egress: u64 = lab
-        .seed_status()
-        .context("seed status")?
-        .releases
-        .iter()
-        .map(|r| r.egress_bytes)
-        .sum();
+    let seed_egress = lab.seed_status().context("seed status")?.egress_bytes();
     let mut sites = Vec::new();
     for s in 0..cfg.sites {
         let site = format!("site{s}");
@@ -121,11 +115,7 @@ pub fn run(cfg: &BenchConfig, seed_bin: &Path, node_bin: &Path) -> Result<BenchR
             let st = lab
                 .node_status(i)
                 .with_context(|| format!("node{i:02} status"))?;
-            wan += st
-                .releases
-                .iter()
-                .map(|r| r.bytes_down - r.bytes_down_same_site)
-                .sum::<u64>();
+            wan += st.wan_in_bytes();
         }
         sites.push(SiteReport {
             site,

@@ -303,19 +303,11 @@ pub fn run(
                 *by += 1;
             }
         }
-        let down: u64 = status
-            .releases
-            .iter()
-            .map(|r| r.bytes_down - r.bytes_down_same_site)
-            .sum();
         if let Some(w) = wan.iter_mut().find(|(s, _)| *s == lab.nodes[i].site) {
-            w.1 += down;
+            w.1 += status.wan_in_bytes();
         }
     }
-    let seed_egress: u64 = lab
-        .seed_status()
-        .map(|st| st.releases.iter().map(|r| r.egress_bytes).sum())
-        .unwrap_or(0);
+    let seed_egress = lab.seed_status().map_or(0, |st| st.egress_bytes());
     let ratio = |b: u64| b as f64 / wire.max(1) as f64;
     Ok(ScenarioReport {
         name: s.name.clone(),

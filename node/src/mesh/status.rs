@@ -42,6 +42,21 @@ pub struct MeshStatus {
     pub nodes: BTreeMap<String, fleetmesh_protocol::mesh::Report>,
 }
 
+impl MeshStatus {
+    /// Chunk bytes received from outside this node's site, all releases.
+    pub fn wan_in_bytes(&self) -> u64 {
+        self.releases
+            .iter()
+            .map(|r| r.bytes_down - r.bytes_down_same_site)
+            .sum()
+    }
+
+    /// Chunk bytes sent to other nodes, all releases.
+    pub fn egress_bytes(&self) -> u64 {
+        self.releases.iter().map(|r| r.egress_bytes).sum()
+    }
+}
+
 /// One release.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReleaseStatus {
