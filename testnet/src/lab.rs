@@ -3,12 +3,19 @@
 //! the lab directory, logging to `<name>.log`. Nodes bootstrap to the seed
 //! and find each other through Kademlia (mDNS is off: the lab touches no
 //! interface but loopback). Dropping the lab kills every process it started.
+//!
+//! With a [`Net`] (`--netns`), each process instead runs in its own network
+//! namespace and listens on that namespace's address, and nodes find their
+//! site's peers by mDNS on the site LAN as well.
 
+use crate::netns::Net;
 use anyhow::{bail, Context, Result};
 use fleetmesh_node::mesh::status::{MeshStatus, MESH_STATUS_FILE};
 use fleetmesh_node::updater::{Status, STATUS_FILE};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Loopback listen addresses: QUIC and TCP on ephemeral ports.
@@ -40,6 +47,8 @@ pub struct Lab {
     pub seed_addr: Option<String>,
     /// The nodes, in the order added.
     pub nodes: Vec<LabNode>,
+    /// The namespaces, for `--netns`; dropped (deleted) after the processes.
+    pub net: Option<Net>,
 }
 
 fn path_str(p: &Path) -> Result<&str> {
@@ -79,6 +88,7 @@ impl Lab {
             seed: None,
             seed_addr: None,
             nodes: Vec::new(),
+            net: None,
         })
     }
 
@@ -114,15 +124,24 @@ impl Lab {
         )
     }
 
-    fn spawn(&self, bin: &Path, args: &[String], log: &str) -> Result<Child> {
+    /// Starts `bin ARGS`, in namespace `ns` if given (`ip netns exec`
+    /// execs the binary, so the child's PID is the process's own).
+    fn spawn(&self, ns: Option<&str>, bin: &Path, args: &[String], log: &str) -> Result<Child> {
         let log_path = self.dir.join(log);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)
             .with_context(|| format!("open {}", log_path.display()))?;
-        Command::new(bin)
-            .args(args)
+        let mut cmd = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        cmd.args(args)
             .env("FLEETMESH_LOG", "info,libp2p_kad=error")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -140,10 +159,11 @@ impl Lab {
             "--dir".into(),
             path_str(&self.seed_dir)?.into(),
         ];
-        for l in LISTEN {
-            args.extend(["--listen".into(), l.into()]);
+        for l in self.listen(None) {
+            args.extend(["--listen".into(), l]);
         }
-        self.seed = Some(self.spawn(&self.seed_bin, &args, "seed.log")?);
+        let ns = self.net.as_ref().map(|n| n.seed.ns.as_str());
+        self.seed = Some(self.spawn(ns, &self.seed_bin, &args, "seed.log")?);
         let found = wait_until(Duration::from_secs(30), || {
             read_status(&status).and_then(|s| {
                 s.listen
@@ -165,28 +185,36 @@ impl Lab {
         }
     }
 
+    /// Listen addresses of the seed (`None`) or node `i`.
+    fn listen(&self, node: Option<usize>) -> Vec<String> {
+        match (&self.net, node) {
+            (Some(net), None) => net.seed.listen(),
+            (Some(net), Some(i)) => net.nodes.get(i).map_or_else(Vec::new, |h| h.listen()),
+            (None, _) => LISTEN.iter().map(|l| l.to_string()).collect(),
+        }
+    }
+
     /// Creates a node in `site` bootstrapping to the seed; returns its index.
+    /// With a [`Net`], node `i` is the net's node `i`.
     pub fn add_node(&mut self, site: &str, toml_extra: &str) -> Result<usize> {
         let addr = self.seed_addr.clone().context("start the seed first")?;
         let i = self.nodes.len();
+        let listen = self.listen(Some(i));
+        if listen.is_empty() {
+            bail!("the network has no place for node {i}");
+        }
         let dir = self.dir.join(format!("node{i:02}"));
         let root = std::fs::read_to_string(self.seed_dir.join("root.pub"))?;
-        let peer_id = run_ok(Command::new(&self.node_bin).args([
-            "init",
-            "--dir",
-            path_str(&dir)?,
-            "--root-key",
-            root.trim(),
-            "--site",
-            site,
-            "--bootstrap",
-            &addr,
-            "--no-mdns",
-            "--listen",
-            LISTEN[0],
-            "--listen",
-            LISTEN[1],
-        ]))?;
+        let mut cmd = Command::new(&self.node_bin);
+        cmd.args(["init", "--dir", path_str(&dir)?, "--root-key", root.trim()])
+            .args(["--site", site, "--bootstrap", &addr]);
+        if self.net.is_none() {
+            cmd.arg("--no-mdns");
+        }
+        for l in &listen {
+            cmd.args(["--listen", l]);
+        }
+        let peer_id = run_ok(&mut cmd)?;
         if !toml_extra.is_empty() {
             let path = dir.join("node.toml");
             let text = std::fs::read_to_string(&path)?;
@@ -206,7 +234,8 @@ impl Lab {
         let node = &self.nodes[i];
         let mut args = vec!["run".into(), "--dir".into(), path_str(&node.dir)?.into()];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let child = self.spawn(&self.node_bin, &args, &format!("node{i:02}.log"))?;
+        let ns = self.net.as_ref().map(|n| n.nodes[i].ns.as_str());
+        let child = self.spawn(ns, &self.node_bin, &args, &format!("node{i:02}.log"))?;
         self.nodes[i].child = Some(child);
         Ok(())
     }
@@ -305,14 +334,36 @@ pub fn binary_next_to(exe: &str, name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Polls `f` every 50 ms until it returns `Some` or `timeout` passes.
+static INTERRUPTED: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
+/// From now on SIGINT and SIGTERM only set a flag, so that the lab can
+/// stop its processes and delete what it made: waits end early and
+/// [`check_interrupted`] errors.
+pub fn catch_interrupts() -> Result<()> {
+    let flag = INTERRUPTED.get_or_init(Arc::default);
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(flag)).context("install signal handler")?;
+    }
+    Ok(())
+}
+
+/// Errors once SIGINT or SIGTERM arrived (after [`catch_interrupts`]).
+pub fn check_interrupted() -> Result<()> {
+    if INTERRUPTED.get().is_some_and(|f| f.load(Ordering::Relaxed)) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, `timeout` passes or the
+/// run is interrupted.
 pub fn wait_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
             return Some(v);
         }
-        if start.elapsed() > timeout {
+        if start.elapsed() > timeout || check_interrupted().is_err() {
             return None;
         }
         std::thread::sleep(Duration::from_millis(50));

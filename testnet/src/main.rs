@@ -83,13 +83,18 @@ enum Cmd {
         timeout_secs: u64,
     },
     /// Run a scenario file (topology, image, timed faults) as real
-    /// processes on 127.0.0.1; print or write its report as JSON. Exits
-    /// non-zero if a running honest node lacks the exact image or nobody
-    /// banned a corrupt peer.
+    /// processes on 127.0.0.1, or in network namespaces with shaped links;
+    /// print or write its report as JSON. Exits non-zero if a running
+    /// honest node lacks the exact image or nobody banned a corrupt peer.
     Run {
         /// The scenario (see testnet/scenarios/).
         #[arg(long)]
         scenario: PathBuf,
+        /// Each process in its own network namespace, sites behind WAN
+        /// links shaped with tc tbf (root only); everything made is
+        /// deleted on exit and on Ctrl-C.
+        #[arg(long)]
+        netns: bool,
         /// Lab directory; must not exist or be empty.
         #[arg(long, default_value = "fleetmesh-scenario")]
         work: PathBuf,
@@ -165,6 +170,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli.command) {
         Ok(code) => code,
+        Err(_) if fleetmesh_testnet::lab::check_interrupted().is_err() => {
+            eprintln!("error: interrupted; every process the lab started is stopped and everything it made on the network is deleted");
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -244,13 +253,16 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
         }
         Cmd::Run {
             scenario,
+            netns,
             work,
             json,
         } => {
-            let s = fleetmesh_testnet::scenario::Scenario::load(&scenario)?;
+            let s = fleetmesh_testnet::scenario::Scenario::load(&scenario, netns)?;
+            fleetmesh_testnet::lab::catch_interrupts()?;
             let report = fleetmesh_testnet::scenario::run(
                 &s,
                 &work,
+                netns,
                 &demo::sibling_binary("fleetmesh-seed")?,
                 &demo::sibling_binary("fleetmesh-node")?,
                 &mut |line| eprintln!("run: {line}"),

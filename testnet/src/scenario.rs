@@ -1,27 +1,35 @@
-//! `fleetmesh-testnet run --scenario FILE.toml`: a topology, a release and
-//! timed faults, run as real processes on 127.0.0.1, with the bytes and
-//! times measured and every node's image checked.
+//! `fleetmesh-testnet run --scenario FILE.toml [--netns]`: a topology, a
+//! release and timed faults, run as real processes, with the bytes and
+//! times measured and every node's image checked. On 127.0.0.1 sites are
+//! labels and bytes are what the nodes count; with `--netns` every process
+//! has its own network namespace, sites have shaped WAN links (see
+//! [`crate::netns`]) and bytes also come from the links' counters.
 //!
 //! ```toml
 //! name = "kill and restart"
 //! image_size = "16MiB"
 //! timeout_secs = 300
 //! corrupt_nodes = [2]          # serve every chunk corrupted
+//! seed_mbit = 50               # --netns: the seed's uplink
+//! lan_mbit = 1000              # --netns: each node's LAN link (0: unshaped)
 //!
 //! [[site]]
 //! name = "a"
 //! nodes = 3
 //! download_bytes_per_sec = 0   # each node's cap; 0 is none
+//! wan_mbit = 20                # --netns: the site's WAN link, each way
 //!
 //! [[fault]]
 //! at_secs = 1.0                # after publish
-//! action = "kill"              # kill | restart | seed_offline
-//! node = 1
+//! action = "kill"              # kill | restart | seed_offline | partition | heal
+//! node = 1                     # kill, restart
+//! # site = "a"                 # partition, heal (--netns only)
 //! ```
 
 use crate::image::write_image;
-use crate::lab::Lab;
+use crate::lab::{check_interrupted, Lab};
 use crate::meshbench::node_image_hash;
+use crate::netns::{Counters, Net, Topology};
 use anyhow::{bail, Context, Result};
 use fleetmesh_protocol::ImageHash;
 use serde::{Deserialize, Serialize};
@@ -47,6 +55,15 @@ pub struct Scenario {
     /// Timed faults.
     #[serde(default)]
     pub fault: Vec<Fault>,
+    /// `--netns`: the seed's uplink in Mbit/s (none: unshaped).
+    pub seed_mbit: Option<f64>,
+    /// `--netns`: each node's LAN link in Mbit/s (0: unshaped).
+    #[serde(default = "default_lan")]
+    pub lan_mbit: f64,
+}
+
+fn default_lan() -> f64 {
+    1000.0
 }
 
 fn default_timeout() -> u64 {
@@ -64,6 +81,8 @@ pub struct SiteSpec {
     /// Each node's download cap in bytes/s (0: none), for slow sites.
     #[serde(default)]
     pub download_bytes_per_sec: u64,
+    /// `--netns`: its WAN link in Mbit/s, each way (none: unshaped).
+    pub wan_mbit: Option<f64>,
 }
 
 /// A fault at a time after publish.
@@ -76,6 +95,8 @@ pub struct Fault {
     pub action: Action,
     /// The node, for `kill` and `restart`.
     pub node: Option<usize>,
+    /// The site, for `partition` and `heal`.
+    pub site: Option<String>,
 }
 
 /// What a fault does.
@@ -88,11 +109,16 @@ pub enum Action {
     Restart,
     /// SIGKILL the seed for the rest of the run.
     SeedOffline,
+    /// Cut a site's WAN link (`--netns`).
+    Partition,
+    /// Restore a site's WAN link.
+    Heal,
 }
 
 impl Scenario {
-    /// Reads and checks a scenario file; errors name the file and the key.
-    pub fn load(path: &Path) -> Result<Scenario> {
+    /// Reads and checks a scenario file for a run on 127.0.0.1 or in
+    /// namespaces; errors name the file and the key.
+    pub fn load(path: &Path, netns: bool) -> Result<Scenario> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("read scenario {}", path.display()))?;
         let s: Scenario = toml::from_str(&text).map_err(|e| {
@@ -102,7 +128,7 @@ impl Scenario {
                 e.message().lines().next().unwrap_or("invalid")
             )
         })?;
-        s.validate()
+        s.validate(netns)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         Ok(s)
     }
@@ -111,7 +137,7 @@ impl Scenario {
         self.site.iter().map(|s| s.nodes).sum()
     }
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self, netns: bool) -> Result<(), String> {
         crate::parse_size(&self.image_size).map_err(|e| format!("image_size: {e}"))?;
         if self.site.is_empty() || self.site.iter().any(|s| s.nodes == 0) {
             return Err("every [[site]] needs nodes >= 1, and there must be one".into());
@@ -126,22 +152,83 @@ impl Scenario {
                 n - 1
             ));
         }
-        for (i, f) in self.fault.iter().enumerate() {
-            if !(f.at_secs >= 0.0 && f.at_secs.is_finite()) {
-                return Err(format!("fault {}: at_secs must be >= 0", i + 1));
+        let positive = |r: f64| r > 0.0 && r.is_finite();
+        if self.seed_mbit.is_some_and(|r| !positive(r)) {
+            return Err("seed_mbit must be a positive rate".into());
+        }
+        if !(self.lan_mbit == 0.0 || positive(self.lan_mbit)) {
+            return Err("lan_mbit must be a positive rate or 0".into());
+        }
+        for site in &self.site {
+            if site.wan_mbit.is_some_and(|r| !positive(r)) {
+                return Err(format!(
+                    "site {}: wan_mbit must be a positive rate",
+                    site.name
+                ));
             }
-            match (f.action, f.node) {
-                (Action::Kill | Action::Restart, Some(k)) if k < n => {}
-                (Action::Kill | Action::Restart, _) => {
-                    return Err(format!("fault {}: needs node = 0-{}", i + 1, n - 1))
+        }
+        for (i, f) in self.fault.iter().enumerate() {
+            let what = format!("fault {}", i + 1);
+            if !(f.at_secs >= 0.0 && f.at_secs.is_finite()) {
+                return Err(format!("{what}: at_secs must be >= 0"));
+            }
+            let (needs_node, needs_site) = match f.action {
+                Action::Kill | Action::Restart => (true, false),
+                Action::SeedOffline => (false, false),
+                Action::Partition | Action::Heal => (false, true),
+            };
+            match f.node {
+                Some(k) if needs_node && k < n => {}
+                _ if needs_node => return Err(format!("{what}: needs node = 0-{}", n - 1)),
+                Some(_) => return Err(format!("{what}: {:?} takes no node", f.action)),
+                None => {}
+            }
+            match &f.site {
+                Some(name) if needs_site => {
+                    if !self.site.iter().any(|s| &s.name == name) {
+                        return Err(format!("{what}: no site {name:?}"));
+                    }
+                    if !netns {
+                        return Err(format!("{what}: partition and heal need --netns"));
+                    }
                 }
-                (Action::SeedOffline, None) => {}
-                (Action::SeedOffline, Some(_)) => {
-                    return Err(format!("fault {}: seed_offline takes no node", i + 1))
-                }
+                None if needs_site => return Err(format!("{what}: needs site = NAME")),
+                Some(_) => return Err(format!("{what}: {:?} takes no site", f.action)),
+                None => {}
             }
         }
         Ok(())
+    }
+
+    /// The link rates for `--netns`, in bits/s.
+    fn topology(&self) -> Topology {
+        let bps = |mbit: Option<f64>| mbit.map_or(0, |m| (m * 1e6) as u64);
+        Topology {
+            seed_bps: bps(self.seed_mbit),
+            lan_bps: bps(Some(self.lan_mbit)),
+            sites: self
+                .site
+                .iter()
+                .map(|s| (s.name.clone(), s.nodes, bps(s.wan_mbit)))
+                .collect(),
+        }
+    }
+
+    /// The lower bound for `bytes` over the links that bound this run:
+    /// all of them in namespaces, only the nodes' download caps on
+    /// 127.0.0.1.
+    fn t_min(&self, bytes: u64, netns: bool) -> Option<f64> {
+        let byte_rate = |mbit: Option<f64>| mbit.filter(|_| netns).map(|m| m * 1e6 / 8.0);
+        let lan = Some(self.lan_mbit).filter(|&m| m > 0.0);
+        let node = self
+            .site
+            .iter()
+            .filter(|s| s.download_bytes_per_sec > 0)
+            .map(|s| s.download_bytes_per_sec as f64)
+            .chain(byte_rate(lan))
+            .reduce(f64::min);
+        let wan: Vec<Option<f64>> = self.site.iter().map(|s| byte_rate(s.wan_mbit)).collect();
+        crate::t_min(bytes, byte_rate(self.seed_mbit), &wan, node)
     }
 }
 
@@ -154,21 +241,69 @@ pub struct Applied {
     pub at_secs: f64,
 }
 
+/// Bytes the links carried, from their interface counters (`--netns`):
+/// every packet, headers and gossip included, over the release's wire bytes.
+#[derive(Debug, Serialize)]
+pub struct LinkBytes {
+    /// What the seed's uplink sent.
+    pub seed_tx_ratio: f64,
+    /// Packets the seed's uplink shaper dropped.
+    pub seed_drops: u64,
+    /// Per site: into it over its WAN link, and out of it.
+    pub site_wan: Vec<SiteLink>,
+    /// About every second: the links' rates.
+    pub series: Vec<LinkSample>,
+}
+
+/// Link rates over about a second.
+#[derive(Debug, Serialize)]
+pub struct LinkSample {
+    /// Seconds since publish.
+    pub t: f64,
+    /// The seed's uplink, Mbit/s.
+    pub seed_mbit: f64,
+    /// Into each site over its WAN link, Mbit/s.
+    pub site_in_mbit: Vec<f64>,
+}
+
+/// One site's WAN link.
+#[derive(Debug, Serialize)]
+pub struct SiteLink {
+    /// The site.
+    pub site: String,
+    /// Into the site / wire bytes.
+    pub in_ratio: f64,
+    /// Out of the site / wire bytes.
+    pub out_ratio: f64,
+    /// Packets into the site its WAN shaper dropped (queue full).
+    pub in_drops: u64,
+}
+
 /// What the run measured.
 #[derive(Debug, Serialize)]
 pub struct ScenarioReport {
     /// The scenario's name.
     pub name: String,
+    /// `netns` or `loopback`.
+    pub mode: &'static str,
     /// Image size.
     pub image_bytes: u64,
     /// The release's stored (wire) bytes.
     pub wire_bytes: u64,
-    /// Seconds from publish to every running honest node complete.
+    /// Seconds from the end of publish to every running honest node
+    /// complete (statuses are written every second).
     pub completion_secs: f64,
-    /// Seed egress / wire bytes.
+    /// The topology's lower bound for the wire bytes, where links bound it.
+    pub t_min_secs: Option<f64>,
+    /// completion / T_min.
+    pub completion_over_t_min: Option<f64>,
+    /// Chunk bytes the seed sent (as it counts them) / wire bytes.
     pub seed_egress_ratio: f64,
-    /// Per site: bytes its nodes pulled from outside it / wire bytes.
+    /// Per site: chunk bytes its nodes pulled from outside it (as they
+    /// count them) / wire bytes.
     pub site_wan_ratio: Vec<(String, f64)>,
+    /// `--netns`: what the links' counters saw.
+    pub links: Option<LinkBytes>,
     /// Faults applied.
     pub faults: Vec<Applied>,
     /// Honest running nodes whose reassembled image matched.
@@ -188,10 +323,23 @@ impl ScenarioReport {
     }
 }
 
-/// Runs `s` in the lab directory `work` (which must not exist or be empty).
+/// Counters of the seed's uplink and every site's WAN link (`--netns`).
+fn read_links(lab: &Lab, sites: usize) -> Result<Option<(Counters, Vec<Counters>)>> {
+    let Some(net) = &lab.net else {
+        return Ok(None);
+    };
+    Ok(Some((
+        net.seed_link()?,
+        (0..sites).map(|s| net.wan(s)).collect::<Result<_>>()?,
+    )))
+}
+
+/// Runs `s` in the lab directory `work` (which must not exist or be
+/// empty), in network namespaces if `netns`.
 pub fn run(
     s: &Scenario,
     work: &Path,
+    netns: bool,
     seed_bin: &Path,
     node_bin: &Path,
     say: &mut dyn FnMut(&str),
@@ -200,7 +348,27 @@ pub fn run(
         bail!("{} is not empty; choose another --work", work.display());
     }
     let size = crate::parse_size(&s.image_size).map_err(anyhow::Error::msg)?;
+    let net = if netns {
+        crate::netns::require_root()?;
+        for ns in crate::netns::remove_stale()? {
+            say(&format!("removed namespace {ns} left by an earlier run"));
+        }
+        let net = Net::create(&s.topology())?;
+        say(&format!(
+            "{} namespaces: seed, core router, {} site routers, {} nodes",
+            net.namespaces().len(),
+            s.site.len(),
+            net.nodes.len()
+        ));
+        Some(net)
+    } else {
+        if s.seed_mbit.is_some() || s.site.iter().any(|x| x.wan_mbit.is_some()) {
+            say("seed_mbit and wan_mbit are enforced only with --netns");
+        }
+        None
+    };
     let mut lab = Lab::new(work, seed_bin, node_bin)?;
+    lab.net = net;
     let image: PathBuf = work.join("image-v1");
     write_image(1, size, std::fs::File::create(&image)?)?;
     lab.start_seed()?;
@@ -215,31 +383,52 @@ pub fn run(
     }
     let n = lab.nodes.len();
     let corrupt = |i: usize| s.corrupt_nodes.contains(&i);
-    // Corrupt nodes get the image honestly first, so they have chunks to
-    // serve when the others start.
-    for i in (0..n).filter(|&i| corrupt(i)) {
-        lab.start_node(i, &["--chaos-corrupt-uploads"])?;
-    }
-    let published = lab.publish(&image, "1.0.0")?;
     let bad: Vec<usize> = (0..n).filter(|&i| corrupt(i)).collect();
-    if !bad.is_empty() {
-        lab.wait_complete(&bad, "1.0.0", Duration::from_secs(s.timeout_secs))?;
+    let timeout = Duration::from_secs(s.timeout_secs);
+    let sites = s.site.len();
+    let (published, before) = if bad.is_empty() {
+        // The fleet is up and connected before the release exists, as in
+        // production.
+        for i in 0..n {
+            lab.start_node(i, &[])?;
+        }
+        lab.wait_connected(Duration::from_secs(60))?;
+        say(&format!("{n} nodes in {sites} sites connected"));
+        let before = read_links(&lab, sites)?;
+        (lab.publish(&image, "1.0.0")?, before)
+    } else {
+        // Corrupt nodes get the image honestly first, so that they have
+        // chunks to serve when the others start.
+        for &i in &bad {
+            lab.start_node(i, &["--chaos-corrupt-uploads"])?;
+        }
+        let published = lab.publish(&image, "1.0.0")?;
+        lab.wait_complete(&bad, "1.0.0", timeout)?;
         say(&format!("corrupt nodes {bad:?} have the release"));
-    }
-    for i in (0..n).filter(|&i| !corrupt(i)) {
-        lab.start_node(i, &[])?;
-    }
-    say(&format!("{n} nodes started in {} sites", s.site.len()));
+        let before = read_links(&lab, sites)?;
+        for i in (0..n).filter(|&i| !corrupt(i)) {
+            lab.start_node(i, &[])?;
+        }
+        say(&format!("{n} nodes started in {sites} sites"));
+        (published, before)
+    };
     let start = Instant::now();
+    let mut last = before.clone().map(|b| (Instant::now(), b));
+    let mut series = Vec::new();
     let mut faults: Vec<Fault> = s.fault.clone();
     faults.sort_by(|a, b| a.at_secs.total_cmp(&b.at_secs));
     let mut applied = Vec::new();
     let mut running = vec![true; n];
-    let deadline = start + Duration::from_secs(s.timeout_secs);
+    let deadline = start + timeout;
     loop {
+        check_interrupted()?;
         let t = start.elapsed().as_secs_f64();
         while faults.first().is_some_and(|f| f.at_secs <= t) {
             let f = faults.remove(0);
+            let site = f
+                .site
+                .as_ref()
+                .and_then(|name| s.site.iter().position(|x| &x.name == name));
             match (f.action, f.node) {
                 (Action::Kill, Some(k)) => {
                     lab.kill_node(k);
@@ -256,9 +445,18 @@ pub fn run(
                         running[k] = true;
                     }
                 }
+                (Action::Partition | Action::Heal, _) => {
+                    let net = lab.net.as_ref().context("partition needs --netns")?;
+                    net.partition(site.context("no such site")?, f.action == Action::Partition)?;
+                }
                 _ => lab.kill_seed(),
             }
-            say(&format!("{t:6.1}s fault {:?} {:?}", f.action, f.node));
+            let target = f
+                .node
+                .map(|k| format!("node{k:02}"))
+                .or(f.site.clone())
+                .unwrap_or_default();
+            say(&format!("{t:6.1}s fault {:?} {target}", f.action));
             applied.push(Applied {
                 fault: f,
                 at_secs: t,
@@ -276,8 +474,28 @@ pub fn run(
             );
         }
         std::thread::sleep(Duration::from_millis(100));
+        if let Some(prev) = &mut last {
+            if prev.0.elapsed() >= Duration::from_secs(1) {
+                let now = read_links(&lab, sites)?.context("link counters")?;
+                let dt = prev.0.elapsed().as_secs_f64();
+                let mbit = |a: u64, b: u64| (b - a) as f64 * 8.0 / dt / 1e6;
+                series.push(LinkSample {
+                    t: start.elapsed().as_secs_f64(),
+                    seed_mbit: mbit(prev.1 .0.tx, now.0.tx),
+                    site_in_mbit: prev
+                        .1
+                         .1
+                        .iter()
+                        .zip(&now.1)
+                        .map(|(a, b)| mbit(a.tx, b.tx))
+                        .collect(),
+                });
+                *prev = (Instant::now(), now);
+            }
+        }
     }
     let completion = start.elapsed().as_secs_f64();
+    let after = read_links(&lab, sites)?;
     say(&format!(
         "every running honest node complete at {completion:.1} s"
     ));
@@ -309,13 +527,36 @@ pub fn run(
     }
     let seed_egress = lab.seed_status().map_or(0, |st| st.egress_bytes());
     let ratio = |b: u64| b as f64 / wire.max(1) as f64;
+    let links = before
+        .zip(after)
+        .map(|((seed0, wan0), (seed1, wan1))| LinkBytes {
+            series,
+            seed_tx_ratio: ratio(seed1.tx - seed0.tx),
+            seed_drops: seed1.drops - seed0.drops,
+            site_wan: s
+                .site
+                .iter()
+                .zip(wan0.iter().zip(&wan1))
+                .map(|(site, (a, b))| SiteLink {
+                    site: site.name.clone(),
+                    in_ratio: ratio(b.tx - a.tx),
+                    out_ratio: ratio(b.rx - a.rx),
+                    in_drops: b.drops - a.drops,
+                })
+                .collect(),
+        });
+    let t_min = s.t_min(wire, netns);
     Ok(ScenarioReport {
         name: s.name.clone(),
+        mode: if netns { "netns" } else { "loopback" },
         image_bytes: size,
         wire_bytes: wire,
         completion_secs: completion,
+        t_min_secs: t_min,
+        completion_over_t_min: t_min.map(|t| completion / t),
         seed_egress_ratio: ratio(seed_egress),
         site_wan_ratio: wan.into_iter().map(|(s, b)| (s, ratio(b))).collect(),
+        links,
         faults: applied,
         images_verified: verified,
         honest_running: honest.len(),

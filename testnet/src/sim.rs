@@ -97,16 +97,13 @@ impl SimConfig {
     /// the seed must send it once, every node must receive it, and all
     /// sites together are fed by the seed's and the sites' uplinks.
     pub fn t_min(&self) -> f64 {
-        let f = self.image_bytes as f64;
-        let sites = self.sites as f64;
-        [
-            f / self.seed_bps,
-            f / self.wan_bps,
-            f / self.lan_bps,
-            sites * f / (self.seed_bps + sites * self.wan_bps),
-        ]
-        .into_iter()
-        .fold(0.0, f64::max)
+        crate::t_min(
+            self.image_bytes,
+            Some(self.seed_bps),
+            &vec![Some(self.wan_bps); self.sites],
+            Some(self.lan_bps),
+        )
+        .unwrap_or(0.0)
     }
 }
 

@@ -59,6 +59,9 @@ const STATUS_EVERY: Duration = Duration::from_secs(1);
 const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
 const DISCOVER_EVERY: Duration = Duration::from_secs(30);
 const MANIFEST_RETRY: Duration = Duration::from_secs(3);
+/// How long a node waits for a same-site peer to have a manifest before
+/// it asks outside its site (one node per site asks at once).
+const MANIFEST_WAIT: Duration = Duration::from_secs(2);
 const REPORT_EVERY: Duration = Duration::from_secs(5);
 
 const TOPIC_ANNOUNCE: &str = "fleetmesh/announce/1";
@@ -227,7 +230,7 @@ struct Mesh {
     announcements: Announcements,
     releases: BTreeMap<ReleaseId, Release>,
     /// Announced releases this node wants, whose manifest it does not have.
-    wanted: BTreeMap<ReleaseId, (Announcement, Option<Instant>)>,
+    wanted: BTreeMap<ReleaseId, Wanted>,
     peers: BTreeMap<PeerId, Peer>,
     banned: BTreeMap<PeerId, Instant>,
     outbound: HashMap<OutboundRequestId, Outbound>,
@@ -256,6 +259,15 @@ struct Mesh {
     update_seen: Option<std::time::SystemTime>,
     /// This node's labels for policy: configured ones, `node`, `site`, `platform`.
     labels: BTreeMap<String, String>,
+}
+
+/// An announced release whose manifest this node wants.
+#[derive(Debug)]
+struct Wanted {
+    /// When it was first announced to this node.
+    since: Instant,
+    /// When its manifest was last asked for, if a request is out.
+    asked: Option<Instant>,
 }
 
 /// A stable 64-bit tag of a peer id, for the scheduler's hashing.
@@ -795,7 +807,10 @@ impl Mesh {
             && a.platforms.contains(&self.p.platform)
             && (self.p.channels.is_empty() || self.p.channels.contains(&a.channel));
         if matches && !self.releases.contains_key(&a.release_id) {
-            self.wanted.insert(a.release_id, (a, None));
+            self.wanted.entry(a.release_id).or_insert(Wanted {
+                since: Instant::now(),
+                asked: None,
+            });
         }
     }
 
@@ -1189,7 +1204,7 @@ impl Mesh {
             }
             (Outbound::Manifest(id), _) => {
                 if let Some(w) = self.wanted.get_mut(&id) {
-                    w.1 = None;
+                    w.asked = None;
                 }
             }
             (
@@ -1227,7 +1242,7 @@ impl Mesh {
             }
             Outbound::Manifest(id) => {
                 if let Some(w) = self.wanted.get_mut(&id) {
-                    w.1 = None;
+                    w.asked = None;
                 }
             }
             Outbound::Hello => {}
@@ -1685,32 +1700,59 @@ impl Mesh {
         }
     }
 
+    /// Asks a peer for each wanted manifest. One node per site (by
+    /// rendezvous on the release id) asks outside the site at once; the
+    /// others wait up to [`MANIFEST_WAIT`] for a same-site peer to have it,
+    /// so that a site pulls the manifest over its WAN about once.
     fn fetch_manifests(&mut self) {
         let now = Instant::now();
-        let due: Vec<ReleaseId> = self
+        let due: Vec<(ReleaseId, Instant)> = self
             .wanted
             .iter()
-            .filter(|(_, (_, asked))| asked.is_none_or(|t| now - t >= MANIFEST_RETRY))
-            .map(|(id, _)| *id)
+            .filter(|(_, w)| w.asked.is_none_or(|t| now - t >= MANIFEST_RETRY))
+            .map(|(id, w)| (*id, w.since))
             .collect();
-        for id in due {
-            // Prefer a peer that said it has pieces of it; else any peer.
-            let holder = self
+        for (id, since) in due {
+            let holds = |p: &Peer| p.haves.contains_key(&id);
+            let same_site = |p: &Peer| {
+                p.info
+                    .as_ref()
+                    .is_some_and(|i| i.site == self.me.site && !i.seed)
+            };
+            let local = self
                 .peers
                 .iter()
-                .find(|(_, p)| p.haves.contains_key(&id))
-                .or_else(|| {
-                    self.peers
-                        .iter()
-                        .find(|(_, p)| p.info.as_ref().is_some_and(|i| i.seed))
-                })
-                .or_else(|| self.peers.iter().next())
+                .find(|(_, p)| same_site(p) && holds(p))
                 .map(|(k, _)| *k);
+            let key = u64::from_le_bytes(id.0[..8].try_into().unwrap_or_default());
+            let chosen = self
+                .peers
+                .values()
+                .filter(|p| same_site(p))
+                .filter_map(|p| p.info.as_ref())
+                .all(|i| i.tag ^ key < self.me.tag ^ key);
+            let remote = || {
+                self.peers
+                    .iter()
+                    .find(|(_, p)| holds(p))
+                    .or_else(|| {
+                        self.peers
+                            .iter()
+                            .find(|(_, p)| p.info.as_ref().is_some_and(|i| i.seed))
+                    })
+                    .or_else(|| self.peers.iter().next())
+                    .map(|(k, _)| *k)
+            };
+            let holder = local.or_else(|| {
+                (chosen || now - since >= MANIFEST_WAIT)
+                    .then(remote)
+                    .flatten()
+            });
             let Some(peer) = holder else {
-                return;
+                continue;
             };
             if let Some(w) = self.wanted.get_mut(&id) {
-                w.1 = Some(now);
+                w.asked = Some(now);
             }
             self.send(peer, Request::Manifest(id), Outbound::Manifest(id));
         }
