@@ -248,6 +248,25 @@ impl Lab {
         }
     }
 
+    /// Node `i`'s peak resident memory (VmHWM) so far, in KiB, while it runs.
+    pub fn node_peak_rss_kib(&self, i: usize) -> Option<u64> {
+        let pid = self.nodes[i].child.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
+    /// When node `i` first logged that `version` was announced to it.
+    pub fn node_announced_at(&self, i: usize, version: &str) -> Option<jiff::Timestamp> {
+        let log = std::fs::read_to_string(self.dir.join(format!("node{i:02}.log"))).ok()?;
+        let needle = format!("release announced version={version} ");
+        log.lines()
+            .find(|l| l.contains(&needle))
+            .and_then(|l| l.split_whitespace().next()?.parse().ok())
+    }
+
     /// Node `i`'s latest status.
     pub fn node_status(&self, i: usize) -> Option<MeshStatus> {
         read_status(&self.nodes[i].dir.join("run").join(MESH_STATUS_FILE))

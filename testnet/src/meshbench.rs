@@ -50,8 +50,14 @@ pub struct BenchReport {
     pub image_bytes: u64,
     /// The release's chunks as stored and sent (compressed).
     pub wire_bytes: u64,
+    /// From the end of publish until every node had the announcement.
+    pub announce_secs: f64,
     /// From the end of publish until every node had the release verified.
     pub completion_secs: f64,
+    /// The nodes' peak resident memory, MiB: mean and most.
+    pub node_rss_mib_mean: f64,
+    /// See `node_rss_mib_mean`.
+    pub node_rss_mib_max: f64,
     /// Chunk bytes the seed sent.
     pub seed_egress_bytes: u64,
     /// That over the wire size.
@@ -83,6 +89,7 @@ pub fn run(cfg: &BenchConfig, seed_bin: &Path, node_bin: &Path) -> Result<BenchR
     // time measured is from publish to the last node verified.
     lab.wait_connected(Duration::from_secs(60))?;
     let published = lab.publish(&image, "1.0.0")?;
+    let published_at = jiff::Timestamp::now();
     let wire_bytes = published["stored_bytes"]
         .as_u64()
         .context("publish summary")?;
@@ -103,6 +110,17 @@ pub fn run(cfg: &BenchConfig, seed_bin: &Path, node_bin: &Path) -> Result<BenchR
         }
         verified += 1;
     }
+    let mut announce_secs: f64 = 0.0;
+    for i in 0..cfg.nodes {
+        let at = lab
+            .node_announced_at(i, "1.0.0")
+            .with_context(|| format!("node{i:02} logged no announcement"))?;
+        announce_secs = announce_secs.max(at.duration_since(published_at).as_secs_f64());
+    }
+    let rss: Vec<f64> = (0..cfg.nodes)
+        .filter_map(|i| lab.node_peak_rss_kib(i))
+        .map(|k| k as f64 / 1024.0)
+        .collect();
     // Let the last statuses (written every second) settle.
     std::thread::sleep(Duration::from_millis(1500));
     let seed_egress = lab.seed_status().context("seed status")?.egress_bytes();
@@ -128,7 +146,10 @@ pub fn run(cfg: &BenchConfig, seed_bin: &Path, node_bin: &Path) -> Result<BenchR
         nodes: cfg.nodes,
         image_bytes: cfg.size,
         wire_bytes,
+        announce_secs,
         completion_secs: took.as_secs_f64(),
+        node_rss_mib_mean: rss.iter().sum::<f64>() / rss.len().max(1) as f64,
+        node_rss_mib_max: rss.iter().copied().fold(0.0, f64::max),
         seed_egress_bytes: seed_egress,
         seed_egress_ratio: seed_egress as f64 / wire_bytes as f64,
         sites,

@@ -12,6 +12,7 @@
 //! corrupt_nodes = [2]          # serve every chunk corrupted
 //! seed_mbit = 50               # --netns: the seed's uplink
 //! lan_mbit = 1000              # --netns: each node's LAN link (0: unshaped)
+//! settle_secs = 0              # let the connected fleet settle before publish
 //!
 //! [[site]]
 //! name = "a"
@@ -55,6 +56,10 @@ pub struct Scenario {
     /// Timed faults.
     #[serde(default)]
     pub fault: Vec<Fault>,
+    /// Seconds to let a connected fleet settle (start-up discovery and
+    /// gossip traffic) before publishing; not with corrupt nodes.
+    #[serde(default)]
+    pub settle_secs: u64,
     /// `--netns`: the seed's uplink in Mbit/s (none: unshaped).
     pub seed_mbit: Option<f64>,
     /// `--netns`: each node's LAN link in Mbit/s (0: unshaped).
@@ -155,6 +160,9 @@ impl Scenario {
         let positive = |r: f64| r > 0.0 && r.is_finite();
         if self.seed_mbit.is_some_and(|r| !positive(r)) {
             return Err("seed_mbit must be a positive rate".into());
+        }
+        if self.settle_secs > 0 && !self.corrupt_nodes.is_empty() {
+            return Err("settle_secs: not with corrupt_nodes (they start first)".into());
         }
         if !(self.lan_mbit == 0.0 || positive(self.lan_mbit)) {
             return Err("lan_mbit must be a positive rate or 0".into());
@@ -394,6 +402,14 @@ pub fn run(
         }
         lab.wait_connected(Duration::from_secs(60))?;
         say(&format!("{n} nodes in {sites} sites connected"));
+        if s.settle_secs > 0 {
+            say(&format!("settling for {} s", s.settle_secs));
+            let settle = Instant::now() + Duration::from_secs(s.settle_secs);
+            while Instant::now() < settle {
+                check_interrupted()?;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
         let before = read_links(&lab, sites)?;
         (lab.publish(&image, "1.0.0")?, before)
     } else {

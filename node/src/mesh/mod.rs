@@ -55,14 +55,21 @@ const MAX_STRIKES: u32 = 3;
 const BAN: Duration = Duration::from_secs(300);
 const TICK: Duration = Duration::from_millis(50);
 const HAVE_EVERY: Duration = Duration::from_millis(100);
+/// Have-maps to peers in other sites go at most this often: each is a
+/// request over a thin WAN link, and every node of a site sends them to
+/// every node it knows elsewhere.
+const HAVE_EVERY_WAN: Duration = Duration::from_secs(1);
 const STATUS_EVERY: Duration = Duration::from_secs(1);
 const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
-const DISCOVER_EVERY: Duration = Duration::from_secs(30);
+const DISCOVER_EVERY: Duration = Duration::from_secs(300);
 const MANIFEST_RETRY: Duration = Duration::from_secs(3);
 /// How long a node waits for a same-site peer to have a manifest before
 /// it asks outside its site (one node per site asks at once).
 const MANIFEST_WAIT: Duration = Duration::from_secs(2);
-const REPORT_EVERY: Duration = Duration::from_secs(5);
+/// An unchanged status report is repeated this often (a change goes at
+/// once). Every report reaches every node through gossip, so this is what
+/// an idle fleet's chatter scales with.
+const REPORT_EVERY: Duration = Duration::from_secs(15);
 
 const TOPIC_ANNOUNCE: &str = "fleetmesh/announce/1";
 const TOPIC_STATUS: &str = "fleetmesh/status/1";
@@ -177,6 +184,8 @@ struct Peer {
     /// Per release: how much of our have-log this peer has been sent.
     sent: BTreeMap<ReleaseId, usize>,
     have_in_flight: bool,
+    /// When we last sent it a have-map.
+    have_sent_at: Option<Instant>,
     strikes: u32,
 }
 
@@ -255,8 +264,9 @@ struct Mesh {
     /// The newest valid policy, decoded and as signed bytes.
     policy: Option<(PolicyDoc, Vec<u8>)>,
     policy_seen: Option<std::time::SystemTime>,
-    /// When the updater's status file last changed (a change is reported at once).
-    update_seen: Option<std::time::SystemTime>,
+    /// The updater's status file: when it last changed and its content
+    /// (a different content is reported at once).
+    update_seen: (Option<std::time::SystemTime>, Option<Vec<u8>>),
     /// This node's labels for policy: configured ones, `node`, `site`, `platform`.
     labels: BTreeMap<String, String>,
 }
@@ -268,6 +278,8 @@ struct Wanted {
     since: Instant,
     /// When its manifest was last asked for, if a request is out.
     asked: Option<Instant>,
+    /// Peers that sent a have-map for it: they hold its manifest.
+    holders: BTreeSet<PeerId>,
 }
 
 /// A stable 64-bit tag of a peer id, for the scheduler's hashing.
@@ -347,8 +359,15 @@ fn build_swarm(p: &Params) -> Result<Swarm<Behaviour>, MeshError> {
         .map_err(net_err)?
         .with_quic()
         .with_behaviour(|key| {
+            // A smaller mesh than the default (6, 5..12, lazy 6): every
+            // message reaches each node from about mesh_n peers, mostly
+            // across WAN links.
             let gossip_config = gossipsub::ConfigBuilder::default()
-                .heartbeat_interval(Duration::from_millis(700))
+                .heartbeat_interval(Duration::from_secs(1))
+                .mesh_n(4)
+                .mesh_n_low(3)
+                .mesh_n_high(6)
+                .gossip_lazy(3)
                 .validation_mode(gossipsub::ValidationMode::Strict)
                 .validate_messages()
                 .max_transmit_size(64 << 10)
@@ -458,7 +477,7 @@ impl Mesh {
             gossip_rejected: 0,
             policy: None,
             policy_seen: None,
-            update_seen: None,
+            update_seen: (None, None),
             labels: BTreeMap::new(),
             p,
         };
@@ -810,6 +829,7 @@ impl Mesh {
             self.wanted.entry(a.release_id).or_insert(Wanted {
                 since: Instant::now(),
                 asked: None,
+                holders: BTreeSet::new(),
             });
         }
     }
@@ -1088,6 +1108,12 @@ impl Mesh {
             return false;
         }
         let Some(release) = self.releases.get(&have.release) else {
+            // Not loaded yet: the peer has its manifest, so ask it for that.
+            if let Some(w) = self.wanted.get_mut(&have.release) {
+                if w.holders.len() < self.p.max_peers {
+                    w.holders.insert(peer);
+                }
+            }
             return true;
         };
         if have.pieces as usize != release.pieces.len() {
@@ -1519,13 +1545,19 @@ impl Mesh {
             self.apply_bandwidth_schedule();
             self.write_status();
         }
-        let update_status = std::fs::metadata(self.p.run_dir.join(crate::updater::STATUS_FILE))
-            .and_then(|m| m.modified())
-            .ok();
-        let changed = update_status != self.update_seen;
+        // The updater rewrites its status file whenever it re-checks a
+        // staged release; only a different content is a change to report.
+        let path = self.p.run_dir.join(crate::updater::STATUS_FILE);
+        let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        let mut changed = false;
+        if modified != self.update_seen.0 {
+            self.update_seen.0 = modified;
+            let content = std::fs::read(&path).ok();
+            changed = content != self.update_seen.1;
+            self.update_seen.1 = content;
+        }
         if self.p.role == Role::Node && (changed || now - self.last_report >= REPORT_EVERY) {
             self.last_report = now;
-            self.update_seen = update_status;
             self.publish_report();
             for bytes in self.p.chaos_gossip.clone() {
                 let topic = IdentTopic::new(TOPIC_ANNOUNCE);
@@ -1706,14 +1738,13 @@ impl Mesh {
     /// so that a site pulls the manifest over its WAN about once.
     fn fetch_manifests(&mut self) {
         let now = Instant::now();
-        let due: Vec<(ReleaseId, Instant)> = self
+        let due: Vec<(ReleaseId, Instant, BTreeSet<PeerId>)> = self
             .wanted
             .iter()
             .filter(|(_, w)| w.asked.is_none_or(|t| now - t >= MANIFEST_RETRY))
-            .map(|(id, w)| (*id, w.since))
+            .map(|(id, w)| (*id, w.since, w.holders.clone()))
             .collect();
-        for (id, since) in due {
-            let holds = |p: &Peer| p.haves.contains_key(&id);
+        for (id, since, holders) in due {
             let same_site = |p: &Peer| {
                 p.info
                     .as_ref()
@@ -1722,7 +1753,7 @@ impl Mesh {
             let local = self
                 .peers
                 .iter()
-                .find(|(_, p)| same_site(p) && holds(p))
+                .find(|(k, p)| same_site(p) && holders.contains(k))
                 .map(|(k, _)| *k);
             let key = u64::from_le_bytes(id.0[..8].try_into().unwrap_or_default());
             let chosen = self
@@ -1734,7 +1765,7 @@ impl Mesh {
             let remote = || {
                 self.peers
                     .iter()
-                    .find(|(_, p)| holds(p))
+                    .find(|(k, _)| holders.contains(k))
                     .or_else(|| {
                         self.peers
                             .iter()
@@ -1759,14 +1790,20 @@ impl Mesh {
     }
 
     /// Sends each peer the pieces it has not been told about, one request
-    /// in flight per peer.
+    /// in flight per peer, to peers in other sites at most every
+    /// [`HAVE_EVERY_WAN`].
     fn send_haves(&mut self) {
+        let now = Instant::now();
         let mut sends = Vec::new();
         for (peer, state) in &self.peers {
             let Some(info) = &state.info else {
                 continue;
             };
             if state.have_in_flight || info.seed {
+                continue;
+            }
+            let remote = info.site != self.me.site;
+            if remote && state.have_sent_at.is_some_and(|t| now - t < HAVE_EVERY_WAN) {
                 continue;
             }
             for (id, r) in &self.releases {
@@ -1803,6 +1840,7 @@ impl Mesh {
             let release = have.release;
             if let Some(state) = self.peers.get_mut(&peer) {
                 state.have_in_flight = true;
+                state.have_sent_at = Some(now);
             }
             self.send(peer, Request::Have(have), Outbound::Have { release, upto });
         }
