@@ -56,7 +56,8 @@ fn path_str(p: &Path) -> Result<&str> {
         .with_context(|| format!("{} is not UTF-8", p.display()))
 }
 
-fn run_ok(cmd: &mut Command) -> Result<String> {
+/// Runs `cmd`; its stdout, or an error with its stderr.
+pub(crate) fn run_ok(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("run {cmd:?}"))?;
     if !out.status.success() {
         bail!(

@@ -16,7 +16,9 @@
 //! process's id, so namespaces left by a killed run are found and removed
 //! by the next one ([`remove_stale`]).
 
+use crate::lab::run_ok;
 use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::process::Command;
 
@@ -85,19 +87,9 @@ pub struct Net {
     sites: usize,
 }
 
+/// Runs `ip ARGS` (iproute2); returns its stdout.
 fn ip(args: &[&str]) -> Result<String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("run ip (iproute2)")?;
-    if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    run_ok(Command::new("ip").args(args))
 }
 
 /// Runs a command inside namespace `ns`.
@@ -161,15 +153,50 @@ pub fn remove_stale() -> Result<Vec<String>> {
         if std::path::Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
-        if let Ok(pids) = ip(&["netns", "pids", name]) {
-            for p in pids.split_whitespace() {
-                let _ = Command::new("kill").args(["-9", p]).status();
-            }
-        }
-        ip(&["netns", "del", name])?;
+        delete_ns(name)?;
         removed.push(name.to_owned());
     }
     Ok(removed)
+}
+
+/// Ends the processes inside namespace `ns` (the lab's own) and deletes it
+/// with its links.
+fn delete_ns(ns: &str) -> Result<()> {
+    if let Ok(pids) = ip(&["netns", "pids", ns]) {
+        for p in pids.split_whitespace() {
+            let _ = Command::new("kill").args(["-9", p]).status();
+        }
+    }
+    ip(&["netns", "del", ns]).map(drop)
+}
+
+/// Byte counters and shaper drops of every interface in namespace `ns`,
+/// by name: one `ip` and one `tc` call.
+fn counters(ns: &str) -> Result<BTreeMap<String, Counters>> {
+    let parse = |out: String, what: &str| -> Result<Vec<serde_json::Value>> {
+        serde_json::from_str(&out).with_context(|| format!("{what} -j output"))
+    };
+    let mut all = BTreeMap::new();
+    for link in parse(ip(&["-n", ns, "-s", "-j", "link", "show"])?, "ip")? {
+        let stats = &link["stats64"];
+        if let (Some(dev), Some(rx), Some(tx)) = (
+            link["ifname"].as_str(),
+            stats["rx"]["bytes"].as_u64(),
+            stats["tx"]["bytes"].as_u64(),
+        ) {
+            all.insert(dev.to_owned(), Counters { rx, tx, drops: 0 });
+        }
+    }
+    let qdiscs = ip(&["netns", "exec", ns, "tc", "-s", "-j", "qdisc", "show"])?;
+    for q in parse(qdiscs, "tc")? {
+        if let (Some(c), Some(drops)) = (
+            q["dev"].as_str().and_then(|d| all.get_mut(d)),
+            q["drops"].as_u64(),
+        ) {
+            c.drops += drops;
+        }
+    }
+    Ok(all)
 }
 
 impl Net {
@@ -342,34 +369,23 @@ impl Net {
         Ok(())
     }
 
-    fn counters(ns: &str, dev: &str) -> Result<Counters> {
-        let out = ip(&["-n", ns, "-s", "-j", "link", "show", "dev", dev])?;
-        let v: serde_json::Value = serde_json::from_str(&out).context("ip -j output")?;
-        let stats = &v[0]["stats64"];
-        let (Some(rx), Some(tx)) = (stats["rx"]["bytes"].as_u64(), stats["tx"]["bytes"].as_u64())
-        else {
-            bail!("no byte counters for {dev} in {ns}");
-        };
-        let qdisc = Command::new("ip")
-            .args([
-                "netns", "exec", ns, "tc", "-s", "-j", "qdisc", "show", "dev", dev,
-            ])
-            .output()
-            .context("run tc")?;
-        let v: serde_json::Value = serde_json::from_slice(&qdisc.stdout).context("tc -j output")?;
-        let drops = v[0]["drops"].as_u64().unwrap_or(0);
-        Ok(Counters { rx, tx, drops })
-    }
-
-    /// Site `s`'s WAN link as the core sees it: `tx` went into the site,
-    /// `rx` came out of it.
-    pub fn wan(&self, s: usize) -> Result<Counters> {
-        Net::counters(&self.core(), &format!("s{s}"))
-    }
-
-    /// The seed's uplink: `tx` is everything the seed sent.
-    pub fn seed_link(&self) -> Result<Counters> {
-        Net::counters(&self.seed.ns, "eth0")
+    /// The seed's uplink (`tx` is everything the seed sent) and each
+    /// site's WAN link as the core sees it (`tx` went into the site, `rx`
+    /// came out of it).
+    pub fn links(&self) -> Result<(Counters, Vec<Counters>)> {
+        let missing = |dev: &str, ns: &str| anyhow::anyhow!("no counters for {dev} in {ns}");
+        let seed = counters(&self.seed.ns)?
+            .remove("eth0")
+            .ok_or_else(|| missing("eth0", &self.seed.ns))?;
+        let core = self.core();
+        let mut wan = counters(&core)?;
+        let sites = (0..self.sites)
+            .map(|s| {
+                let dev = format!("s{s}");
+                wan.remove(&dev).ok_or_else(|| missing(&dev, &core))
+            })
+            .collect::<Result<_>>()?;
+        Ok((seed, sites))
     }
 
     /// Cuts site `s` off from the core and the other sites (its LAN keeps
@@ -407,12 +423,7 @@ impl Net {
 impl Drop for Net {
     fn drop(&mut self) {
         for ns in self.created.iter().rev() {
-            if let Ok(pids) = ip(&["netns", "pids", ns]) {
-                for p in pids.split_whitespace() {
-                    let _ = Command::new("kill").args(["-9", p]).status();
-                }
-            }
-            if let Err(e) = ip(&["netns", "del", ns]) {
+            if let Err(e) = delete_ns(ns) {
                 eprintln!("warning: {e}");
             }
         }

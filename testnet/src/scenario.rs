@@ -332,14 +332,8 @@ impl ScenarioReport {
 }
 
 /// Counters of the seed's uplink and every site's WAN link (`--netns`).
-fn read_links(lab: &Lab, sites: usize) -> Result<Option<(Counters, Vec<Counters>)>> {
-    let Some(net) = &lab.net else {
-        return Ok(None);
-    };
-    Ok(Some((
-        net.seed_link()?,
-        (0..sites).map(|s| net.wan(s)).collect::<Result<_>>()?,
-    )))
+fn read_links(lab: &Lab) -> Result<Option<(Counters, Vec<Counters>)>> {
+    lab.net.as_ref().map(Net::links).transpose()
 }
 
 /// Runs `s` in the lab directory `work` (which must not exist or be
@@ -410,7 +404,7 @@ pub fn run(
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
-        let before = read_links(&lab, sites)?;
+        let before = read_links(&lab)?;
         (lab.publish(&image, "1.0.0")?, before)
     } else {
         // Corrupt nodes get the image honestly first, so that they have
@@ -421,7 +415,7 @@ pub fn run(
         let published = lab.publish(&image, "1.0.0")?;
         lab.wait_complete(&bad, "1.0.0", timeout)?;
         say(&format!("corrupt nodes {bad:?} have the release"));
-        let before = read_links(&lab, sites)?;
+        let before = read_links(&lab)?;
         for i in (0..n).filter(|&i| !corrupt(i)) {
             lab.start_node(i, &[])?;
         }
@@ -492,7 +486,7 @@ pub fn run(
         std::thread::sleep(Duration::from_millis(100));
         if let Some(prev) = &mut last {
             if prev.0.elapsed() >= Duration::from_secs(1) {
-                let now = read_links(&lab, sites)?.context("link counters")?;
+                let now = read_links(&lab)?.context("link counters")?;
                 let dt = prev.0.elapsed().as_secs_f64();
                 let mbit = |a: u64, b: u64| (b - a) as f64 * 8.0 / dt / 1e6;
                 series.push(LinkSample {
@@ -511,7 +505,7 @@ pub fn run(
         }
     }
     let completion = start.elapsed().as_secs_f64();
-    let after = read_links(&lab, sites)?;
+    let after = read_links(&lab)?;
     say(&format!(
         "every running honest node complete at {completion:.1} s"
     ));
