@@ -28,7 +28,24 @@
 //! 6. Per-peer caps on pieces in flight; requests time out and their pieces
 //!    go back to be requested elsewhere; a banned peer is never asked.
 //! 7. Endgame: when every missing piece is in flight and few remain, a piece
-//!    may be requested from a second same-site peer.
+//!    may be requested from a second same-site peer, and from a second
+//!    peer anywhere the rules above allow once its request is overdue (twice
+//!    the time the peer's throughput predicts, at least [`OVERDUE_MIN`]): a
+//!    real transport can sit in retransmission backoff for seconds, and the
+//!    whole site waits for the last piece its owner fetches.
+//! 8. Over the WAN (cross-site peers and the seed together), a node keeps
+//!    in flight about `wan_queue` of what it has been receiving over the WAN
+//!    lately, at least `wan_floor` bytes: enough to keep its share of the
+//!    link busy, and little enough that a response is not queued behind
+//!    seconds of others at a remote uplink, where it times out, is fetched
+//!    twice and holds up the site's last pieces.
+//! 9. Seed first: while the seed is delivering pieces this node fetches from
+//!    it that no other peer has yet, the node asks cross-site peers only for
+//!    those pieces. Every site's inbound WAN link then carries the seed's
+//!    share early, at the seed's full rate, instead of sharing it with many
+//!    cross-site flows that starve the seed's; the sites trade afterwards
+//!    with every piece already somewhere. A seed that delivers nothing for
+//!    `wan_fallback_after` ends the phase.
 
 use crate::ChunkId;
 use std::collections::BTreeMap;
@@ -49,6 +66,12 @@ pub struct Config {
     pub ban: Duration,
     /// Idle time after which any piece may cross the WAN.
     pub wan_fallback_after: Duration,
+    /// WAN bytes in flight: this long at the recent WAN receive rate...
+    pub wan_queue: Duration,
+    /// ...and at least this many.
+    pub wan_floor: u64,
+    /// Rule 9 on or off.
+    pub seed_first: bool,
 }
 
 impl Default for Config {
@@ -60,6 +83,9 @@ impl Default for Config {
             min_timeout: Duration::from_secs(10),
             ban: Duration::from_secs(300),
             wan_fallback_after: Duration::from_secs(10),
+            wan_queue: Duration::from_secs(1),
+            wan_floor: 2 << 20,
+            seed_first: true,
         }
     }
 }
@@ -215,9 +241,14 @@ struct Pending<P> {
     peer: P,
     pieces: Vec<u32>,
     sent: Duration,
+    /// When a second peer may be asked in the endgame.
+    overdue: Duration,
     deadline: Duration,
     bytes: u64,
 }
+
+/// An endgame request is overdue no sooner than this after it was sent.
+pub const OVERDUE_MIN: Duration = Duration::from_secs(2);
 
 /// Throughput assumed for a peer before its first response.
 const INITIAL_RATE: f64 = 1e6;
@@ -246,6 +277,13 @@ pub struct Scheduler<P> {
     idle_since: Option<Duration>,
     /// A same-site peer gained a piece this node lacks since the last plan.
     site_progress: bool,
+    /// When the seed last delivered to this node (or the download started).
+    seed_progress: Option<Duration>,
+    /// Bytes received over the WAN: in total, at the last rate sample, and
+    /// when that was; and the smoothed rate, bytes per second.
+    wan_received: u64,
+    wan_mark: (u64, Option<Duration>),
+    wan_rate: f64,
     /// Tags of the other sites known to take part (from status reports),
     /// at most [`MAX_SITES`].
     sites: Vec<u64>,
@@ -303,6 +341,10 @@ impl<P: Ord + Clone> Scheduler<P> {
             mine: None,
             idle_since: None,
             site_progress: false,
+            seed_progress: None,
+            wan_received: 0,
+            wan_mark: (0, None),
+            wan_rate: 0.0,
             sites: Vec::new(),
         }
     }
@@ -448,6 +490,12 @@ impl<P: Ord + Clone> Scheduler<P> {
             let received: u64 = got.iter().map(|&i| u64::from(self.lens[i as usize])).sum();
             if received > 0 {
                 p.rate = 0.7 * p.rate + 0.3 * (received as f64 / secs);
+                if p.info.seed {
+                    self.seed_progress = Some(now);
+                }
+                if !p.lan {
+                    self.wan_received += received;
+                }
             }
         }
         new
@@ -488,6 +536,12 @@ impl<P: Ord + Clone> Scheduler<P> {
         self.pending.get(&id).map(|r| r.pieces.as_slice())
     }
 
+    /// True when few enough pieces are missing for duplicate requests
+    /// (rule 7): planning then pays off on every tick, not only on news.
+    pub fn in_endgame(&self) -> bool {
+        self.lens.len() - self.have.count() <= self.cfg.endgame_pieces
+    }
+
     /// Requests in flight.
     pub fn in_flight(&self) -> usize {
         self.pending.len()
@@ -517,7 +571,10 @@ impl<P: Ord + Clone> Scheduler<P> {
         let any_wan = self
             .idle_since
             .is_some_and(|t| now.saturating_sub(t) >= self.cfg.wan_fallback_after);
+        let seed_since = *self.seed_progress.get_or_insert(now);
+        let mut wan_budget = self.wan_budget(now);
         let mut views = self.views(now);
+        let seed_first = self.seed_first(now, seed_since, &views);
         let total: usize = views.iter().map(|v| v.free).sum();
         // Plan in batches: a lone free slot waits for company.
         if total == 0 || (total < self.cfg.batch && !self.pending.is_empty()) {
@@ -525,7 +582,7 @@ impl<P: Ord + Clone> Scheduler<P> {
         }
         let mut cands: Vec<(u32, u64, u32)> = (0..self.lens.len())
             .filter(|&i| !self.have.get(i) && self.requested[i] == 0 && self.avail[i] > 0)
-            .filter(|&i| self.pick(i, &views, any_wan, &[]).is_some())
+            .filter(|&i| self.pick(i, &views, any_wan, seed_first, &[]).is_some())
             .map(|i| (self.avail[i], mix(self.me.tag ^ self.keys[i]), i as u32))
             .collect();
         let eligible = !cands.is_empty();
@@ -537,7 +594,13 @@ impl<P: Ord + Clone> Scheduler<P> {
             if budget < len || left == 0 {
                 break;
             }
-            if let Some(k) = self.pick(i as usize, &views, any_wan, &[]) {
+            if let Some(k) = self.pick(i as usize, &views, any_wan, seed_first, &[]) {
+                if views[k].class != Class::Lan {
+                    if wan_budget < len {
+                        continue;
+                    }
+                    wan_budget -= len;
+                }
                 views[k].free -= 1;
                 left -= 1;
                 batches.entry(k).or_default().push(i);
@@ -545,7 +608,7 @@ impl<P: Ord + Clone> Scheduler<P> {
             }
         }
         if !eligible {
-            self.plan_endgame(&mut views, &mut batches, budget, any_wan);
+            self.plan_endgame(now, &mut views, &mut batches, budget, any_wan);
         }
         let batches: Vec<(P, Vec<u32>)> = batches
             .into_iter()
@@ -558,13 +621,13 @@ impl<P: Ord + Clone> Scheduler<P> {
     /// a second peer for those with one request out.
     fn plan_endgame(
         &self,
+        now: Duration,
         views: &mut [View<'_, P>],
         batches: &mut BTreeMap<usize, Vec<u32>>,
         mut budget: u64,
         any_wan: bool,
     ) {
-        let missing = self.lens.len() - self.have.count();
-        if missing > self.cfg.endgame_pieces {
+        if !self.in_endgame() {
             return;
         }
         for i in (0..self.lens.len()).filter(|&i| !self.have.get(i) && self.requested[i] == 1) {
@@ -572,16 +635,19 @@ impl<P: Ord + Clone> Scheduler<P> {
             if budget < len {
                 break;
             }
-            let asked: Vec<usize> = self
-                .pending
-                .values()
-                .filter(|r| r.pieces.contains(&(i as u32)))
+            let reqs = || {
+                self.pending
+                    .values()
+                    .filter(|r| r.pieces.contains(&(i as u32)))
+            };
+            let asked: Vec<usize> = reqs()
                 .filter_map(|r| views.iter().position(|v| *v.key == r.peer))
                 .collect();
-            // Only same-site copies are doubled: a second WAN copy is what
-            // the site rule exists to avoid, and timeouts cover a slow one.
-            let pick = self.pick(i, views, any_wan, &asked);
-            if let Some(k) = pick.filter(|&k| views[k].class == Class::Lan) {
+            // A second WAN copy is what the site rule exists to avoid: only
+            // an overdue request earns one.
+            let overdue = reqs().all(|r| r.overdue <= now);
+            let pick = self.pick(i, views, any_wan, false, &asked);
+            if let Some(k) = pick.filter(|&k| overdue || views[k].class == Class::Lan) {
                 views[k].free -= 1;
                 batches.entry(k).or_default().push(i as u32);
                 budget -= len;
@@ -610,13 +676,58 @@ impl<P: Ord + Clone> Scheduler<P> {
             .collect()
     }
 
+    /// Rule 8: the WAN bytes a plan may add, after updating the WAN receive
+    /// rate (sampled at most once a second).
+    fn wan_budget(&mut self, now: Duration) -> u64 {
+        let (bytes, at) = self.wan_mark;
+        let at = at.unwrap_or(now);
+        let dt = now.saturating_sub(at).as_secs_f64();
+        if dt >= 1.0 || self.wan_mark.1.is_none() {
+            if dt > 0.0 {
+                let sample = (self.wan_received - bytes) as f64 / dt;
+                self.wan_rate = 0.5 * self.wan_rate + 0.5 * sample;
+            }
+            self.wan_mark = (self.wan_received, Some(now));
+        }
+        let cap = (self.wan_rate * self.cfg.wan_queue.as_secs_f64()) as u64;
+        let in_flight: u64 = self
+            .pending
+            .values()
+            .filter(|r| self.peers.get(&r.peer).is_some_and(|p| !p.lan))
+            .map(|r| r.bytes)
+            .sum();
+        let free = cap.max(self.cfg.wan_floor).saturating_sub(in_flight);
+        // Whole requests, not a piece at a time as responses trickle in.
+        if free < self.cfg.wan_floor / 2 {
+            0
+        } else {
+            free
+        }
+    }
+
+    /// Rule 9: the seed is delivering pieces this node fetches from it that
+    /// only the seed has.
+    fn seed_first(&self, now: Duration, since: Duration, views: &[View<'_, P>]) -> bool {
+        let Some((_, from_seed)) = self.mine.as_ref().filter(|_| self.cfg.seed_first) else {
+            return false;
+        };
+        let Some(seed) = views.iter().find(|v| v.class == Class::Seed) else {
+            return false;
+        };
+        now.saturating_sub(since) < self.cfg.wan_fallback_after
+            && from_seed
+                .ones()
+                .any(|i| !self.have.get(i) && self.avail[i] == 1 && seed.have.get(i))
+    }
+
     /// The view index of the peer to ask for piece `i`, by the rules in the
-    /// module docs; `skip` are views already asked.
+    /// module docs; `skip` are views already asked; `seed_first` is rule 9.
     fn pick(
         &self,
         i: usize,
         views: &[View<'_, P>],
         any_wan: bool,
+        seed_first: bool,
         skip: &[usize],
     ) -> Option<usize> {
         // No same-site copy and not this node's to fetch over the WAN: the
@@ -653,7 +764,7 @@ impl<P: Ord + Clone> Scheduler<P> {
             .mine
             .as_ref()
             .map_or((false, false), |(site, seed)| (site.get(i), seed.get(i)));
-        if lan_has || !(mine || any_wan) {
+        if lan_has || !(mine || any_wan) || (seed_first && !from_seed) {
             return None;
         }
         wan.or(if from_seed || any_wan { seed } else { None })
@@ -681,6 +792,7 @@ impl<P: Ord + Clone> Scheduler<P> {
                         peer: peer.clone(),
                         pieces: part.to_vec(),
                         sent: now,
+                        overdue: now + (expected / 2).max(OVERDUE_MIN),
                         deadline: now + expected.max(self.cfg.min_timeout),
                         bytes,
                     },

@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use fleetmesh_node::mesh::status::MeshStatus;
 use fleetmesh_protocol::ImageHash;
 use fleetmesh_testnet::image::{write_image, EditPlan};
-use fleetmesh_testnet::lab::{wait_until, Lab};
+use fleetmesh_testnet::lab::{fleet, node_name, rollout_halted, wait_until, Lab, View};
 use fleetmesh_testnet::meshbench::node_image_hash;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -432,10 +432,6 @@ pub fn run(cfg: &DemoConfig, say: &mut dyn FnMut(&str)) -> Result<DemoReport> {
     Ok(report)
 }
 
-fn node_name(i: usize) -> String {
-    format!("node{i:02}")
-}
-
 /// Signs and installs the demo's policy: one window starting at `opens`
 /// for an hour, v1 and v2 to every node, v3 to the canary ring first.
 fn apply_policy(lab: &Lab, opens: u64, why: &str) -> Result<()> {
@@ -460,80 +456,6 @@ fn apply_policy(lab: &Lab, opens: u64, why: &str) -> Result<()> {
     fs::write(&path, text)?;
     lab.seed_cmd(&["policy", "apply", path_str(&path)?])?;
     Ok(())
-}
-
-fn rollout_halted(lab: &Lab, version: &str) -> bool {
-    let Ok(out) = lab.seed_cmd(&["policy", "show", "--json"]) else {
-        return false;
-    };
-    let Ok(p) = serde_json::from_str::<serde_json::Value>(&out) else {
-        return false;
-    };
-    p["rollouts"].as_array().is_some_and(|rs| {
-        rs.iter()
-            .any(|r| r["version"] == version && r["state"].get("halted").is_some())
-    })
-}
-
-/// A node as the demo shows it.
-#[derive(Debug)]
-struct View {
-    name: String,
-    site: String,
-    slot: String,
-    booted: Option<String>,
-    state: String,
-    target: Option<String>,
-}
-
-impl View {
-    fn committed(&self, version: &str) -> bool {
-        self.booted.as_deref() == Some(version) && self.state == "committed"
-    }
-
-    /// Not in the middle of an update.
-    fn settled(&self) -> bool {
-        matches!(
-            self.state.as_str(),
-            "idle" | "staged" | "waiting_for_window" | "committed" | "rolled_back" | "failed"
-        )
-    }
-
-    fn short(&self) -> String {
-        let state = match self.state.as_str() {
-            "waiting_for_window" => "wait",
-            "committed" => "ok",
-            "rolled_back" => "rolledback",
-            "installing" => "install",
-            "rebooting" => "reboot",
-            s => s,
-        };
-        format!(
-            "{}:{}",
-            self.booted.as_deref().unwrap_or("-"),
-            state.chars().take(10).collect::<String>()
-        )
-    }
-}
-
-fn fleet(lab: &Lab) -> Vec<View> {
-    (0..lab.nodes.len())
-        .map(|i| {
-            let s = lab.node_update(i);
-            View {
-                name: node_name(i),
-                site: lab.nodes[i].site.clone(),
-                slot: s
-                    .as_ref()
-                    .map_or("?".into(), |s| format!("{:?}", s.active_slot)),
-                booted: s.as_ref().and_then(|s| s.booted_version.clone()),
-                state: s
-                    .as_ref()
-                    .map_or("starting".into(), |s| s.update.state.clone()),
-                target: s.and_then(|s| s.update.target_version),
-            }
-        })
-        .collect()
 }
 
 /// Polls the fleet until `done`, printing a line per site whenever a

@@ -143,7 +143,10 @@ impl Lab {
             None => Command::new(bin),
         };
         cmd.args(args)
-            .env("FLEETMESH_LOG", "info,libp2p_kad=error")
+            .env(
+                "FLEETMESH_LOG",
+                std::env::var("FLEETMESH_LAB_LOG").unwrap_or("info,libp2p_kad=error".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -424,6 +427,99 @@ fn patch_toml(text: &str, extra: &str) -> String {
         }
     }
     lines.join("\n") + "\n"
+}
+
+/// A node's name in tables and reports.
+pub fn node_name(i: usize) -> String {
+    format!("node{i:02}")
+}
+
+/// True if the seed's policy shows `version`'s rollout halted.
+pub fn rollout_halted(lab: &Lab, version: &str) -> bool {
+    let Ok(out) = lab.seed_cmd(&["policy", "show", "--json"]) else {
+        return false;
+    };
+    let Ok(p) = serde_json::from_str::<serde_json::Value>(&out) else {
+        return false;
+    };
+    p["rollouts"].as_array().is_some_and(|rs| {
+        rs.iter()
+            .any(|r| r["version"] == version && r["state"].get("halted").is_some())
+    })
+}
+
+/// A node's update state as its status file shows it.
+#[derive(Debug)]
+pub struct View {
+    /// `nodeNN`.
+    pub name: String,
+    /// Its site.
+    pub site: String,
+    /// The active slot.
+    pub slot: String,
+    /// The running release's version.
+    pub booted: Option<String>,
+    /// The updater's state.
+    pub state: String,
+    /// The release being (or last) applied.
+    pub target: Option<String>,
+}
+
+impl View {
+    pub fn committed(&self, version: &str) -> bool {
+        self.booted.as_deref() == Some(version) && self.state == "committed"
+    }
+
+    /// Tried `version`, failed its health check and rolled back.
+    pub fn rolled_back(&self, version: &str) -> bool {
+        self.target.as_deref() == Some(version) && self.state == "rolled_back"
+    }
+
+    /// Not in the middle of an update.
+    pub fn settled(&self) -> bool {
+        matches!(
+            self.state.as_str(),
+            "idle" | "staged" | "waiting_for_window" | "committed" | "rolled_back" | "failed"
+        )
+    }
+
+    /// A short cell for a progress table.
+    pub fn short(&self) -> String {
+        let state = match self.state.as_str() {
+            "waiting_for_window" => "wait",
+            "committed" => "ok",
+            "rolled_back" => "rolledback",
+            "installing" => "install",
+            "rebooting" => "reboot",
+            s => s,
+        };
+        format!(
+            "{}:{}",
+            self.booted.as_deref().unwrap_or("-"),
+            state.chars().take(10).collect::<String>()
+        )
+    }
+}
+
+/// Every node's update state.
+pub fn fleet(lab: &Lab) -> Vec<View> {
+    (0..lab.nodes.len())
+        .map(|i| {
+            let s = lab.node_update(i);
+            View {
+                name: node_name(i),
+                site: lab.nodes[i].site.clone(),
+                slot: s
+                    .as_ref()
+                    .map_or("?".into(), |s| format!("{:?}", s.active_slot)),
+                booted: s.as_ref().and_then(|s| s.booted_version.clone()),
+                state: s
+                    .as_ref()
+                    .map_or("starting".into(), |s| s.update.state.clone()),
+                target: s.and_then(|s| s.update.target_version),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

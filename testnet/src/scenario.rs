@@ -20,20 +20,31 @@
 //! download_bytes_per_sec = 0   # each node's cap; 0 is none
 //! wan_mbit = 20                # --netns: the site's WAN link, each way
 //!
+//! [[release]]                 # optional; default: one release 1.0.0
+//! version = "1.0.0"            # semver, each above the one before
+//! install = true               # installed once everywhere (window open)
+//!
+//! [[release]]                  # published once the one before is done
+//! version = "2.0.0"
+//! changed = 0.05               # share of the previous image rewritten
+//! install = true
+//! fails_health = true          # its health check fails on every node
+//!
 //! [[fault]]
-//! at_secs = 1.0                # after publish
+//! at_secs = 1.0                # after the first publish
 //! action = "kill"              # kill | restart | seed_offline | partition | heal
 //! node = 1                     # kill, restart
 //! # site = "a"                 # partition, heal (--netns only)
 //! ```
 
-use crate::image::write_image;
-use crate::lab::{check_interrupted, Lab};
+use crate::image::{write_image, EditPlan};
+use crate::lab::{check_interrupted, fleet, rollout_halted, wait_until, Lab, View};
 use crate::meshbench::node_image_hash;
 use crate::netns::{Counters, Net, Topology};
 use anyhow::{bail, Context, Result};
 use fleetmesh_protocol::ImageHash;
 use serde::{Deserialize, Serialize};
+use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -56,6 +67,10 @@ pub struct Scenario {
     /// Timed faults.
     #[serde(default)]
     pub fault: Vec<Fault>,
+    /// Releases in publish order; none is one release 1.0.0, not installed.
+    /// Completion, bytes and links are measured for the first.
+    #[serde(default)]
+    pub release: Vec<ReleaseSpec>,
     /// Seconds to let a connected fleet settle (start-up discovery and
     /// gossip traffic) before publishing; not with corrupt nodes.
     #[serde(default)]
@@ -89,6 +104,32 @@ pub struct SiteSpec {
     /// `--netns`: its WAN link in Mbit/s, each way (none: unshaped).
     pub wan_mbit: Option<f64>,
 }
+
+/// One release of a scenario.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseSpec {
+    /// Its version (semver), above the one before.
+    pub version: String,
+    /// Share of the previous release's image rewritten (not the first's).
+    #[serde(default = "default_changed")]
+    pub changed: f64,
+    /// Every node installs it once it has it: the policy's window is open
+    /// all run and its rollout is one wave of every node.
+    #[serde(default)]
+    pub install: bool,
+    /// Its health check fails on every node: each node that installs it
+    /// must roll back by itself, and the seed must halt its rollout.
+    #[serde(default)]
+    pub fails_health: bool,
+}
+
+fn default_changed() -> f64 {
+    0.05
+}
+
+/// Most releases in one scenario.
+const MAX_RELEASES: usize = 8;
 
 /// A fault at a time after publish.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -175,6 +216,27 @@ impl Scenario {
                 ));
             }
         }
+        if self.release.len() > MAX_RELEASES {
+            return Err(format!("at most {MAX_RELEASES} [[release]]s"));
+        }
+        let mut last: Option<semver::Version> = None;
+        for (i, r) in self.release.iter().enumerate() {
+            let what = format!("release {}", i + 1);
+            let v = semver::Version::parse(&r.version)
+                .map_err(|e| format!("{what}: version {:?}: {e}", r.version))?;
+            if last.as_ref().is_some_and(|l| &v <= l) {
+                return Err(format!(
+                    "{what}: version {v} must be above the release before it"
+                ));
+            }
+            last = Some(v);
+            if !(r.changed > 0.0 && r.changed <= 1.0) {
+                return Err(format!("{what}: changed must be in (0, 1]"));
+            }
+            if r.fails_health && !r.install {
+                return Err(format!("{what}: fails_health needs install = true"));
+            }
+        }
         for (i, f) in self.fault.iter().enumerate() {
             let what = format!("fault {}", i + 1);
             if !(f.at_secs >= 0.0 && f.at_secs.is_finite()) {
@@ -206,6 +268,19 @@ impl Scenario {
             }
         }
         Ok(())
+    }
+
+    /// The releases to publish: the file's, or one 1.0.0 not installed.
+    fn releases(&self) -> Vec<ReleaseSpec> {
+        if !self.release.is_empty() {
+            return self.release.clone();
+        }
+        vec![ReleaseSpec {
+            version: "1.0.0".into(),
+            changed: default_changed(),
+            install: false,
+            fails_health: false,
+        }]
     }
 
     /// The link rates for `--netns`, in bits/s.
@@ -320,6 +395,29 @@ pub struct ScenarioReport {
     pub honest_running: usize,
     /// Per corrupt node: how many honest running nodes banned it.
     pub corrupt_banned_by: Vec<(usize, usize)>,
+    /// Every release: its distribution and install.
+    pub releases: Vec<ReleaseOutcome>,
+}
+
+/// What became of one release.
+#[derive(Debug, Serialize)]
+pub struct ReleaseOutcome {
+    /// Its version.
+    pub version: String,
+    /// Seconds from its publish until every running honest node held it.
+    pub distributed_secs: f64,
+    /// Running honest nodes whose reassembled image matched.
+    pub images_verified: usize,
+    /// Installed: running honest nodes that boot it, committed.
+    pub committed: usize,
+    /// Installed: nodes that failed its health check and rolled back.
+    pub rolled_back: usize,
+    /// The seed halted its rollout.
+    pub halted: bool,
+    /// What was expected of it happened.
+    pub ok: bool,
+    /// What was expected, and what happened.
+    pub detail: String,
 }
 
 impl ScenarioReport {
@@ -328,6 +426,7 @@ impl ScenarioReport {
     pub fn passed(&self) -> bool {
         self.images_verified == self.honest_running
             && self.corrupt_banned_by.iter().all(|&(_, by)| by > 0)
+            && self.releases.iter().all(|r| r.ok)
     }
 }
 
@@ -371,17 +470,22 @@ pub fn run(
     };
     let mut lab = Lab::new(work, seed_bin, node_bin)?;
     lab.net = net;
-    let image: PathBuf = work.join("image-v1");
-    write_image(1, size, std::fs::File::create(&image)?)?;
+    let releases = s.releases();
+    let images = write_images(work, size, &releases)?;
+    let (image, first) = (&images[0], releases[0].version.as_str());
     lab.start_seed()?;
+    let health = health_config(&releases);
     for site in &s.site {
         let cap = format!(
-            "mesh.download_bytes_per_sec = {}",
+            "mesh.download_bytes_per_sec = {}{health}",
             site.download_bytes_per_sec
         );
         for _ in 0..site.nodes {
             lab.add_node(&site.name, &cap)?;
         }
+    }
+    if releases.iter().any(|r| r.install) {
+        apply_install_policy(&lab, &releases)?;
     }
     let n = lab.nodes.len();
     let corrupt = |i: usize| s.corrupt_nodes.contains(&i);
@@ -405,15 +509,15 @@ pub fn run(
             }
         }
         let before = read_links(&lab)?;
-        (lab.publish(&image, "1.0.0")?, before)
+        (lab.publish(image, first)?, before)
     } else {
         // Corrupt nodes get the image honestly first, so that they have
         // chunks to serve when the others start.
         for &i in &bad {
             lab.start_node(i, &["--chaos-corrupt-uploads"])?;
         }
-        let published = lab.publish(&image, "1.0.0")?;
-        lab.wait_complete(&bad, "1.0.0", timeout)?;
+        let published = lab.publish(image, first)?;
+        lab.wait_complete(&bad, first, timeout)?;
         say(&format!("corrupt nodes {bad:?} have the release"));
         let before = read_links(&lab)?;
         for i in (0..n).filter(|&i| !corrupt(i)) {
@@ -473,7 +577,7 @@ pub fn run(
             });
         }
         let honest: Vec<usize> = (0..n).filter(|&i| running[i] && !corrupt(i)).collect();
-        if faults.is_empty() && honest.iter().all(|&i| lab.node_complete(i, "1.0.0")) {
+        if faults.is_empty() && honest.iter().all(|&i| lab.node_complete(i, first)) {
             break;
         }
         if Instant::now() > deadline {
@@ -515,7 +619,7 @@ pub fn run(
     let wire = published["stored_bytes"]
         .as_u64()
         .context("publish summary")?;
-    let expected = ImageHash::from(blake3::hash(&std::fs::read(&image)?));
+    let expected = ImageHash::from(blake3::hash(&std::fs::read(image)?));
     let honest: Vec<usize> = (0..n).filter(|&i| running[i] && !corrupt(i)).collect();
     std::thread::sleep(Duration::from_millis(1500));
     let mut verified = 0;
@@ -556,6 +660,15 @@ pub fn run(
                 .collect(),
         });
     let t_min = s.t_min(wire, netns);
+    let outcomes = follow_releases(
+        &lab,
+        s,
+        &releases,
+        &images,
+        (completion, verified),
+        &honest,
+        say,
+    )?;
     Ok(ScenarioReport {
         name: s.name.clone(),
         mode: if netns { "netns" } else { "loopback" },
@@ -571,5 +684,168 @@ pub fn run(
         images_verified: verified,
         honest_running: honest.len(),
         corrupt_banned_by: banned_by,
+        releases: outcomes,
     })
+}
+
+/// Writes every release's image: the first from scratch, each next one by
+/// rewriting a share of the one before.
+fn write_images(work: &Path, size: u64, releases: &[ReleaseSpec]) -> Result<Vec<PathBuf>> {
+    let mut images: Vec<PathBuf> = Vec::new();
+    for (k, r) in releases.iter().enumerate() {
+        let path = work.join(format!("image-{}", r.version));
+        match images.last() {
+            None => write_image(1, size, std::fs::File::create(&path)?)?,
+            Some(prev) => {
+                let len = std::fs::metadata(prev)?.len();
+                EditPlan::standard(len, k as u64 + 1, r.changed, 16).apply(
+                    BufReader::new(std::fs::File::open(prev)?),
+                    BufWriter::new(std::fs::File::create(&path)?),
+                )?
+            }
+        }
+        images.push(path);
+    }
+    Ok(images)
+}
+
+/// Node config lines that fail the health check of the failing releases.
+fn health_config(releases: &[ReleaseSpec]) -> String {
+    let failing: Vec<&str> = releases
+        .iter()
+        .filter(|r| r.fails_health)
+        .map(|r| r.version.as_str())
+        .collect();
+    if failing.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\nupdate.health = \"command\"\n\
+         update.health_command = [\"sh\", \"-c\", \"case \\\"$FLEETMESH_TARGET_VERSION\\\" in {}) exit 1;; esac\"]\n\
+         update.health_timeout_secs = 30",
+        failing.join("|")
+    )
+}
+
+/// Signs a policy whose window is open for the whole run, with a rollout
+/// of one wave to every node for each release to install.
+fn apply_install_policy(lab: &Lab, releases: &[ReleaseSpec]) -> Result<()> {
+    let now = fleetmesh_node::cli::unix_now().0 as i64;
+    let at = |t: i64| -> Result<String> {
+        Ok(jiff::Timestamp::from_second(t)
+            .context("window time")?
+            .to_string())
+    };
+    let mut text = format!(
+        "[[window]]\nname = \"open\"\ntz = \"UTC\"\nstart = \"{}\"\nend = \"{}\"\n",
+        at(now - 3600)?,
+        at(now + 86_400)?
+    );
+    for r in releases.iter().filter(|r| r.install) {
+        text += &format!(
+            "\n[[rollout]]\nversion = \"{}\"\n[[rollout.wave]]\nname = \"all\"\npercent = 100\n",
+            r.version
+        );
+    }
+    let path = lab.dir.join("policy.toml");
+    std::fs::write(&path, text)?;
+    lab.seed_cmd(&["policy", "apply", &path.to_string_lossy()])?;
+    Ok(())
+}
+
+/// The views of nodes `which`.
+fn of<'a>(views: &'a [View], which: &[usize]) -> Vec<&'a View> {
+    which.iter().filter_map(|&i| views.get(i)).collect()
+}
+
+/// Publishes the releases after the first, each once the one before is
+/// done, and checks every install: a good release ends committed on every
+/// running honest node; a failing one is rolled back by every node that
+/// tried it, its rollout halts, and every node still runs the release
+/// before it. `first` is the first release's (completion, images verified).
+fn follow_releases(
+    lab: &Lab,
+    s: &Scenario,
+    releases: &[ReleaseSpec],
+    images: &[PathBuf],
+    first: (f64, usize),
+    honest: &[usize],
+    say: &mut dyn FnMut(&str),
+) -> Result<Vec<ReleaseOutcome>> {
+    let timeout = Duration::from_secs(s.timeout_secs);
+    let mut out = Vec::new();
+    // What every node runs: the last release installed and committed.
+    let mut good: Option<String> = fleet(lab).first().and_then(|v| v.booted.clone());
+    for (k, r) in releases.iter().enumerate() {
+        let v = r.version.as_str();
+        let (distributed_secs, images_verified) = if k == 0 {
+            first
+        } else {
+            let published = lab.publish(&images[k], v)?;
+            let took = lab.wait_complete(honest, v, timeout)?.as_secs_f64();
+            say(&format!("{v} on every running honest node in {took:.1} s"));
+            let id = published["release_id"]
+                .as_str()
+                .context("publish summary")?;
+            let expected = ImageHash::from(blake3::hash(&std::fs::read(&images[k])?));
+            let mut verified = 0;
+            for &i in honest {
+                verified += usize::from(node_image_hash(&lab.nodes[i].dir, id)? == expected);
+            }
+            (took, verified)
+        };
+        let mut o = ReleaseOutcome {
+            version: r.version.clone(),
+            distributed_secs,
+            images_verified,
+            committed: 0,
+            rolled_back: 0,
+            halted: false,
+            ok: images_verified == honest.len(),
+            detail: format!("{images_verified}/{} images exact", honest.len()),
+        };
+        if r.install {
+            let done = wait_until(timeout, || {
+                check_interrupted().ok()?;
+                let views = fleet(lab);
+                let ours = of(&views, honest);
+                let done = if r.fails_health {
+                    rollout_halted(lab, v)
+                        && ours.iter().all(|n| n.settled())
+                        && ours.iter().any(|n| n.rolled_back(v))
+                } else {
+                    ours.iter().all(|n| n.committed(v))
+                };
+                done.then_some(())
+            });
+            check_interrupted()?;
+            if r.fails_health && done.is_some() {
+                // Give a node wrongly admitted after the halt time to act.
+                std::thread::sleep(Duration::from_secs(5));
+            }
+            let views = fleet(lab);
+            let ours = of(&views, honest);
+            o.committed = ours.iter().filter(|n| n.committed(v)).count();
+            o.rolled_back = ours.iter().filter(|n| n.rolled_back(v)).count();
+            o.halted = rollout_halted(lab, v);
+            let n = ours.len();
+            if r.fails_health {
+                let on_good = ours.iter().filter(|n| n.booted == good).count();
+                o.ok &= done.is_some() && o.halted && o.rolled_back > 0 && on_good == n;
+                o.detail += &format!(
+                    "; fails its health check: {} rolled back, rollout {}, {on_good}/{n} still run {}",
+                    o.rolled_back,
+                    if o.halted { "halted" } else { "not halted" },
+                    good.as_deref().unwrap_or("the factory image")
+                );
+            } else {
+                o.ok &= o.committed == n;
+                o.detail += &format!("; {}/{n} committed", o.committed);
+                good = Some(r.version.clone());
+            }
+            say(&format!("{v}: {}", o.detail));
+        }
+        out.push(o);
+    }
+    Ok(out)
 }

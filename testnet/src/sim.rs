@@ -592,8 +592,9 @@ impl Sim {
             if !s.expire(now).is_empty() {
                 node.dirty = true;
             }
-            // An idle node plans every tick so that its WAN fallback fires.
-            if !node.dirty && s.in_flight() > 0 {
+            // An idle node plans every tick so that its WAN fallback fires,
+            // and so does one in the endgame, for overdue requests.
+            if !node.dirty && s.in_flight() > 0 && !s.in_endgame() {
                 continue;
             }
             node.dirty = false;

@@ -7,13 +7,13 @@ fn testnet() -> Command {
     Command::new(env!("CARGO_BIN_EXE_fleetmesh-testnet"))
 }
 
-#[test]
-fn the_fault_scenario_holds_and_reports() {
+/// Runs a checked-in scenario on 127.0.0.1; it must pass. Its report.
+fn run_checked_in(file: &str) -> serde_json::Value {
     let dir = tempfile::tempdir().expect("tempdir");
     let json = dir.path().join("report.json");
-    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/faults.toml");
+    let scenario = format!("{}/scenarios/{file}", env!("CARGO_MANIFEST_DIR"));
     let out = testnet()
-        .args(["run", "--scenario", scenario, "--work"])
+        .args(["run", "--scenario", &scenario, "--work"])
         .arg(dir.path().join("lab"))
         .arg("--json")
         .arg(&json)
@@ -25,8 +25,12 @@ fn the_fault_scenario_holds_and_reports() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&json).expect("report")).expect("json");
+    serde_json::from_slice(&std::fs::read(&json).expect("report")).expect("json")
+}
+
+#[test]
+fn the_fault_scenario_holds_and_reports() {
+    let report = run_checked_in("faults.toml");
     assert_eq!(
         report["faults"].as_array().map(Vec::len),
         Some(2),
@@ -38,6 +42,21 @@ fn the_fault_scenario_holds_and_reports() {
     // keeps them fetching long enough to ask it).
     let by = report["corrupt_banned_by"][0][1].as_u64().expect("count");
     assert!(by >= 2, "{report}");
+}
+
+#[test]
+fn a_release_that_fails_its_health_check_is_rolled_back_everywhere() {
+    let report = run_checked_in("bad-release.toml");
+    let releases = report["releases"].as_array().expect("releases");
+    let field = |k: usize, f: &str| releases[k][f].as_u64().unwrap_or(u64::MAX);
+    assert_eq!(releases.len(), 3, "{report}");
+    assert_eq!(field(0, "committed"), 4, "{report}");
+    // 2.0.0: nobody keeps it; those that tried rolled back; halted.
+    assert_eq!(field(1, "committed"), 0, "{report}");
+    assert!((1..=4).contains(&field(1, "rolled_back")), "{report}");
+    assert_eq!(releases[1]["halted"], true, "{report}");
+    assert_eq!(field(2, "committed"), 4, "{report}");
+    assert!(releases.iter().all(|r| r["ok"] == true), "{report}");
 }
 
 #[test]
@@ -58,6 +77,16 @@ fn bad_scenarios_are_refused_with_the_key() {
             "name = \"x\"\nimage_size = \"1MiB\"\n[[site]]\nname = \"a\"\nnodes = 1\n\
              [[fault]]\nat_secs = 1\naction = \"explode\"\n",
             "explode",
+        ),
+        (
+            "name = \"x\"\nimage_size = \"1MiB\"\n[[site]]\nname = \"a\"\nnodes = 1\n\
+             [[release]]\nversion = \"2.0.0\"\n[[release]]\nversion = \"1.0.0\"\n",
+            "release 2: version 1.0.0 must be above",
+        ),
+        (
+            "name = \"x\"\nimage_size = \"1MiB\"\n[[site]]\nname = \"a\"\nnodes = 1\n\
+             [[release]]\nversion = \"1.0.0\"\nfails_health = true\n",
+            "release 1: fails_health needs install",
         ),
     ] {
         let path = dir.path().join("s.toml");

@@ -1407,6 +1407,7 @@ impl Mesh {
         bytes: u64,
         bad: Option<String>,
     ) {
+        tracing::debug!(%peer, req = req.0, got = got.len(), lacks = lacks.len(), "chunks stored");
         let now = self.now();
         let same_site = self
             .peers
@@ -1532,7 +1533,9 @@ impl Mesh {
         let mono = self.now();
         for r in self.releases.values_mut() {
             if let Some(s) = r.sched.as_mut() {
-                s.expire(mono);
+                for req in s.expire(mono) {
+                    tracing::debug!(req = req.0, "chunk request timed out");
+                }
             }
         }
         self.pump();
@@ -1712,6 +1715,7 @@ impl Mesh {
             let Some(r) = self.releases.get(&id) else {
                 continue;
             };
+            tracing::debug!(peer = %planned.peer, req = planned.id.0, n = planned.pieces.len(), "requesting chunks");
             let ids = planned
                 .pieces
                 .iter()

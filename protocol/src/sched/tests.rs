@@ -412,3 +412,119 @@ fn sites_known_from_reports_split_the_seed_without_seeing_their_nodes() {
         seed_fetches("a", 1, &[1, 2], &[], n).len() + seed_fetches("a", 2, &[1, 2], &[], n).len();
     assert_eq!(alone, n);
 }
+
+#[test]
+fn wan_requests_are_capped_by_recent_wan_throughput() {
+    // 1000-byte pieces; a floor of 8 pieces, a queue of one second.
+    let mut s = sched("a", 1, 400);
+    s.cfg.wan_floor = 8000;
+    s.add_peer(2, info("b", 2));
+    s.peer_has(&2, 0..400);
+    let asked = |plan: &[Planned<u32>]| plan.iter().map(|p| p.pieces.len()).sum::<usize>();
+    let mut out = s.plan(T0, u64::MAX);
+    assert_eq!(asked(&out), 8, "the floor bounds a start");
+    assert!(
+        s.plan(T0, u64::MAX).is_empty(),
+        "nothing more until some land"
+    );
+    // Responses come back within a quarter of a second: the link has room,
+    // so the cap grows with what arrives, and never runs ahead of it.
+    let mut now = T0;
+    for _ in 0..12 {
+        now += Duration::from_millis(250);
+        for p in std::mem::take(&mut out) {
+            s.finish(now, p.id, &p.pieces, &[]);
+        }
+        out = s.plan(now, u64::MAX);
+        let cap = (s.wan_rate as u64).max(8000);
+        assert!(
+            s.bytes_in_flight() <= cap,
+            "{} > {cap} at {now:?}",
+            s.bytes_in_flight()
+        );
+    }
+    assert!(
+        s.bytes_in_flight() >= 16_000,
+        "{} in flight",
+        s.bytes_in_flight()
+    );
+}
+
+#[test]
+fn same_site_requests_are_not_capped_by_the_wan() {
+    let mut s = sched("a", 1, 100);
+    s.cfg.wan_floor = 4000;
+    s.add_peer(2, info("a", 2));
+    s.peer_has(&2, 0..100);
+    let asked: usize = s.plan(T0, u64::MAX).iter().map(|p| p.pieces.len()).sum();
+    assert_eq!(asked, Config::default().per_peer_pieces);
+}
+
+#[test]
+fn an_overdue_wan_request_is_doubled_in_the_endgame() {
+    // One piece, owned by this node (alone in its site), held by two
+    // remote peers: asked from one, then from the other once overdue.
+    let mut s = sched("a", 1, 1);
+    s.add_peer(2, info("b", 2));
+    s.add_peer(3, info("b", 3));
+    s.peer_has(&2, [0]);
+    s.peer_has(&3, [0]);
+    let first = s.plan(T0, u64::MAX);
+    assert_eq!(first.len(), 1);
+    assert!(s.plan(Duration::from_secs(1), u64::MAX).is_empty());
+    let second = s.plan(OVERDUE_MIN, u64::MAX);
+    assert_eq!(second.len(), 1, "overdue after {OVERDUE_MIN:?}");
+    assert_ne!(second[0].peer, first[0].peer);
+    assert!(
+        s.plan(OVERDUE_MIN * 2, u64::MAX).is_empty(),
+        "never a third"
+    );
+}
+
+#[test]
+fn the_seed_share_crosses_the_wan_before_other_sites_are_asked() {
+    // Alone in site a with sites b and c known: this node fetches about a
+    // third of the pieces from the seed; site b holds the rest. Nothing is
+    // asked of site b until the seed has delivered the third.
+    let n = 90;
+    let setup = || {
+        let mut s = sched("a", 1, n);
+        s.add_site("c");
+        s.add_peer(0, seed_info());
+        s.add_peer(2, info("b", 2));
+        s.peer_has(&0, 0..n as u32);
+        assert!(s.plan(T0, 0).is_empty());
+        let share: Vec<u32> = s
+            .mine
+            .as_ref()
+            .expect("owners")
+            .1
+            .ones()
+            .map(|i| i as u32)
+            .collect();
+        assert!((15..=45).contains(&share.len()), "{}", share.len());
+        s.peer_has(&2, (0..n as u32).filter(|i| !share.contains(i)));
+        (s, share)
+    };
+    let (mut s, share) = setup();
+    let plan = s.plan(T0, u64::MAX);
+    assert!(plan.iter().all(|p| p.peer == 0), "only the seed first");
+    let mut asked: Vec<u32> = plan.iter().flat_map(|p| p.pieces.clone()).collect();
+    asked.sort();
+    assert_eq!(asked, share);
+    let now = Duration::from_secs(1);
+    for p in &plan {
+        s.finish(now, p.id, &p.pieces, &[]);
+    }
+    let next = s.plan(now, u64::MAX);
+    assert!(
+        !next.is_empty() && next.iter().all(|p| p.peer == 2),
+        "then site b"
+    );
+
+    // A seed that delivers nothing for `wan_fallback_after` ends the phase.
+    let (mut s, _) = setup();
+    assert!(s.plan(T0, u64::MAX).iter().all(|p| p.peer == 0));
+    let later = Duration::from_secs(11);
+    assert!(s.plan(later, u64::MAX).iter().any(|p| p.peer == 2));
+}
