@@ -84,7 +84,7 @@ impl Default for Config {
             ban: Duration::from_secs(300),
             wan_fallback_after: Duration::from_secs(10),
             wan_queue: Duration::from_secs(1),
-            wan_floor: 2 << 20,
+            wan_floor: 1 << 20,
             seed_first: true,
         }
     }
@@ -536,9 +536,13 @@ impl<P: Ord + Clone> Scheduler<P> {
         self.pending.get(&id).map(|r| r.pieces.as_slice())
     }
 
-    /// True when few enough pieces are missing for duplicate requests
-    /// (rule 7): planning then pays off on every tick, not only on news.
-    pub fn in_endgame(&self) -> bool {
+    /// True when a request in the endgame is overdue (rule 7): a plan may
+    /// then double it, though nothing else changed.
+    pub fn endgame_due(&self, now: Duration) -> bool {
+        self.in_endgame() && self.pending.values().any(|r| r.overdue <= now)
+    }
+
+    fn in_endgame(&self) -> bool {
         self.lens.len() - self.have.count() <= self.cfg.endgame_pieces
     }
 
@@ -565,6 +569,19 @@ impl<P: Ord + Clone> Scheduler<P> {
         if self.is_complete() {
             return Vec::new();
         }
+        let (mut wan_budget, mut wan_idle) = self.wan_budget(now);
+        // Nothing to ask for that the WAN cap allows, and no endgame: skip
+        // looking at every peer.
+        let wan_ok = wan_budget > 0 || wan_idle;
+        let open = |i: usize| {
+            !self.have.get(i)
+                && self.requested[i] == 0
+                && self.avail[i] > 0
+                && (wan_ok || self.lan_avail[i] > 0)
+        };
+        if !self.in_endgame() && !(0..self.lens.len()).any(open) {
+            return Vec::new();
+        }
         if self.mine.is_none() {
             self.mine = Some(self.compute_mine(now));
         }
@@ -572,7 +589,6 @@ impl<P: Ord + Clone> Scheduler<P> {
             .idle_since
             .is_some_and(|t| now.saturating_sub(t) >= self.cfg.wan_fallback_after);
         let seed_since = *self.seed_progress.get_or_insert(now);
-        let mut wan_budget = self.wan_budget(now);
         let mut views = self.views(now);
         let seed_first = self.seed_first(now, seed_since, &views);
         let total: usize = views.iter().map(|v| v.free).sum();
@@ -596,10 +612,15 @@ impl<P: Ord + Clone> Scheduler<P> {
             }
             if let Some(k) = self.pick(i as usize, &views, any_wan, seed_first, &[]) {
                 if views[k].class != Class::Lan {
-                    if wan_budget < len {
+                    if wan_budget >= len {
+                        wan_budget -= len;
+                        wan_idle = false;
+                    } else if std::mem::take(&mut wan_idle) {
+                        // Nothing in flight: one piece bigger than the cap.
+                        wan_budget = 0;
+                    } else {
                         continue;
                     }
-                    wan_budget -= len;
                 }
                 views[k].free -= 1;
                 left -= 1;
@@ -676,9 +697,10 @@ impl<P: Ord + Clone> Scheduler<P> {
             .collect()
     }
 
-    /// Rule 8: the WAN bytes a plan may add, after updating the WAN receive
-    /// rate (sampled at most once a second).
-    fn wan_budget(&mut self, now: Duration) -> u64 {
+    /// Rule 8: the WAN bytes a plan may add, and whether none are in
+    /// flight, after updating the WAN receive rate (sampled at most once a
+    /// second).
+    fn wan_budget(&mut self, now: Duration) -> (u64, bool) {
         let (bytes, at) = self.wan_mark;
         let at = at.unwrap_or(now);
         let dt = now.saturating_sub(at).as_secs_f64();
@@ -698,11 +720,12 @@ impl<P: Ord + Clone> Scheduler<P> {
             .sum();
         let free = cap.max(self.cfg.wan_floor).saturating_sub(in_flight);
         // Whole requests, not a piece at a time as responses trickle in.
-        if free < self.cfg.wan_floor / 2 {
+        let free = if free < self.cfg.wan_floor / 2 {
             0
         } else {
             free
-        }
+        };
+        (free, in_flight == 0)
     }
 
     /// Rule 9: the seed is delivering pieces this node fetches from it that

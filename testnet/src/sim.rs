@@ -405,7 +405,11 @@ impl Sim {
     /// A node (re)starts: a fresh scheduler over the pieces it holds, told
     /// what its live peers hold (as hello's have-maps do); they learn of it.
     fn start(&mut self, k: usize) {
-        let cfg = Config::default();
+        // The WAN floor is 16 of the node's 64 KiB chunks; with the
+        // simulator's coarser pieces it is kept at two pieces, so that a
+        // node's WAN pipeline is not a single piece.
+        let mut cfg = Config::default();
+        cfg.wan_floor = cfg.wan_floor.max(2 * u64::from(self.cfg.piece_bytes));
         let held = self.nodes[k].got_at.clone();
         let mut s = Scheduler::new(cfg, self.info_of(k), &self.pieces, |i| held[i] != u64::MAX);
         // Status reports have told it every site (the fleet was up before
@@ -593,8 +597,8 @@ impl Sim {
                 node.dirty = true;
             }
             // An idle node plans every tick so that its WAN fallback fires,
-            // and so does one in the endgame, for overdue requests.
-            if !node.dirty && s.in_flight() > 0 && !s.in_endgame() {
+            // and so does one with an overdue request in the endgame.
+            if !node.dirty && s.in_flight() > 0 && !s.endgame_due(now) {
                 continue;
             }
             node.dirty = false;
