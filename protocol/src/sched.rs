@@ -38,7 +38,9 @@
 //!    lately, at least `wan_floor` bytes: enough to keep its share of the
 //!    link busy, and little enough that a response is not queued behind
 //!    seconds of others at a remote uplink, where it times out, is fetched
-//!    twice and holds up the site's last pieces.
+//!    twice and holds up the site's last pieces. Each remote peer gets at
+//!    most `wan_queue` of its own measured rate (at least a quarter of
+//!    `wan_floor`), so a slow site's peers cannot hold the whole budget.
 //! 9. Seed first: while the seed is delivering pieces this node fetches from
 //!    it that no other peer has yet, the node asks cross-site peers only for
 //!    those pieces. Every site's inbound WAN link then carries the seed's
@@ -233,6 +235,8 @@ struct View<'a, P> {
     class: Class,
     have: &'a Bits,
     rate: f64,
+    /// Pieces it may have in flight, and how many more this plan may ask.
+    limit: usize,
     free: usize,
 }
 
@@ -259,6 +263,8 @@ pub struct Scheduler<P> {
     cfg: Config,
     me: PeerInfo,
     lens: Vec<u32>,
+    /// Mean piece length, at least 1.
+    avg_len: f64,
     keys: Vec<u64>,
     have: Bits,
     /// Peers (not banned at the time they told us) that have each piece.
@@ -327,6 +333,8 @@ impl<P: Ord + Clone> Scheduler<P> {
             cfg,
             me,
             lens: pieces.iter().map(|p| p.1).collect(),
+            avg_len: (pieces.iter().map(|p| f64::from(p.1)).sum::<f64>() / n.max(1) as f64)
+                .max(1.0),
             keys: pieces
                 .iter()
                 .map(|p| u64::from_le_bytes(p.0 .0[..8].try_into().unwrap_or_default()))
@@ -678,21 +686,34 @@ impl<P: Ord + Clone> Scheduler<P> {
 
     /// The peers a plan may use (not banned), with their free slots.
     fn views(&self, now: Duration) -> Vec<View<'_, P>> {
+        let avg = self.avg_len;
         self.peers
             .iter()
             .filter(|(_, p)| !p.banned_at(now))
-            .map(|(key, p)| View {
-                key,
-                class: if p.info.seed {
-                    Class::Seed
-                } else if p.lan {
-                    Class::Lan
+            .map(|(key, p)| {
+                // Rule 8, per peer: a slow remote peer holds only its share
+                // of the WAN budget, not all of it.
+                let limit = if p.lan {
+                    self.cfg.per_peer_pieces
                 } else {
-                    Class::Wan
-                },
-                have: &p.have,
-                rate: p.rate,
-                free: self.cfg.per_peer_pieces.saturating_sub(p.in_flight),
+                    let bytes = (p.rate * self.cfg.wan_queue.as_secs_f64())
+                        .max(self.cfg.wan_floor as f64 / 4.0);
+                    ((bytes / avg).ceil() as usize).clamp(1, self.cfg.per_peer_pieces)
+                };
+                View {
+                    key,
+                    class: if p.info.seed {
+                        Class::Seed
+                    } else if p.lan {
+                        Class::Lan
+                    } else {
+                        Class::Wan
+                    },
+                    have: &p.have,
+                    rate: p.rate,
+                    limit,
+                    free: limit.saturating_sub(p.in_flight),
+                }
             })
             .collect()
     }
@@ -772,7 +793,7 @@ impl<P: Ord + Clone> Scheduler<P> {
                 continue;
             }
             // Throughput per piece in flight, counting this plan's.
-            let busy = self.cfg.per_peer_pieces - v.free;
+            let busy = v.limit.saturating_sub(v.free);
             let score = v.rate / (busy as f64 + 1.0);
             let slot = &mut best[v.class as usize];
             if slot.is_none_or(|(_, s)| score > s) {
