@@ -619,16 +619,12 @@ pub fn run(
     let wire = published["stored_bytes"]
         .as_u64()
         .context("publish summary")?;
-    let expected = ImageHash::from(blake3::hash(&std::fs::read(image)?));
     let honest: Vec<usize> = (0..n).filter(|&i| running[i] && !corrupt(i)).collect();
     std::thread::sleep(Duration::from_millis(1500));
-    let mut verified = 0;
+    let verified = images_exact(&lab, &honest, id, image)?;
     let mut banned_by: Vec<(usize, usize)> = bad.iter().map(|&b| (b, 0)).collect();
     let mut wan: Vec<(String, u64)> = s.site.iter().map(|x| (x.name.clone(), 0)).collect();
     for &i in &honest {
-        if node_image_hash(&lab.nodes[i].dir, id)? == expected {
-            verified += 1;
-        }
         let status = lab.node_status(i).context("node status")?;
         for (b, by) in &mut banned_by {
             if status.banned.contains(&lab.nodes[*b].peer_id) {
@@ -753,6 +749,16 @@ fn apply_install_policy(lab: &Lab, releases: &[ReleaseSpec]) -> Result<()> {
     Ok(())
 }
 
+/// How many of nodes `which` reassemble release `id` into exactly `image`.
+fn images_exact(lab: &Lab, which: &[usize], id: &str, image: &Path) -> Result<usize> {
+    let expected = ImageHash::from(blake3::hash(&std::fs::read(image)?));
+    let mut exact = 0;
+    for &i in which {
+        exact += usize::from(node_image_hash(&lab.nodes[i].dir, id)? == expected);
+    }
+    Ok(exact)
+}
+
 /// The views of nodes `which`.
 fn of<'a>(views: &'a [View], which: &[usize]) -> Vec<&'a View> {
     which.iter().filter_map(|&i| views.get(i)).collect()
@@ -787,12 +793,7 @@ fn follow_releases(
             let id = published["release_id"]
                 .as_str()
                 .context("publish summary")?;
-            let expected = ImageHash::from(blake3::hash(&std::fs::read(&images[k])?));
-            let mut verified = 0;
-            for &i in honest {
-                verified += usize::from(node_image_hash(&lab.nodes[i].dir, id)? == expected);
-            }
-            (took, verified)
+            (took, images_exact(lab, honest, id, &images[k])?)
         };
         let mut o = ReleaseOutcome {
             version: r.version.clone(),
