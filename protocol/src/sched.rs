@@ -274,7 +274,9 @@ pub struct Scheduler<P> {
     lan_avail: Vec<u32>,
     /// Requests outstanding per piece.
     requested: Vec<u8>,
-    peers: BTreeMap<P, Peer>,
+    peers: PeerMap<P>,
+    /// The seed among them.
+    seed: Option<P>,
     pending: BTreeMap<RequestId, Pending<P>>,
     next_id: u64,
     /// Pieces this node fetches over the WAN, and those it fetches from the
@@ -293,6 +295,67 @@ pub struct Scheduler<P> {
     /// Tags of the other sites known to take part (from status reports),
     /// at most [`MAX_SITES`].
     sites: Vec<u64>,
+}
+
+/// The peers of a scheduler, by key: sorted keys apart from the values, so
+/// that a lookup reads a few compact lines and a plan's scan of every peer
+/// reads memory in order (a plan and a have-map are the simulator's hot
+/// paths at 10,000 nodes).
+#[derive(Debug)]
+struct PeerMap<P> {
+    keys: Vec<P>,
+    values: Vec<Peer>,
+}
+
+impl<P> Default for PeerMap<P> {
+    fn default() -> Self {
+        PeerMap {
+            keys: Vec::new(),
+            values: Vec::new(),
+        }
+    }
+}
+
+impl<P: Ord> PeerMap<P> {
+    fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    fn contains_key(&self, key: &P) -> bool {
+        self.keys.binary_search(key).is_ok()
+    }
+
+    fn get(&self, key: &P) -> Option<&Peer> {
+        let at = self.keys.binary_search(key).ok()?;
+        Some(&self.values[at])
+    }
+
+    fn get_mut(&mut self, key: &P) -> Option<&mut Peer> {
+        let at = self.keys.binary_search(key).ok()?;
+        Some(&mut self.values[at])
+    }
+
+    /// Adds a peer not yet present.
+    fn insert(&mut self, key: P, peer: Peer) {
+        if let Err(at) = self.keys.binary_search(&key) {
+            self.keys.insert(at, key);
+            self.values.insert(at, peer);
+        }
+    }
+
+    fn remove(&mut self, key: &P) -> Option<Peer> {
+        let at = self.keys.binary_search(key).ok()?;
+        self.keys.remove(at);
+        Some(self.values.remove(at))
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&P, &Peer)> {
+        self.keys.iter().zip(&self.values)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Peer> {
+        self.values.iter()
+    }
 }
 
 /// Most sites a scheduler keeps track of.
@@ -343,7 +406,8 @@ impl<P: Ord + Clone> Scheduler<P> {
             avail: vec![0; n],
             lan_avail: vec![0; n],
             requested: vec![0; n],
-            peers: BTreeMap::new(),
+            peers: PeerMap::default(),
+            seed: None,
             pending: BTreeMap::new(),
             next_id: 0,
             mine: None,
@@ -403,6 +467,9 @@ impl<P: Ord + Clone> Scheduler<P> {
             return;
         }
         self.membership_changed(&info);
+        if info.seed {
+            self.seed = Some(peer.clone());
+        }
         let lan = self.is_member(&info);
         self.peers.insert(
             peer,
@@ -420,6 +487,9 @@ impl<P: Ord + Clone> Scheduler<P> {
     /// A peer left: its requests fail, its pieces no longer count.
     pub fn remove_peer(&mut self, peer: &P) {
         self.fail_requests_to(peer);
+        if self.seed.as_ref() == Some(peer) {
+            self.seed = None;
+        }
         if let Some(p) = self.peers.remove(peer) {
             let lan = u32::from(p.lan);
             for i in p.have.ones() {
@@ -430,19 +500,23 @@ impl<P: Ord + Clone> Scheduler<P> {
         }
     }
 
-    /// The peer has these pieces.
-    pub fn peer_has(&mut self, peer: &P, pieces: impl IntoIterator<Item = u32>) {
+    /// The peer has these pieces; returns true if it newly has one this
+    /// node lacks (news a plan could act on).
+    pub fn peer_has(&mut self, peer: &P, pieces: impl IntoIterator<Item = u32>) -> bool {
         let Some(p) = self.peers.get_mut(peer) else {
-            return;
+            return false;
         };
         let lan = u32::from(p.lan);
+        let mut news = false;
         for i in pieces {
             if p.have.set(i as usize) {
                 self.avail[i as usize] += 1;
                 self.lan_avail[i as usize] += lan;
-                self.site_progress |= lan == 1 && !self.have.get(i as usize);
+                news |= !self.have.get(i as usize);
             }
         }
+        self.site_progress |= news && lan == 1;
+        news
     }
 
     /// Bans a peer (it sent a bad chunk) until `now + ban`; its requests fail.
@@ -578,27 +652,27 @@ impl<P: Ord + Clone> Scheduler<P> {
             return Vec::new();
         }
         let (mut wan_budget, mut wan_idle) = self.wan_budget(now);
-        // Nothing to ask for that the WAN cap allows, and no endgame: skip
-        // looking at every peer.
-        let wan_ok = wan_budget > 0 || wan_idle;
-        let open = |i: usize| {
-            !self.have.get(i)
-                && self.requested[i] == 0
-                && self.avail[i] > 0
-                && (wan_ok || self.lan_avail[i] > 0)
-        };
-        if !self.in_endgame() && !(0..self.lens.len()).any(open) {
-            return Vec::new();
-        }
         if self.mine.is_none() {
             self.mine = Some(self.compute_mine(now));
         }
         let any_wan = self
             .idle_since
             .is_some_and(|t| now.saturating_sub(t) >= self.cfg.wan_fallback_after);
-        let seed_since = *self.seed_progress.get_or_insert(now);
+        let seed_first = self.seed_first(now);
+        // Nothing the rules and the WAN cap allow to ask for, and no
+        // endgame: skip looking at every peer.
+        let wan_ok = wan_budget > 0 || wan_idle;
+        let open = |i: usize| {
+            !self.have.get(i)
+                && self.requested[i] == 0
+                && self.avail[i] > 0
+                && (self.lan_avail[i] > 0 || (wan_ok && self.wan_allowed(i, any_wan, seed_first)))
+        };
+        if !self.in_endgame() && !(0..self.lens.len()).any(open) {
+            return Vec::new();
+        }
+        self.seed_progress.get_or_insert(now);
         let mut views = self.views(now);
-        let seed_first = self.seed_first(now, seed_since, &views);
         let total: usize = views.iter().map(|v| v.free).sum();
         // Plan in batches: a lone free slot waits for company.
         if total == 0 || (total < self.cfg.batch && !self.pending.is_empty()) {
@@ -751,13 +825,15 @@ impl<P: Ord + Clone> Scheduler<P> {
 
     /// Rule 9: the seed is delivering pieces this node fetches from it that
     /// only the seed has.
-    fn seed_first(&self, now: Duration, since: Duration, views: &[View<'_, P>]) -> bool {
+    fn seed_first(&self, now: Duration) -> bool {
         let Some((_, from_seed)) = self.mine.as_ref().filter(|_| self.cfg.seed_first) else {
             return false;
         };
-        let Some(seed) = views.iter().find(|v| v.class == Class::Seed) else {
+        let seed = self.seed.as_ref().and_then(|k| self.peers.get(k));
+        let Some(seed) = seed.filter(|p| !p.banned_at(now)) else {
             return false;
         };
+        let since = self.seed_progress.unwrap_or(now);
         now.saturating_sub(since) < self.cfg.wan_fallback_after
             && from_seed
                 .ones()
@@ -776,8 +852,7 @@ impl<P: Ord + Clone> Scheduler<P> {
     ) -> Option<usize> {
         // No same-site copy and not this node's to fetch over the WAN: the
         // rules below would refuse it after looking at every peer.
-        let mine_site = self.mine.as_ref().is_some_and(|(site, _)| site.get(i));
-        if self.lan_avail[i] == 0 && !mine_site && !any_wan {
+        if self.lan_avail[i] == 0 && !self.wan_allowed(i, any_wan, seed_first) {
             return None;
         }
         let mut best: [Option<(usize, f64)>; 3] = [None; 3];
@@ -804,15 +879,22 @@ impl<P: Ord + Clone> Scheduler<P> {
         if let Some((k, _)) = lan {
             return Some(k);
         }
+        if lan_has || !self.wan_allowed(i, any_wan, seed_first) {
+            return None;
+        }
+        let from_seed = self.mine.as_ref().is_some_and(|(_, seed)| seed.get(i));
+        wan.or(if from_seed || any_wan { seed } else { None })
+            .map(|(k, _)| k)
+    }
+
+    /// Rules 2, 5 and 9: piece `i` may come over the WAN when no same-site
+    /// peer has it.
+    fn wan_allowed(&self, i: usize, any_wan: bool, seed_first: bool) -> bool {
         let (mine, from_seed) = self
             .mine
             .as_ref()
             .map_or((false, false), |(site, seed)| (site.get(i), seed.get(i)));
-        if lan_has || !(mine || any_wan) || (seed_first && !from_seed) {
-            return None;
-        }
-        wan.or(if from_seed || any_wan { seed } else { None })
-            .map(|(k, _)| k)
+        (mine || any_wan) && (from_seed || !seed_first)
     }
 
     fn issue(&mut self, now: Duration, batches: Vec<(P, Vec<u32>)>) -> Vec<Planned<P>> {

@@ -191,8 +191,6 @@ struct Node {
     corrupt: bool,
     /// Microseconds at which each piece was stored (u64::MAX: not held).
     got_at: Vec<u64>,
-    /// Pieces gained since the last tick, for have-maps.
-    fresh: Vec<u32>,
     dirty: bool,
     done_at: Option<u64>,
 }
@@ -219,6 +217,8 @@ struct Sim {
     tags: Vec<u64>,
     pieces: Vec<(ChunkId, u32)>,
     nodes: Vec<Node>,
+    /// Pieces each node gained since the last tick, for have-maps.
+    fresh: Vec<Vec<u32>>,
     wan_up: Vec<Link>,
     wan_down: Vec<Link>,
     cut: Vec<bool>,
@@ -362,7 +362,6 @@ impl Sim {
                 up_since: 0,
                 corrupt: false,
                 got_at: vec![if k == 0 { 0 } else { u64::MAX }; count],
-                fresh: Vec::new(),
                 dirty: true,
                 done_at: None,
             });
@@ -370,6 +369,7 @@ impl Sim {
         nodes[0].peers = (1..=n as u32).collect();
         let mut sim = Sim {
             pieces,
+            fresh: vec![Vec::new(); nodes.len()],
             nodes,
             wan_up: vec![Link::default(); cfg.sites],
             wan_down: vec![Link::default(); cfg.sites],
@@ -547,7 +547,7 @@ impl Sim {
                 self.nodes[k].alive = false;
                 self.nodes[k].life += 1;
                 self.nodes[k].sched = None;
-                self.nodes[k].fresh.clear();
+                self.fresh[k].clear();
                 for j in self.nodes[k].peers.clone() {
                     if let Some(s) = self.nodes[j as usize].sched.as_mut() {
                         s.remove_peer(&(k as u32));
@@ -568,23 +568,24 @@ impl Sim {
     /// Every 100 ms: have-maps go out, requests time out, nodes plan.
     fn tick(&mut self) {
         let now = Duration::from_micros(self.now);
-        for k in 1..self.nodes.len() {
-            if self.nodes[k].fresh.is_empty() {
+        // Receiver by receiver, so that each scheduler takes all its news
+        // while it is in cache (peer lists are symmetric: a node hears from
+        // those it tells). A complete node ignores have-maps; skipping them
+        // is the simulator's largest saving.
+        let fresh = std::mem::take(&mut self.fresh);
+        for node in &mut self.nodes[1..] {
+            let Some(s) = node.sched.as_mut().filter(|_| node.done_at.is_none()) else {
                 continue;
-            }
-            let fresh = std::mem::take(&mut self.nodes[k].fresh);
-            let peers = std::mem::take(&mut self.nodes[k].peers);
-            for &j in &peers {
-                let other = &mut self.nodes[j as usize];
-                // A complete node ignores have-maps; skipping them is the
-                // simulator's largest saving.
-                if let Some(s) = other.sched.as_mut().filter(|s| !s.is_complete()) {
-                    s.peer_has(&(k as u32), fresh.iter().copied());
-                    other.dirty = true;
+            };
+            for &k in &node.peers {
+                let news = &fresh[k as usize];
+                if !news.is_empty() {
+                    node.dirty |= s.peer_has(&k, news.iter().copied());
                 }
             }
-            self.nodes[k].peers = peers;
         }
+        self.fresh = fresh;
+        self.fresh.iter_mut().for_each(Vec::clear);
         for k in 1..self.nodes.len() {
             let node = &mut self.nodes[k];
             let Some(s) = node.sched.as_mut() else {
@@ -760,7 +761,7 @@ impl Sim {
         for &i in &new {
             node.got_at[i as usize] = self.now;
         }
-        node.fresh.extend_from_slice(&new);
+        self.fresh[k].extend_from_slice(&new);
         if s.is_complete() && node.done_at.is_none() {
             node.done_at = Some(self.now);
         }
