@@ -64,6 +64,9 @@ pub struct Config {
     pub endgame_pieces: usize,
     /// A request never times out sooner than this.
     pub min_timeout: Duration,
+    /// ...nor later than this, however slow its peer has been (a lost
+    /// response must not hold its pieces for ever).
+    pub max_timeout: Duration,
     /// How long a peer that sent a bad chunk stays banned.
     pub ban: Duration,
     /// Idle time after which any piece may cross the WAN.
@@ -83,6 +86,7 @@ impl Default for Config {
             batch: 16,
             endgame_pieces: 8,
             min_timeout: Duration::from_secs(10),
+            max_timeout: Duration::from_secs(60),
             ban: Duration::from_secs(300),
             wan_fallback_after: Duration::from_secs(10),
             wan_queue: Duration::from_secs(1),
@@ -906,7 +910,8 @@ impl<P: Ord + Clone> Scheduler<P> {
                     continue;
                 };
                 p.in_flight += part.len();
-                let expected = Duration::from_secs_f64(4.0 * bytes as f64 / p.rate.max(1.0));
+                let expected = Duration::from_secs_f64(4.0 * bytes as f64 / p.rate.max(1.0))
+                    .min(self.cfg.max_timeout);
                 for &i in part {
                     self.requested[i as usize] = self.requested[i as usize].saturating_add(1);
                 }

@@ -181,6 +181,27 @@ fn timed_out_pieces_go_to_another_peer() {
 }
 
 #[test]
+fn a_request_to_a_peer_that_keeps_failing_still_times_out_within_max_timeout() {
+    let mut s = sched("a", 1, 1);
+    s.add_peer(2, info("a", 2));
+    s.peer_has(&2, [0]);
+    // Lost responses halve the peer's rate estimate each time, until the
+    // rate alone would predict a deadline of days.
+    let mut now = T0;
+    for _ in 0..40 {
+        let sent = s.plan(now, u64::MAX);
+        assert_eq!(sent.len(), 1, "at {now:?}");
+        let deadline = s.next_deadline().expect("in flight");
+        assert!(
+            deadline <= now + s.cfg.max_timeout,
+            "{deadline:?} at {now:?}"
+        );
+        now = deadline;
+        assert_eq!(s.expire(now), vec![sent[0].id]);
+    }
+}
+
+#[test]
 fn a_banned_peer_is_never_asked_again() {
     let mut s = sched("a", 1, 20);
     s.add_peer(2, info("a", 2));
