@@ -14,4 +14,7 @@ pub mod slots;
 pub mod store;
 pub mod updater;
 
+#[cfg(test)]
+mod testutil;
+
 pub use store::{ChunkFiles, ChunkStore, ReleaseInfo, StoreError};

@@ -4,7 +4,8 @@
 //! protocol, driven by the sans-IO [`fleetmesh_protocol::sched`] scheduler.
 //!
 //! One event loop owns all state (no locks). File work (reading chunks to
-//! serve, verifying and storing received ones, checking a whole image)
+//! serve, verifying and storing received ones, the final check of a
+//! download)
 //! runs on blocking threads and reports back over a bounded channel.
 //! Every queue is bounded: requests in flight by the scheduler's per-peer
 //! caps, chunks being served by [`MAX_SERVING`], peers by
@@ -37,7 +38,7 @@ use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, Respons
 use libp2p::swarm::{behaviour::toggle::Toggle, NetworkBehaviour, SwarmEvent};
 use libp2p::{identify, identity::Keypair, kad, mdns, noise, tcp, yamux};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm};
-use release::{verify_image, Release};
+use release::{verify_chunks, Release};
 use status::{MeshStatus, ReleaseStatus, MESH_STATUS_FILE};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -1439,12 +1440,12 @@ impl Mesh {
             return;
         };
         r.verifying = true;
-        let manifest = r.manifest().clone();
+        let unchecked = r.unchecked();
         let files = self.p.files.clone();
         let tx = self.done_tx.clone();
         tokio::spawn(async move {
             let result = tokio::task::spawn_blocking(move || {
-                verify_image(&files, &manifest)
+                verify_chunks(&files, &unchecked)
                     .and_then(|bad| {
                         if bad.is_empty() {
                             files.sync()?;
@@ -1496,7 +1497,7 @@ impl Mesh {
             Ok(bad) => {
                 tracing::warn!(
                     n = bad.len(),
-                    "corrupt or missing chunks found at the whole-image check; fetching them again"
+                    "corrupt or missing chunks found before completion; fetching them again"
                 );
                 for chunk in bad {
                     let _ = self.p.files.remove(&chunk);
@@ -1505,7 +1506,7 @@ impl Mesh {
                     }
                 }
             }
-            Err(e) => tracing::error!("whole-image check of {id}: {e}"),
+            Err(e) => tracing::error!("final check of {id}: {e}"),
         }
     }
 
@@ -1689,7 +1690,7 @@ impl Mesh {
     }
 
     /// Plans and sends chunk requests for every download, and starts the
-    /// whole-image check of downloads that have every piece.
+    /// final check of downloads that have every piece.
     fn pump(&mut self) {
         let now = self.now();
         let mut to_send: Vec<(ReleaseId, Planned<PeerId>)> = Vec::new();

@@ -6,7 +6,7 @@ use crate::store::{ChunkFiles, StoreError};
 use fleetmesh_protocol::manifest::Manifest;
 use fleetmesh_protocol::mesh::pieces;
 use fleetmesh_protocol::sched::{Bits, Scheduler};
-use fleetmesh_protocol::{ChunkId, ImageHash, ReleaseId, Signed, VerifiedManifest};
+use fleetmesh_protocol::{ChunkId, ReleaseId, Signed, VerifiedManifest};
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -32,11 +32,16 @@ pub struct Release {
     pub(crate) have: Bits,
     /// Pieces in the order they were gained, for incremental have-updates.
     pub(crate) have_log: Vec<u32>,
+    /// How many of `have_log`'s first pieces were chunk files found on
+    /// disk rather than received and verified by this process: after a
+    /// crash one may be torn, so they are checked before completion.
+    found: usize,
     /// Present while downloading.
     pub(crate) sched: Option<Scheduler<PeerId>>,
-    /// True once the whole image verified and the release was recorded.
+    /// True once every chunk is present and verified, synced, and the
+    /// release recorded.
     pub(crate) complete: bool,
-    /// True while the whole-image check runs.
+    /// True while the final check runs.
     pub(crate) verifying: bool,
     pub(crate) counters: Counters,
 }
@@ -63,6 +68,7 @@ impl Release {
             pieces,
             index,
             have,
+            found: have_log.len(),
             have_log,
             sched: None,
             complete: false,
@@ -112,36 +118,59 @@ impl Release {
     pub fn all_present(&self) -> bool {
         self.have.count() == self.pieces.len()
     }
+
+    /// The chunks to check before the release completes: those found on
+    /// disk. Chunks received since were verified against their ids before
+    /// they were stored, and the install verifies every chunk again and
+    /// the slot against the image hash.
+    pub fn unchecked(&self) -> Vec<ChunkId> {
+        self.have_log[..self.found]
+            .iter()
+            .map(|&i| self.pieces[i as usize].0)
+            .collect()
+    }
 }
 
-/// Reads the whole image back from the chunk files, verifying every chunk,
-/// and compares its hash with the manifest. Returns the chunks that are
-/// missing or corrupt (empty and `Ok` if the image is whole and right).
-pub fn verify_image(files: &ChunkFiles, manifest: &Manifest) -> Result<Vec<ChunkId>, StoreError> {
-    let mut hasher = blake3::Hasher::new();
+/// Reads back and verifies the given chunks; returns those that are
+/// missing or corrupt.
+pub fn verify_chunks(files: &ChunkFiles, ids: &[ChunkId]) -> Result<Vec<ChunkId>, StoreError> {
     let mut bad = Vec::new();
-    for chunk in &manifest.chunks {
-        match files.read_chunk(&chunk.id) {
-            Ok(raw) => {
-                hasher.update(&raw);
-            }
-            Err(StoreError::Missing(_) | StoreError::Corrupt { .. }) => {
-                if !bad.contains(&chunk.id) {
-                    bad.push(chunk.id);
-                }
-            }
+    for id in ids {
+        match files.read_chunk(id) {
+            Ok(_) => {}
+            Err(StoreError::Missing(_) | StoreError::Corrupt { .. }) => bad.push(*id),
             Err(e) => return Err(e),
         }
     }
-    if bad.is_empty() && ImageHash::from(hasher.finalize()) != manifest.image_hash {
-        // Every chunk matched its id yet the image does not: the manifest
-        // itself is inconsistent, which a valid signature should rule out.
-        return Err(StoreError::Invalid(
-            fleetmesh_protocol::Error::InvalidMessage {
-                what: "manifest",
-                reason: "chunks do not hash to the image hash".into(),
-            },
-        ));
-    }
     Ok(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{image, release};
+    use crate::ChunkStore;
+
+    #[test]
+    fn only_chunks_found_on_disk_are_checked_before_completion_and_a_torn_one_is_caught() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ChunkStore::open(dir.path()).expect("open");
+        let m = release(&store, &image(1 << 20));
+        let ids: Vec<ChunkId> = pieces(m.manifest()).iter().map(|p| p.0).collect();
+        assert!(ids.len() >= 4, "{} chunks", ids.len());
+        // A restart finds half of the chunks on disk; one of them is torn.
+        let (missing, found) = ids.split_at(ids.len() / 2);
+        store.remove_chunks(missing).expect("remove");
+        let torn = found[0];
+        std::fs::write(store.chunk_path(&torn), b"torn").expect("tear");
+        let mut r = Release::new(m, store.files());
+        assert_eq!(r.unchecked(), found);
+        assert_eq!(
+            verify_chunks(store.files(), &r.unchecked()).expect("check"),
+            vec![torn]
+        );
+        // A piece received (and verified) since is not read back again.
+        assert!(r.gained(0));
+        assert_eq!(r.unchecked(), found);
+    }
 }

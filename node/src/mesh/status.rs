@@ -78,6 +78,6 @@ pub struct ReleaseStatus {
     pub bytes_up: u64,
     /// Same as `bytes_up`: what left this node for the release.
     pub egress_bytes: u64,
-    /// Whole image present and verified.
+    /// Every chunk present and verified, and the release recorded.
     pub complete: bool,
 }
