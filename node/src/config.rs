@@ -29,6 +29,19 @@ pub struct NodeConfig {
     /// How the node joins the mesh.
     #[serde(default)]
     pub mesh: MeshConfig,
+    /// The local HTTP API.
+    #[serde(default)]
+    pub api: ApiConfig,
+}
+
+/// `[api]`: `GET /status` and `/metrics` over HTTP, off unless `listen` is
+/// set. Read-only, but it tells whoever can reach it what the node runs:
+/// keep it on 127.0.0.1 or a management network.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address and port, for example "127.0.0.1:9180".
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// `[mesh]`.

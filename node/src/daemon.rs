@@ -213,6 +213,40 @@ pub fn policy_gate(
     }))
 }
 
+/// `fleetmesh-node status --json` and the API's `/status`: the mesh's
+/// status and the updater's in one object, and whether the node is inside
+/// a maintenance window of its policy (`window_open` and `policy_version`,
+/// absent without a policy).
+pub fn status_json(dir: &Path) -> anyhow::Result<serde_json::Value> {
+    let run = dir.join("run");
+    let read = |name: &str| -> Option<serde_json::Value> {
+        serde_json::from_slice(&std::fs::read(run.join(name)).ok()?).ok()
+    };
+    let (mesh, update) = (
+        read(crate::mesh::status::MESH_STATUS_FILE),
+        read(crate::updater::STATUS_FILE),
+    );
+    if mesh.is_none() && update.is_none() {
+        anyhow::bail!(
+            "no status in {} (has `fleetmesh-node run` started?)",
+            run.display()
+        );
+    }
+    let mut out = mesh.unwrap_or_else(|| serde_json::json!({}));
+    if let (Some(out), Some(serde_json::Value::Object(u))) = (out.as_object_mut(), update) {
+        out.extend(u);
+    }
+    let now = crate::cli::unix_now();
+    let config = NodeConfig::load(dir)?;
+    // A policy that no longer verifies is reported by the updater; here
+    // it simply gives no window.
+    if let Ok(Some(gate)) = policy_gate(dir, &config, now) {
+        out["window_open"] = gate.policy.window_open(&gate.labels, now).into();
+        out["policy_version"] = gate.policy.version.into();
+    }
+    Ok(out)
+}
+
 /// The mesh parameters of a node directory.
 pub fn node_params(
     dir: &Path,
@@ -265,5 +299,6 @@ pub fn node_params(
         policy_file: dir.join(POLICY_FILE),
         chaos_corrupt_uploads: false,
         chaos_gossip: Vec::new(),
+        metrics: Default::default(),
     })
 }

@@ -3,6 +3,7 @@
 //! Today: durable file helpers, key files and the content-addressed chunk
 //! store that the seed and nodes share. The mesh and the updater build on it.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -4,14 +4,11 @@
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use fleetmesh_node::config::{BackendKind, NodeConfig, SlotsConfig};
-use fleetmesh_node::mesh::{
-    self,
-    status::{MeshStatus, MESH_STATUS_FILE},
-};
+use fleetmesh_node::mesh::{self, status::MeshStatus};
 use fleetmesh_node::slots::{
     file::FileBackend, grub::GrubBackend, uboot::UbootBackend, SlotBackend,
 };
-use fleetmesh_node::updater::{Next, Status, Updater, STATUS_FILE, VERDICT_FILE};
+use fleetmesh_node::updater::{Next, Status, Updater, VERDICT_FILE};
 use fleetmesh_node::ChunkStore;
 use fleetmesh_node::{cli, daemon, fsutil};
 use std::path::{Path, PathBuf};
@@ -72,6 +69,10 @@ enum Cmd {
         /// Listen here instead of mesh.listen (repeatable).
         #[arg(long = "listen", value_name = "MULTIADDR")]
         listen: Vec<String>,
+        /// Serve `GET /status` and `/metrics` here instead of api.listen,
+        /// for example 127.0.0.1:9180.
+        #[arg(long, value_name = "ADDR:PORT")]
+        api: Option<std::net::SocketAddr>,
         /// Fault injection for tests: serve corrupt chunks.
         #[arg(long, hide = true)]
         chaos_corrupt_uploads: bool,
@@ -174,6 +175,7 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Run {
             dir,
             listen,
+            api,
             chaos_corrupt_uploads,
             chaos_gossip,
             ..
@@ -189,39 +191,22 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
                     rest = &tail[len..];
                 }
             }
-            if serve(&dir, &listen, chaos_corrupt_uploads, chaos)? == Next::Reboot {
+            if serve(&dir, &listen, api, chaos_corrupt_uploads, chaos)? == Next::Reboot {
                 reboot(&dir)?;
             }
         }
         Cmd::Status { dir, json } => {
-            let run = dir.join("run");
-            let read = |name: &str| -> Option<serde_json::Value> {
-                serde_json::from_slice(&std::fs::read(run.join(name)).ok()?).ok()
-            };
-            let (mesh, update) = (read(MESH_STATUS_FILE), read(STATUS_FILE));
-            if mesh.is_none() && update.is_none() {
-                bail!(
-                    "no status in {} (has `fleetmesh-node run` started?)",
-                    run.display()
-                );
-            }
+            let out = daemon::status_json(&dir)?;
             if json {
-                // One object: the mesh's fields and the updater's.
-                let mut out = mesh.unwrap_or_else(|| serde_json::json!({}));
-                if let (Some(out), Some(serde_json::Value::Object(u))) =
-                    (out.as_object_mut(), update)
-                {
-                    out.extend(u);
-                }
                 println!("{}", serde_json::to_string_pretty(&out)?);
                 return Ok(ExitCode::SUCCESS);
             }
-            if let Some(mesh) = mesh {
-                let mesh: MeshStatus = serde_json::from_value(mesh)?;
+            if out.get("node_id").is_some() {
+                let mesh: MeshStatus = serde_json::from_value(out.clone())?;
                 print_mesh(&mesh);
             }
-            if let Some(update) = update {
-                let status: Status = serde_json::from_value(update)?;
+            if out.get("update").is_some() {
+                let status: Status = serde_json::from_value(out.clone())?;
                 println!("active slot     {}", status.active_slot);
                 println!(
                     "booted version  {}",
@@ -234,6 +219,10 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 if let Some(r) = &status.update.reason {
                     println!("reason          {r}");
                 }
+            }
+            if let Some(open) = out["window_open"].as_bool() {
+                let window = if open { "open" } else { "closed" };
+                println!("window          {window}");
             }
         }
         Cmd::Install { dir, version } => {
@@ -291,6 +280,7 @@ fn print_mesh(m: &MeshStatus) {
 fn serve(
     dir: &Path,
     listen: &[String],
+    api: Option<std::net::SocketAddr>,
     corrupt: bool,
     gossip: Vec<Vec<u8>>,
 ) -> anyhow::Result<Next> {
@@ -299,6 +289,23 @@ fn serve(
     let mut params = daemon::node_params(dir, &config, store.clone(), listen)?;
     params.chaos_corrupt_uploads = corrupt;
     params.chaos_gossip = gossip;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    // Bound before anything starts: a taken port is an error at once.
+    let api = match api.or(config.api.listen) {
+        Some(addr) => {
+            let listener = runtime.block_on(fleetmesh_node::api::bind(addr))?;
+            let status_dir = dir.to_owned();
+            let api = fleetmesh_node::api::Api {
+                status: Box::new(move || daemon::status_json(&status_dir)),
+                metrics: params.metrics.clone(),
+            };
+            Some(runtime.spawn(fleetmesh_node::api::serve(listener, api)))
+        }
+        None => None,
+    };
     let (reboot_tx, reboot_rx) = tokio::sync::oneshot::channel();
     let updater_dir = dir.to_owned();
     std::thread::Builder::new()
@@ -316,11 +323,7 @@ fn serve(
             let _ = reboot_tx.send(next);
         })
         .context("start the updater thread")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("start the async runtime")?;
-    runtime.block_on(async {
+    let next = runtime.block_on(async {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Next>(1);
         let stop = async move {
             let mut term =
@@ -334,7 +337,11 @@ fn serve(
         };
         mesh::run(params, stop).await?;
         Ok(rx.try_recv().unwrap_or(Next::Idle))
-    })
+    });
+    if let Some(api) = api {
+        api.abort();
+    }
+    next
 }
 
 /// One boot: resume the journal, then offer new releases (once, or every

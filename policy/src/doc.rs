@@ -354,6 +354,16 @@ impl PolicyDoc {
         }
     }
 
+    /// True if a node with these labels is inside one of its maintenance
+    /// windows at `now`, or has none (it may install at any time).
+    pub fn window_open(&self, labels: &Labels, now: UnixTime) -> bool {
+        let windows = self.windows_for(labels);
+        windows.is_empty()
+            || windows
+                .iter()
+                .any(|w| w.schedule().is_ok_and(|s| s.open_at(now).is_some()))
+    }
+
     fn window_decision(&self, labels: &Labels, now: UnixTime, install_secs: u64) -> Decision {
         let windows = self.windows_for(labels);
         if windows.is_empty() {

@@ -3,11 +3,11 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use fleetmesh_node::cli;
 use fleetmesh_node::mesh::{
     self,
     status::{MeshStatus, MESH_STATUS_FILE},
 };
+use fleetmesh_node::{api, cli};
 use fleetmesh_seed::layout::Seed;
 use fleetmesh_seed::publish::{publish, PublishRequest};
 use fleetmesh_seed::{fleet, init, policy, serve, verify};
@@ -72,6 +72,10 @@ enum Command {
         /// Listen here instead of the config's mesh.listen (repeatable).
         #[arg(long = "listen", value_name = "MULTIADDR")]
         listen: Vec<String>,
+        /// Serve `GET /status` (JSON, as `status --json`) and `/metrics`
+        /// (Prometheus) on this address, for example 127.0.0.1:9180.
+        #[arg(long, value_name = "ADDR:PORT")]
+        http: Option<std::net::SocketAddr>,
     },
     /// Show what the running seed serves: per release, egress bytes; the
     /// nodes' latest reports.
@@ -202,14 +206,26 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 print_releases(&releases)?;
             }
         }
-        Command::Run { dir, listen } => {
+        Command::Run { dir, listen, http } => {
             let seed = Seed::open(&dir)?;
             let params = serve::params(&seed, &listen, &mut rand_core::OsRng)?;
-            spawn_rollout_stepper(dir.clone());
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("start the async runtime")?;
+            let api = match http {
+                Some(addr) => {
+                    let listener = runtime.block_on(api::bind(addr))?;
+                    let dir = dir.clone();
+                    let api = api::Api {
+                        status: Box::new(move || status_json(&Seed::open(&dir)?)),
+                        metrics: params.metrics.clone(),
+                    };
+                    Some(runtime.spawn(api::serve(listener, api)))
+                }
+                None => None,
+            };
+            spawn_rollout_stepper(dir.clone());
             runtime.block_on(async {
                 let stop = async {
                     let mut term =
@@ -222,23 +238,17 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 };
                 mesh::run(params, stop).await
             })?;
+            if let Some(api) = api {
+                api.abort();
+            }
         }
         Command::Status { dir, json } => {
             let seed = Seed::open(&dir)?;
-            let status = read_status(&seed)?;
-            let policy = policy::current(&seed)?.map(|(d, _)| d);
-            let fleet = fleet::view(
-                &status.nodes,
-                policy.as_ref(),
-                cli::unix_now(),
-                seed.config.mesh.report_stale_after_secs,
-            );
             if json {
-                let mut out = serde_json::to_value(&status)?;
-                out["fleet"] = serde_json::to_value(&fleet)?;
-                println!("{}", serde_json::to_string_pretty(&out)?);
+                println!("{}", serde_json::to_string_pretty(&status_json(&seed)?)?);
             } else {
-                print_status(&status, &fleet);
+                let status = read_status(&seed)?;
+                print_status(&status, &fleet_view(&seed, &status)?);
             }
         }
         Command::Policy {
@@ -288,6 +298,25 @@ fn read_status(seed: &Seed) -> anyhow::Result<MeshStatus> {
         )
     })?;
     serde_json::from_slice(&bytes).with_context(|| format!("parse {}", path.display()))
+}
+
+/// The fleet as the policy and the nodes' reports show it.
+fn fleet_view(seed: &Seed, status: &MeshStatus) -> anyhow::Result<fleet::FleetView> {
+    let policy = policy::current(seed)?.map(|(d, _)| d);
+    Ok(fleet::view(
+        &status.nodes,
+        policy.as_ref(),
+        cli::unix_now(),
+        seed.config.mesh.report_stale_after_secs,
+    ))
+}
+
+/// `status --json` and the API's `/status`: the mesh status with the fleet.
+fn status_json(seed: &Seed) -> anyhow::Result<serde_json::Value> {
+    let status = read_status(seed)?;
+    let mut out = serde_json::to_value(&status)?;
+    out["fleet"] = serde_json::to_value(fleet_view(seed, &status)?)?;
+    Ok(out)
 }
 
 /// Every 5 s, advances or halts rollouts from the nodes' reports (each

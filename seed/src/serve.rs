@@ -89,5 +89,6 @@ pub fn params(
         policy_file: crate::policy::current_path(seed),
         chaos_corrupt_uploads: false,
         chaos_gossip: Vec::new(),
+        metrics: Default::default(),
     })
 }

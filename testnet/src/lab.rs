@@ -156,6 +156,11 @@ impl Lab {
 
     /// Starts the seed and waits until it listens.
     pub fn start_seed(&mut self) -> Result<()> {
+        self.start_seed_with(&[])
+    }
+
+    /// Starts the seed with extra `run` arguments and waits until it listens.
+    pub fn start_seed_with(&mut self, extra: &[&str]) -> Result<()> {
         let status = self.seed_dir.join("run").join(MESH_STATUS_FILE);
         let _ = std::fs::remove_file(&status);
         let mut args = vec![
@@ -163,6 +168,7 @@ impl Lab {
             "--dir".into(),
             path_str(&self.seed_dir)?.into(),
         ];
+        args.extend(extra.iter().map(|a| a.to_string()));
         for l in self.listen(None) {
             args.extend(["--listen".into(), l]);
         }
@@ -391,6 +397,38 @@ pub fn wait_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// `GET path` from a daemon's local API (`run --api` / `--http`): the
+/// status code and the body.
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .with_context(|| format!("connect to {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)
+        .with_context(|| format!("read {path} from {addr}"))?;
+    let (head, body) = reply
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("{addr}{path}: no HTTP response"))?;
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("{addr}{path}: bad status line"))?;
+    Ok((code, body.to_owned()))
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Sets `section.key = value` lines in a node.toml written by `init`:

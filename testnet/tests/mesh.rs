@@ -10,7 +10,7 @@ use fleetmesh_protocol::keys::{Release, SecretKey};
 use fleetmesh_protocol::manifest::Manifest;
 use fleetmesh_protocol::mesh::Announcement;
 use fleetmesh_protocol::{codec, ChunkId, ImageHash, ReleaseId, Signed, UnixTime};
-use fleetmesh_testnet::lab::{wait_until, Lab};
+use fleetmesh_testnet::lab::{free_port, http_get, wait_until, Lab};
 use fleetmesh_testnet::meshbench::{self, node_image_hash, BenchConfig};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -32,6 +32,8 @@ struct Fixture {
     wire: u64,
     /// The release id, hex.
     id: String,
+    /// The seed's local API.
+    http: std::net::SocketAddr,
 }
 
 fn lab_with_release(dir: &Path, size: u64) -> Fixture {
@@ -41,7 +43,9 @@ fn lab_with_release(dir: &Path, size: u64) -> Fixture {
     fleetmesh_testnet::image::write_image(1, size, &mut bytes).expect("image");
     std::fs::write(&image, &bytes).expect("write image");
     let summary = lab.publish(&image, "1.0.0").expect("publish");
-    lab.start_seed().expect("seed");
+    let http = local_addr();
+    lab.start_seed_with(&["--http", &http.to_string()])
+        .expect("seed");
     Fixture {
         lab,
         hash: blake3::hash(&bytes).into(),
@@ -50,7 +54,13 @@ fn lab_with_release(dir: &Path, size: u64) -> Fixture {
             .as_str()
             .expect("release_id")
             .to_owned(),
+        http,
     }
+}
+
+/// An address on 127.0.0.1 for a local API.
+fn local_addr() -> std::net::SocketAddr {
+    (std::net::Ipv4Addr::LOCALHOST, free_port().expect("port")).into()
 }
 
 fn manifest_chunks(lab: &Lab) -> BTreeSet<ChunkId> {
@@ -120,6 +130,7 @@ fn a_node_killed_at_half_resumes_without_downloading_again() {
         hash,
         wire,
         id,
+        ..
     } = lab_with_release(dir.path(), 16 << 20);
     // A capped download, so that "half way" lasts long enough to hit.
     let n = lab
@@ -175,7 +186,11 @@ fn a_node_killed_at_half_resumes_without_downloading_again() {
 fn a_peer_serving_corrupt_chunks_is_banned_and_nothing_corrupt_is_stored() {
     let dir = tempfile::tempdir().expect("tempdir");
     let Fixture {
-        mut lab, hash, id, ..
+        mut lab,
+        hash,
+        id,
+        http,
+        ..
     } = lab_with_release(dir.path(), 8 << 20);
     // The bad node fetches honestly, then serves every chunk corrupted. It
     // is in the honest nodes' site, so they ask it first.
@@ -193,11 +208,21 @@ fn a_peer_serving_corrupt_chunks_is_banned_and_nothing_corrupt_is_stored() {
                 .expect("node")
         })
         .collect();
+    // The first honest node serves its local API.
+    let api = local_addr();
+    let api_arg = api.to_string();
     for &i in &honest {
-        lab.start_node(i, &[]).expect("start");
+        let extra: &[&str] = if i == honest[0] {
+            &["--api", &api_arg]
+        } else {
+            &[]
+        };
+        lab.start_node(i, extra).expect("start");
     }
     lab.wait_complete(&honest, "1.0.0", TIMEOUT)
         .expect("honest nodes complete");
+    check_api(&lab, honest[0], api);
+    check_seed_api(&lab, http);
     let bad_id = lab.nodes[bad].peer_id.clone();
     for &i in &honest {
         let status = lab.node_status(i).expect("status");
@@ -215,6 +240,75 @@ fn a_peer_serving_corrupt_chunks_is_banned_and_nothing_corrupt_is_stored() {
         }
         assert_eq!(node_image_hash(node_dir, &id).expect("image"), hash);
     }
+}
+
+/// The node's `/status` is its status; its `/metrics` count the chunks it
+/// received (and match the status), the corrupt one it rejected, and
+/// transport bytes at least as many as the chunk bytes.
+fn check_api(lab: &Lab, i: usize, api: std::net::SocketAddr) {
+    let (code, body) = http_get(api, "/status").expect("GET /status");
+    assert_eq!(code, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
+    assert_eq!(status["node_id"], lab.nodes[i].peer_id.as_str());
+    let release = &status["releases"][0];
+    let (code, metrics) = http_get(api, "/metrics").expect("GET /metrics");
+    assert_eq!(code, 200, "{metrics}");
+    let sum = |prefix: &str, filter: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(prefix) && l.contains(filter))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    // The release's counter stops at completion; the metric also counts
+    // late responses (endgame duplicates) that arrive after it.
+    let chunk_bytes = sum("fleetmesh_chunk_bytes_received_total", "");
+    let bytes_down = release["bytes_down"].as_f64().expect("bytes_down");
+    assert!(
+        chunk_bytes >= bytes_down && bytes_down > 0.0,
+        "{chunk_bytes} counted, {bytes_down} in the status: {metrics}"
+    );
+    assert_eq!(
+        sum("fleetmesh_chunk_bytes_received_total", "same_site")
+            + sum("fleetmesh_chunk_bytes_received_total", "seed"),
+        chunk_bytes,
+        "from its own site and the seed only: {metrics}"
+    );
+    assert!(
+        sum("fleetmesh_chunks_rejected_total", "") >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        sum("fleetmesh_chunks_verified_total", "") >= release["chunks_total"].as_f64().expect("n"),
+        "{metrics}"
+    );
+    assert_eq!(sum("fleetmesh_update_state", "state="), 1.0, "{metrics}");
+    let transport_in = sum("fleetmesh_libp2p_bandwidth_bytes_total", "Inbound");
+    assert!(transport_in >= chunk_bytes, "{metrics}");
+    let (code, _) = http_get(api, "/nothing").expect("GET /nothing");
+    assert_eq!(code, 404);
+}
+
+/// The seed's `/status` is `status --json` (with the fleet); its
+/// `/metrics` count the chunk bytes it sent as its status does.
+fn check_seed_api(lab: &Lab, http: std::net::SocketAddr) {
+    let (code, body) = http_get(http, "/status").expect("GET /status");
+    assert_eq!(code, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
+    assert!(status["fleet"].is_object(), "{body}");
+    let sent = lab.seed_status().expect("seed status").releases[0].bytes_up;
+    let (code, metrics) = http_get(http, "/metrics").expect("GET /metrics");
+    assert_eq!(code, 200, "{metrics}");
+    let counted: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("fleetmesh_chunk_bytes_sent_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    // The status file is written every second: it may lag the counters.
+    assert!(
+        counted >= sent as f64 && sent > 0,
+        "{counted} counted, {sent} in the status"
+    );
 }
 
 fn signed_announcement(

@@ -18,6 +18,7 @@ pub mod codec;
 pub mod release;
 pub mod status;
 
+use crate::api::{Metrics, PeerClass};
 use crate::store::{ChunkFiles, ChunkStore};
 use crate::{fsutil, ReleaseInfo};
 use codec::{ExchangeCodec, PROTOCOL};
@@ -140,6 +141,8 @@ pub struct Params {
     /// Fault injection for tests: raw announce-topic messages to gossip
     /// every few seconds, as a forger would.
     pub chaos_gossip: Vec<Vec<u8>>,
+    /// Counters for the local API's `/metrics`.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Why the mesh could not start or stopped.
@@ -221,6 +224,7 @@ enum Done {
     },
     Served {
         release: ReleaseId,
+        peer: PeerId,
         channel: ResponseChannel<Response>,
         response: Response,
     },
@@ -359,6 +363,7 @@ fn build_swarm(p: &Params) -> Result<Swarm<Behaviour>, MeshError> {
         )
         .map_err(net_err)?
         .with_quic()
+        .with_bandwidth_metrics(&mut p.metrics.registry())
         .with_behaviour(|key| {
             // A smaller mesh than the default (6, 5..12, lazy 6): every
             // message reaches each node from about mesh_n peers, mostly
@@ -1206,6 +1211,7 @@ impl Mesh {
             let _ = tx
                 .send(Done::Served {
                     release,
+                    peer,
                     channel,
                     response,
                 })
@@ -1368,12 +1374,14 @@ impl Mesh {
         match done {
             Done::Served {
                 release,
+                peer,
                 channel,
                 response,
             } => {
                 self.serving = self.serving.saturating_sub(1);
                 if let Response::Chunks(chunks) = &response {
                     let bytes: u64 = chunks.iter().flatten().map(|c| c.len() as u64).sum();
+                    self.p.metrics.sent(self.class_of(&peer), bytes);
                     if let Some(r) = self.releases.get_mut(&release) {
                         r.counters.bytes_up += bytes;
                     }
@@ -1410,11 +1418,11 @@ impl Mesh {
     ) {
         tracing::debug!(%peer, req = req.0, got = got.len(), lacks = lacks.len(), "chunks stored");
         let now = self.now();
-        let same_site = self
-            .peers
-            .get(&peer)
-            .and_then(|p| p.info.as_ref())
-            .is_some_and(|i| i.site == self.me.site && !i.seed);
+        let class = self.class_of(&peer);
+        let same_site = class == PeerClass::SameSite;
+        self.p
+            .metrics
+            .received(class, bytes, got.len() as u64, bad.is_some());
         let Some(r) = self.releases.get_mut(&release) else {
             return;
         };
@@ -1610,7 +1618,22 @@ impl Mesh {
         }
     }
 
+    /// Where a peer is, as far as identify has told.
+    fn class_of(&self, peer: &PeerId) -> PeerClass {
+        match self.peers.get(peer).and_then(|p| p.info.as_ref()) {
+            None => PeerClass::Unknown,
+            Some(i) if i.seed => PeerClass::Seed,
+            Some(i) if i.site == self.me.site => PeerClass::SameSite,
+            Some(_) => PeerClass::CrossSite,
+        }
+    }
+
     fn write_status(&self) {
+        let mut counts = [0usize; PeerClass::ALL.len()];
+        for peer in self.peers.keys() {
+            counts[self.class_of(peer) as usize] += 1;
+        }
+        self.p.metrics.set_peers(|class| counts[class as usize]);
         let path = self.p.run_dir.join(MESH_STATUS_FILE);
         let written = serde_json::to_vec_pretty(&self.status())
             .map_err(|e| e.to_string())

@@ -100,6 +100,18 @@ fn installs_only_inside_the_nodes_own_window() {
 }
 
 #[test]
+fn window_open_follows_the_nodes_own_windows() {
+    let mut p = policy();
+    let (ber, nyc) = (labels("n1", "ber1"), labels("n2", "nyc1"));
+    let t = at("2026-06-10T23:30:00Z"); // 01:30 Berlin, 19:30 New York
+    assert!(p.window_open(&ber, t));
+    assert!(!p.window_open(&nyc, t));
+    assert!(p.window_open(&nyc, at("2026-06-11T02:30:00Z")));
+    p.windows.clear();
+    assert!(p.window_open(&nyc, t), "no windows: always open");
+}
+
+#[test]
 fn waves_pins_halts_rollback_and_expiry() {
     let mut p = policy();
     let nyc = labels("n2", "nyc1");
