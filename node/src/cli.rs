@@ -25,18 +25,29 @@ pub fn parse_args<C: Parser>() -> Result<C, ExitCode> {
     }
 }
 
-/// Logs to stderr, filtered by `FLEETMESH_LOG` (default `warn`, Kademlia `error`), coloured
-/// only on a terminal.
-pub fn init_logging() {
-    tracing_subscriber::fmt()
+/// How log lines look.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Text for people, coloured on a terminal.
+    #[default]
+    Human,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Logs to stderr, filtered by `FLEETMESH_LOG` (default `warn`, Kademlia
+/// `error`); human lines are coloured only on a terminal.
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FLEETMESH_LOG")
+        // Kademlia warns when a lone seed has no one to bootstrap from.
+        .unwrap_or_else(|_| "warn,libp2p_kad=error".into());
+    let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FLEETMESH_LOG")
-                // Kademlia warns when a lone seed has no one to bootstrap from.
-                .unwrap_or_else(|_| "warn,libp2p_kad=error".into()),
-        )
-        .init();
+        .with_env_filter(filter);
+    match format {
+        LogFormat::Human => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
 }
 
 /// The error and its causes on one line, skipping a cause whose text the

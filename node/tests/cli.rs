@@ -139,3 +139,42 @@ fn init_writes_a_node_that_reads_back_and_refuses_bad_options() {
     ));
     assert!(err.contains("--root-key"), "{err}");
 }
+
+#[test]
+fn json_log_lines_are_json_objects() {
+    use std::io::{BufRead, BufReader};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("n");
+    let out = node(
+        &["init", "--root-key", ROOT, "--site", "a", "--no-mdns"],
+        &dir,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fleetmesh-node"))
+        .args([
+            "--log-format",
+            "json",
+            "run",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ])
+        .arg("--dir")
+        .arg(&dir)
+        .env("FLEETMESH_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the node");
+    let stderr = child.stderr.take().expect("stderr");
+    let lines: Vec<String> = BufReader::new(stderr)
+        .lines()
+        .take(2)
+        .map(|l| l.expect("read a log line"))
+        .collect();
+    child.kill().expect("stop the node");
+    child.wait().expect("reap the node");
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for line in &lines {
+        let v: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+    }
+}

@@ -21,6 +21,15 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as text or as JSON objects.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t,
+        env = "FLEETMESH_LOG_FORMAT"
+    )]
+    log_format: cli::LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -152,7 +161,7 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(code) => return code,
     };
-    cli::init_logging();
+    cli::init_logging(args.log_format);
     match run(args.command) {
         Ok(code) => code,
         Err(e) => {
