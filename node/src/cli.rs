@@ -35,6 +35,20 @@ pub enum LogFormat {
     Json,
 }
 
+/// The logging options every binary takes.
+#[derive(Debug, clap::Args)]
+pub struct Logging {
+    /// Log lines as text or as JSON objects.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t,
+        env = "FLEETMESH_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
+}
+
 /// Logs to stderr, filtered by `FLEETMESH_LOG` (default `warn`, Kademlia
 /// `error`); human lines are coloured only on a terminal.
 pub fn init_logging(format: LogFormat) {

@@ -26,15 +26,8 @@ const INSTALL_REQUEST: &str = "install.request";
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
-    /// Log lines as text or as JSON objects.
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        default_value_t,
-        env = "FLEETMESH_LOG_FORMAT"
-    )]
-    log_format: cli::LogFormat,
+    #[command(flatten)]
+    logging: cli::Logging,
 }
 
 #[derive(Debug, Subcommand)]
@@ -130,7 +123,7 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(code) => return code,
     };
-    cli::init_logging(args.log_format);
+    cli::init_logging(args.logging.log_format);
     match run(args.command) {
         Ok(code) => code,
         Err(e) => {

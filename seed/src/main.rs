@@ -21,15 +21,8 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Log lines as text or as JSON objects.
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        default_value_t,
-        env = "FLEETMESH_LOG_FORMAT"
-    )]
-    log_format: cli::LogFormat,
+    #[command(flatten)]
+    logging: cli::Logging,
 }
 
 #[derive(Debug, Subcommand)]
@@ -161,7 +154,7 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(code) => return code,
     };
-    cli::init_logging(args.log_format);
+    cli::init_logging(args.logging.log_format);
     match run(args.command) {
         Ok(code) => code,
         Err(e) => {
