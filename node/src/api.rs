@@ -230,6 +230,27 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
         .map_err(|e| anyhow::anyhow!("cannot serve the API on {addr}: {e}"))
 }
 
+/// The API serving on `runtime` until this is dropped.
+#[derive(Debug)]
+pub struct Running(tokio::task::JoinHandle<()>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Binds `addr` at once (a taken port is an error before the daemon
+/// starts) and serves `api` there on `runtime`.
+pub fn start(
+    runtime: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+    api: Api,
+) -> anyhow::Result<Running> {
+    let listener = runtime.block_on(bind(addr))?;
+    Ok(Running(runtime.spawn(serve(listener, api))))
+}
+
 /// Serves the API on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, api: Api) {
     let api = Arc::new(api);

@@ -198,7 +198,7 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Status { dir, json } => {
-            let out = daemon::status_json(&dir)?;
+            let out = daemon::status_json(&dir, NodeConfig::load(&dir).ok().as_ref())?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&out)?);
                 return Ok(ExitCode::SUCCESS);
@@ -295,16 +295,14 @@ fn serve(
         .enable_all()
         .build()
         .context("start the async runtime")?;
-    // Bound before anything starts: a taken port is an error at once.
-    let api = match api.or(config.api.listen) {
+    let _api = match api.or(config.api.listen) {
         Some(addr) => {
-            let listener = runtime.block_on(fleetmesh_node::api::bind(addr))?;
-            let status_dir = dir.to_owned();
+            let (status_dir, status_config) = (dir.to_owned(), config.clone());
             let api = fleetmesh_node::api::Api {
-                status: Box::new(move || daemon::status_json(&status_dir)),
+                status: Box::new(move || daemon::status_json(&status_dir, Some(&status_config))),
                 metrics: params.metrics.clone(),
             };
-            Some(runtime.spawn(fleetmesh_node::api::serve(listener, api)))
+            Some(fleetmesh_node::api::start(&runtime, addr, api)?)
         }
         None => None,
     };
@@ -325,7 +323,7 @@ fn serve(
             let _ = reboot_tx.send(next);
         })
         .context("start the updater thread")?;
-    let next = runtime.block_on(async {
+    runtime.block_on(async {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Next>(1);
         let stop = async move {
             let mut term =
@@ -339,11 +337,7 @@ fn serve(
         };
         mesh::run(params, stop).await?;
         Ok(rx.try_recv().unwrap_or(Next::Idle))
-    });
-    if let Some(api) = api {
-        api.abort();
-    }
-    next
+    })
 }
 
 /// One boot: resume the journal, then offer new releases (once, or every

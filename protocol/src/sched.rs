@@ -856,7 +856,8 @@ impl<P: Ord + Clone> Scheduler<P> {
     ) -> Option<usize> {
         // No same-site copy and not this node's to fetch over the WAN: the
         // rules below would refuse it after looking at every peer.
-        if self.lan_avail[i] == 0 && !self.wan_allowed(i, any_wan, seed_first) {
+        let wan_ok = self.wan_allowed(i, any_wan, seed_first);
+        if self.lan_avail[i] == 0 && !wan_ok {
             return None;
         }
         let mut best: [Option<(usize, f64)>; 3] = [None; 3];
@@ -883,7 +884,7 @@ impl<P: Ord + Clone> Scheduler<P> {
         if let Some((k, _)) = lan {
             return Some(k);
         }
-        if lan_has || !self.wan_allowed(i, any_wan, seed_first) {
+        if lan_has || !wan_ok {
             return None;
         }
         let from_seed = self.mine.as_ref().is_some_and(|(_, seed)| seed.get(i));

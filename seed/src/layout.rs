@@ -93,7 +93,7 @@ impl Layout {
 }
 
 /// An initialised seed directory with its configuration loaded.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Seed {
     /// Its paths.
     pub layout: Layout,

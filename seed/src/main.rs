@@ -215,15 +215,14 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()
                 .context("start the async runtime")?;
-            let api = match http {
+            let _api = match http {
                 Some(addr) => {
-                    let listener = runtime.block_on(api::bind(addr))?;
-                    let dir = dir.clone();
+                    let seed = seed.clone();
                     let api = api::Api {
-                        status: Box::new(move || status_json(&Seed::open(&dir)?)),
+                        status: Box::new(move || status_json(&seed)),
                         metrics: params.metrics.clone(),
                     };
-                    Some(runtime.spawn(api::serve(listener, api)))
+                    Some(api::start(&runtime, addr, api)?)
                 }
                 None => None,
             };
@@ -240,9 +239,6 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 };
                 mesh::run(params, stop).await
             })?;
-            if let Some(api) = api {
-                api.abort();
-            }
         }
         Command::Status { dir, json } => {
             let seed = Seed::open(&dir)?;

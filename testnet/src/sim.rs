@@ -572,19 +572,17 @@ impl Sim {
         // while it is in cache (peer lists are symmetric: a node hears from
         // those it tells). A complete node ignores have-maps; skipping them
         // is the simulator's largest saving.
-        let fresh = std::mem::take(&mut self.fresh);
         for node in &mut self.nodes[1..] {
             let Some(s) = node.sched.as_mut().filter(|_| node.done_at.is_none()) else {
                 continue;
             };
             for &k in &node.peers {
-                let news = &fresh[k as usize];
+                let news = &self.fresh[k as usize];
                 if !news.is_empty() {
                     node.dirty |= s.peer_has(&k, news.iter().copied());
                 }
             }
         }
-        self.fresh = fresh;
         self.fresh.iter_mut().for_each(Vec::clear);
         for k in 1..self.nodes.len() {
             let node = &mut self.nodes[k];

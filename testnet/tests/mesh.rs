@@ -253,13 +253,7 @@ fn check_api(lab: &Lab, i: usize, api: std::net::SocketAddr) {
     let release = &status["releases"][0];
     let (code, metrics) = http_get(api, "/metrics").expect("GET /metrics");
     assert_eq!(code, 200, "{metrics}");
-    let sum = |prefix: &str, filter: &str| -> f64 {
-        metrics
-            .lines()
-            .filter(|l| l.starts_with(prefix) && l.contains(filter))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
+    let sum = |prefix: &str, filter: &str| metric_sum(&metrics, prefix, filter);
     // The release's counter stops at completion; the metric also counts
     // late responses (endgame duplicates) that arrive after it.
     let chunk_bytes = sum("fleetmesh_chunk_bytes_received_total", "");
@@ -289,6 +283,16 @@ fn check_api(lab: &Lab, i: usize, api: std::net::SocketAddr) {
     assert_eq!(code, 404);
 }
 
+/// The sum of the samples of metric lines that start with `prefix` and
+/// contain `filter`.
+fn metric_sum(metrics: &str, prefix: &str, filter: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix) && l.contains(filter))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// The seed's `/status` is `status --json` (with the fleet); its
 /// `/metrics` count the chunk bytes it sent as its status does.
 fn check_seed_api(lab: &Lab, http: std::net::SocketAddr) {
@@ -299,11 +303,7 @@ fn check_seed_api(lab: &Lab, http: std::net::SocketAddr) {
     let sent = lab.seed_status().expect("seed status").releases[0].bytes_up;
     let (code, metrics) = http_get(http, "/metrics").expect("GET /metrics");
     assert_eq!(code, 200, "{metrics}");
-    let counted: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("fleetmesh_chunk_bytes_sent_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let counted = metric_sum(&metrics, "fleetmesh_chunk_bytes_sent_total", "");
     // The status file is written every second: it may lag the counters.
     assert!(
         counted >= sent as f64 && sent > 0,
