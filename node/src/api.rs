@@ -209,12 +209,44 @@ impl Metrics {
 }
 
 /// What the API serves: the daemon's status document, built on demand (it
-/// may read files), and its metrics.
+/// may read files), its metrics, and any further pages.
 pub struct Api {
     /// Builds the status document.
     pub status: Box<dyn Fn() -> anyhow::Result<serde_json::Value> + Send + Sync>,
     /// The metrics.
     pub metrics: Arc<Metrics>,
+    /// More read-only resources (the seed's dashboard); one at `/` replaces
+    /// the default index.
+    pub pages: Vec<Page>,
+}
+
+/// A further resource served at a fixed path.
+pub struct Page {
+    /// Its path, `/…`.
+    pub path: &'static str,
+    /// Its content type.
+    pub kind: &'static str,
+    /// Builds its body.
+    pub body: Box<dyn Fn() -> anyhow::Result<String> + Send + Sync>,
+}
+
+impl std::fmt::Debug for Page {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Page")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Page {
+    /// A page whose body never changes.
+    pub fn fixed(path: &'static str, kind: &'static str, body: &'static str) -> Page {
+        Page {
+            path,
+            kind,
+            body: Box::new(move || Ok(body.to_owned())),
+        }
+    }
 }
 
 impl std::fmt::Debug for Api {
@@ -295,6 +327,7 @@ async fn exchange(mut stream: TcpStream, api: &Arc<Api>) -> std::io::Result<()> 
         }
         head.extend_from_slice(&buf[..n.min(MAX_HEAD - head.len())]);
     };
+    let head_only = head.starts_with(b"HEAD ");
     let (code, kind, body) = if complete {
         let api = api.clone();
         tokio::task::spawn_blocking(move || respond(&head, &api))
@@ -311,10 +344,13 @@ async fn exchange(mut stream: TcpStream, api: &Arc<Api>) -> std::io::Result<()> 
         _ => "Internal Server Error",
     };
     let reply = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nContent-Security-Policy: {CSP}\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(reply.as_bytes()).await?;
+    if !head_only {
+        stream.write_all(body.as_bytes()).await?;
+    }
     stream.shutdown().await?;
     // Read what the client still sends (a head cut at MAX_HEAD) until it
     // closes, so that closing does not reset the connection before the
@@ -330,8 +366,13 @@ async fn exchange(mut stream: TcpStream, api: &Arc<Api>) -> std::io::Result<()> 
     Ok(())
 }
 
-const TEXT: &str = "text/plain; charset=utf-8";
-const JSON: &str = "application/json";
+/// Pages may load scripts and styles from this server only, and nothing
+/// may frame them.
+const CSP: &str = "default-src 'self'; frame-ancestors 'none'";
+/// Plain text.
+pub const TEXT: &str = "text/plain; charset=utf-8";
+/// JSON.
+pub const JSON: &str = "application/json";
 const PROMETHEUS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Status code, content type and body for a request head.
@@ -345,6 +386,12 @@ fn respond(head: &[u8], api: &Api) -> (u16, &'static str, String) {
         return (405, TEXT, "only GET\n".into());
     }
     let status = || (api.status)();
+    if let Some(page) = api.pages.iter().find(|p| p.path == path) {
+        return match (page.body)() {
+            Ok(body) => (200, page.kind, body),
+            Err(e) => (500, TEXT, format!("{e:#}\n")),
+        };
+    }
     match path {
         "/status" => match status().and_then(|s| Ok(serde_json::to_string_pretty(&s)?)) {
             Ok(body) => (200, JSON, body + "\n"),
@@ -393,6 +440,7 @@ mod tests {
                 }))
             }),
             metrics,
+            pages: vec![Page::fixed("/", "text/html", "<p>hi</p>")],
         };
         let listener = bind("127.0.0.1:0".parse().expect("addr"))
             .await
@@ -405,6 +453,14 @@ mod tests {
         let body = status.split("\r\n\r\n").nth(1).expect("body");
         let json: serde_json::Value = serde_json::from_str(body).expect("json");
         assert_eq!(json["update"]["state"], "idle");
+
+        let page = get(addr, "GET / HTTP/1.1\r\n\r\n").await;
+        assert!(page.ends_with("\r\n\r\n<p>hi</p>"), "{page}");
+        let head = get(addr, "HEAD /status HTTP/1.1\r\n\r\n").await;
+        assert!(
+            head.starts_with("HTTP/1.1 200") && head.ends_with("\r\n\r\n"),
+            "{head}"
+        );
 
         let m = get(addr, "GET /metrics HTTP/1.1\r\n\r\n").await;
         for line in [

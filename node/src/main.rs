@@ -301,6 +301,7 @@ fn serve(
             let api = fleetmesh_node::api::Api {
                 status: Box::new(move || daemon::status_json(&status_dir, Some(&status_config))),
                 metrics: params.metrics.clone(),
+                pages: Vec::new(),
             };
             Some(fleetmesh_node::api::start(&runtime, addr, api)?)
         }

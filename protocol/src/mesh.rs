@@ -309,8 +309,24 @@ pub struct Report {
     pub target_version: Option<String>,
     /// Why it is waiting, rolled back or failed.
     pub reason: Option<String>,
-    /// Download progress per release: (version, pieces held, pieces).
-    pub releases: Vec<(String, u64, u64)>,
+    /// Download progress per release.
+    pub releases: Vec<ReleaseProgress>,
+}
+
+/// One release's download progress in a [`Report`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseProgress {
+    /// Its version.
+    pub version: String,
+    /// Distinct chunks held.
+    pub held: u64,
+    /// Distinct chunks in the release.
+    pub total: u64,
+    /// Chunk bytes received from peers of the node's own site.
+    pub bytes_same_site: u64,
+    /// Chunk bytes received from anywhere else (other sites, the seed):
+    /// what crossed the site's WAN link for this node.
+    pub bytes_wan: u64,
 }
 
 impl Message for Report {

@@ -80,6 +80,22 @@ pub struct FleetView {
     pub stale: u64,
     /// Rollouts of the current policy.
     pub rollouts: Vec<RolloutView>,
+    /// Chunk bytes the nodes of each site received, by where from.
+    pub sites: Vec<SiteTransfer>,
+}
+
+/// What the nodes of one site received, summed over releases, as they
+/// report it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SiteTransfer {
+    /// Site label.
+    pub site: String,
+    /// Nodes that reported.
+    pub nodes: u64,
+    /// From peers in the site (its LAN).
+    pub bytes_same_site: u64,
+    /// From other sites and the seed: over the site's WAN link.
+    pub bytes_wan: u64,
 }
 
 /// Counts of a rollout's wave `wave` among the reports.
@@ -120,9 +136,19 @@ pub fn view(
     stale_after: u64,
 ) -> FleetView {
     let mut v = FleetView::default();
+    let mut sites: BTreeMap<String, SiteTransfer> = BTreeMap::new();
     for rep in reports.values() {
         let stale = now.0.saturating_sub(rep.at.0) > stale_after;
         let site = rep.labels.get("site").cloned().unwrap_or_default();
+        let t = sites.entry(site.clone()).or_insert_with(|| SiteTransfer {
+            site: site.clone(),
+            ..SiteTransfer::default()
+        });
+        t.nodes += 1;
+        for r in &rep.releases {
+            t.bytes_same_site += r.bytes_same_site;
+            t.bytes_wan += r.bytes_wan;
+        }
         let version = rep.booted_version.clone();
         *v.by_version
             .entry(version.clone().unwrap_or_else(|| "unknown".into()))
@@ -141,6 +167,7 @@ pub fn view(
             stale,
         });
     }
+    v.sites = sites.into_values().collect();
     if let Some(p) = policy {
         for r in &p.rollouts {
             let waves = r

@@ -5,6 +5,7 @@
 //! was or with its change complete.
 
 pub mod config;
+pub mod dashboard;
 pub mod fleet;
 pub mod init;
 pub mod layout;

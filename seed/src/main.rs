@@ -8,12 +8,14 @@ use fleetmesh_node::mesh::{
     status::{MeshStatus, MESH_STATUS_FILE},
 };
 use fleetmesh_node::{api, cli};
+use fleetmesh_seed::dashboard::{self, History};
 use fleetmesh_seed::layout::Seed;
 use fleetmesh_seed::publish::{publish, PublishRequest};
 use fleetmesh_seed::{fleet, init, policy, serve, verify};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 
 /// The fleetmesh seed: publishes signed OS releases to the fleet.
 #[derive(Debug, Parser)]
@@ -74,8 +76,9 @@ enum Command {
         /// Listen here instead of the config's mesh.listen (repeatable).
         #[arg(long = "listen", value_name = "MULTIADDR")]
         listen: Vec<String>,
-        /// Serve `GET /status` (JSON, as `status --json`) and `/metrics`
-        /// (Prometheus) on this address, for example 127.0.0.1:9180.
+        /// Serve the web dashboard (`/`), `GET /status` (JSON, as `status
+        /// --json`), `/history` and `/metrics` (Prometheus) on this
+        /// address, for example 127.0.0.1:9180.
         #[arg(long, value_name = "ADDR:PORT")]
         http: Option<std::net::SocketAddr>,
     },
@@ -217,10 +220,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .context("start the async runtime")?;
             let _api = match http {
                 Some(addr) => {
-                    let seed = seed.clone();
+                    let history = spawn_history_sampler(seed.clone());
+                    let status_seed = seed.clone();
                     let api = api::Api {
-                        status: Box::new(move || status_json(&seed)),
+                        status: Box::new(move || status_json(&status_seed)),
                         metrics: params.metrics.clone(),
+                        pages: dashboard_pages(history),
                     };
                     Some(api::start(&runtime, addr, api)?)
                 }
@@ -315,6 +320,46 @@ fn status_json(seed: &Seed) -> anyhow::Result<serde_json::Value> {
     let mut out = serde_json::to_value(&status)?;
     out["fleet"] = serde_json::to_value(fleet_view(seed, &status)?)?;
     Ok(out)
+}
+
+/// The dashboard's page, script, style and history.
+fn dashboard_pages(history: Arc<Mutex<History>>) -> Vec<api::Page> {
+    vec![
+        api::Page::fixed("/", "text/html; charset=utf-8", dashboard::HTML),
+        api::Page::fixed(
+            "/app.js",
+            "text/javascript; charset=utf-8",
+            dashboard::SCRIPT,
+        ),
+        api::Page::fixed("/app.css", "text/css; charset=utf-8", dashboard::STYLE),
+        api::Page {
+            path: "/history",
+            kind: api::JSON,
+            body: Box::new(move || {
+                let h = history.lock().unwrap_or_else(|e| e.into_inner());
+                Ok(serde_json::to_string(&*h)?)
+            }),
+        },
+    ]
+}
+
+/// Every second, samples the fleet's progress from the nodes' reports
+/// into a bounded history (an hour at one sample a second, then thinned).
+fn spawn_history_sampler(seed: Seed) -> Arc<Mutex<History>> {
+    let history = Arc::new(Mutex::new(History::new(1, 3600)));
+    let shared = history.clone();
+    std::thread::spawn(move || loop {
+        // No status before the mesh has written one: nothing to sample.
+        if let Ok(status) = read_status(&seed) {
+            let sample = dashboard::Sample::of(cli::unix_now().0, &status.nodes);
+            shared
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(sample);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    });
+    history
 }
 
 /// Every 5 s, advances or halts rollouts from the nodes' reports (each

@@ -27,8 +27,8 @@ use fleetmesh_protocol::bucket::TokenBucket;
 use fleetmesh_protocol::keys::{Node, Release as ReleaseRole, Root, SecretKey};
 use fleetmesh_protocol::manifest::Manifest;
 use fleetmesh_protocol::mesh::{
-    Accepted, Announcement, Announcements, Have, Hello, Report, ReportEnvelope, Request, Response,
-    MAX_BATCH, MAX_HAVE_ADDED, RESPONSE_BUDGET,
+    Accepted, Announcement, Announcements, Have, Hello, ReleaseProgress, Report, ReportEnvelope,
+    Request, Response, MAX_BATCH, MAX_HAVE_ADDED, RESPONSE_BUDGET,
 };
 use fleetmesh_protocol::sched::{self, Bits, PeerInfo, Planned, RequestId, Scheduler};
 use fleetmesh_protocol::TrustState;
@@ -1693,7 +1693,13 @@ impl Mesh {
                 .iter()
                 .rev()
                 .take(fleetmesh_protocol::mesh::MAX_REPORT_ITEMS)
-                .map(|r| (r.version.clone(), r.chunks_have, r.chunks_total))
+                .map(|r| ReleaseProgress {
+                    version: r.version.clone(),
+                    held: r.chunks_have,
+                    total: r.chunks_total,
+                    bytes_same_site: r.bytes_down_same_site,
+                    bytes_wan: r.bytes_down - r.bytes_down_same_site,
+                })
                 .collect(),
         };
         let envelope = Signed::sign(&report, &[key]).map(|signed| ReportEnvelope {
