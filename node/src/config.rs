@@ -236,8 +236,91 @@ pub fn toml_error_line(text: &str, e: &toml::de::Error) -> String {
     }
 }
 
+/// `FLEETMESH_*` variables that are not config overrides.
+pub const NOT_CONFIG: [&str; 4] = [
+    "FLEETMESH_LOG",
+    "FLEETMESH_LOG_FORMAT",
+    "FLEETMESH_LAB_LOG",
+    "FLEETMESH_TARGET_VERSION",
+];
+
+/// Parses a TOML config, then applies the `FLEETMESH_*` variables of `env`
+/// over it: `FLEETMESH_MESH__SITE=east` sets `mesh.site` (sections and keys
+/// upper-cased, joined by `__`). A value is read as TOML (`1000`, `true`,
+/// `["a", "b"]`) and otherwise as a string. The error names the file's line
+/// or the variable, and the problem.
+pub fn parse_with_env<T: serde::de::DeserializeOwned>(
+    text: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<T, String> {
+    // The file alone first, so its errors carry its line numbers.
+    let parsed: T = toml::from_str(text).map_err(|e| toml_error_line(text, &e))?;
+    let mut overrides: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("FLEETMESH_") && !NOT_CONFIG.contains(&k.as_str()))
+        .collect();
+    if overrides.is_empty() {
+        return Ok(parsed);
+    }
+    overrides.sort();
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| toml_error_line(text, &e))?;
+    for (name, value) in &overrides {
+        let path: Vec<String> = name["FLEETMESH_".len()..]
+            .split("__")
+            .map(str::to_lowercase)
+            .collect();
+        if path.iter().any(String::is_empty) {
+            return Err(format!(
+                "{name}: not a config key (FLEETMESH_KEY or FLEETMESH_SECTION__KEY)"
+            ));
+        }
+        let as_toml = toml::from_str::<toml::Table>(&format!("v = {value}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"));
+        let mut last = String::new();
+        for v in as_toml
+            .into_iter()
+            .chain([toml::Value::String(value.clone())])
+        {
+            let mut candidate = table.clone();
+            set_path(&mut candidate, &path, v).map_err(|e| format!("{name}: {e}"))?;
+            match toml::Value::Table(candidate.clone()).try_into::<T>() {
+                Ok(_) => {
+                    table = candidate;
+                    last.clear();
+                    break;
+                }
+                Err(e) => last = e.message().trim().replace('\n', " "),
+            }
+        }
+        if !last.is_empty() {
+            return Err(format!("{name}={value:?}: {last}"));
+        }
+    }
+    toml::Value::Table(table)
+        .try_into()
+        .map_err(|e| e.message().trim().replace('\n', " "))
+}
+
+/// Sets `path` in `table` to `value`, making sections on the way.
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let (key, sections) = path.split_last().ok_or("empty key")?;
+    let mut t = table;
+    for s in sections {
+        let entry = t
+            .entry(s.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        t = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("{s} is not a section"))?;
+    }
+    t.insert(key.clone(), value);
+    Ok(())
+}
+
 impl NodeConfig {
-    /// Reads `DIR/node.toml` and resolves its paths against DIR.
+    /// Reads `DIR/node.toml`, applies `FLEETMESH_*` overrides from the
+    /// environment ([`parse_with_env`]) and resolves paths against DIR.
     pub fn load(dir: &Path) -> Result<Self, ConfigError> {
         let path = dir.join("node.toml");
         let err = |reason: String| ConfigError {
@@ -245,8 +328,7 @@ impl NodeConfig {
             reason,
         };
         let text = std::fs::read_to_string(&path).map_err(|e| err(e.to_string()))?;
-        let mut config: NodeConfig =
-            toml::from_str(&text).map_err(|e| err(toml_error_line(&text, &e)))?;
+        let mut config: NodeConfig = parse_with_env(&text, std::env::vars()).map_err(err)?;
         if !fleetmesh_protocol::manifest::is_valid_name(&config.platform) {
             return Err(err(format!(
                 "platform {:?} is not a valid name",
@@ -275,5 +357,77 @@ impl NodeConfig {
             *p = dir.join(&*p);
         }
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = "platform = \"x86\"\n[slots]\nbackend = \"file\"\nslot_a = \"a\"\nslot_b = \"b\"\n[mesh]\nsite = \"west\"\n";
+
+    fn parse(env: &[(&str, &str)]) -> Result<NodeConfig, String> {
+        parse_with_env(
+            TEXT,
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn environment_variables_override_the_file_key_by_key() {
+        let c = parse(&[
+            ("FLEETMESH_MESH__SITE", "east"),
+            ("FLEETMESH_MESH__DOWNLOAD_BYTES_PER_SEC", "1000"),
+            ("FLEETMESH_MESH__MDNS", "false"),
+            ("FLEETMESH_MESH__BOOTSTRAP", "[\"/ip4/10.0.0.1/tcp/4001\"]"),
+            ("FLEETMESH_MESH__LABELS__RACK", "r7"),
+            ("FLEETMESH_API__LISTEN", "127.0.0.1:9180"),
+            ("FLEETMESH_PLATFORM", "arm64"),
+            ("FLEETMESH_UPDATE__HEALTH", "command"),
+            // Not config: ignored.
+            ("FLEETMESH_LOG", "debug"),
+            ("PATH", "/bin"),
+        ])
+        .expect("config");
+        assert_eq!(c.mesh.site, "east");
+        assert_eq!(c.mesh.download_bytes_per_sec, 1000);
+        assert!(!c.mesh.mdns);
+        assert_eq!(c.mesh.bootstrap, ["/ip4/10.0.0.1/tcp/4001"]);
+        assert_eq!(c.mesh.labels["rack"], "r7");
+        assert_eq!(c.api.listen, Some("127.0.0.1:9180".parse().expect("addr")));
+        assert_eq!(c.platform, "arm64");
+        assert_eq!(c.update.health, HealthKind::Command);
+        // Without overrides the file stands.
+        assert_eq!(parse(&[]).expect("config").mesh.site, "west");
+    }
+
+    #[test]
+    fn a_bad_override_names_the_variable_and_the_problem() {
+        for (env, expect) in [
+            (
+                ("FLEETMESH_MESH__MAX_PEERS", "lots"),
+                "FLEETMESH_MESH__MAX_PEERS=\"lots\": invalid type",
+            ),
+            (("FLEETMESH_MESH__SITEE", "x"), "unknown field `sitee`"),
+            (
+                ("FLEETMESH_NOPE", "1"),
+                "FLEETMESH_NOPE=\"1\": unknown field `nope`",
+            ),
+            (
+                ("FLEETMESH_MESH__", "1"),
+                "FLEETMESH_MESH__: not a config key",
+            ),
+            (
+                ("FLEETMESH_PLATFORM__X", "1"),
+                "FLEETMESH_PLATFORM__X: platform is not a section",
+            ),
+        ] {
+            let err = parse(&[env]).expect_err(env.0);
+            assert!(err.contains(expect), "{err:?} lacks {expect:?}");
+            assert!(!err.contains('\n'), "{err:?}");
+        }
+        // The file's own errors keep their line numbers.
+        let err = parse_with_env::<NodeConfig>("platform = 1\n", []).expect_err("bad file");
+        assert!(err.starts_with("line 1:"), "{err}");
     }
 }

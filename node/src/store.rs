@@ -53,6 +53,9 @@ pub enum StoreError {
     /// Bytes offered for storage failed verification.
     #[error(transparent)]
     Invalid(#[from] fleetmesh_protocol::Error),
+    /// Another process has the store open.
+    #[error("{}: the store is in use by another fleetmesh process; try again when it is done", .0.display())]
+    InUse(PathBuf),
     /// A metadata record does not decode.
     #[error("metadata record for release {id}: {reason}")]
     BadRecord {
@@ -183,12 +186,35 @@ pub struct ChunkStore {
     manifests: sled::Tree,
     infos: sled::Tree,
     counters: sled::Tree,
+    /// Held (locked) while the store is open.
+    _lock: fs::File,
 }
 
 impl ChunkStore {
     /// Opens (creating if needed) the store in `dir`, and removes temp files
     /// an interrupted writer left.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        // One process at a time, before anything is cleaned: another's temp
+        // files are work in progress, not debris.
+        fs::create_dir_all(dir).ctx("create directory", dir)?;
+        let lock_path = dir.join("lock");
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .ctx("open", &lock_path)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(StoreError::InUse(dir.to_owned())),
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(StoreError::Io(IoError {
+                    op: "lock",
+                    path: lock_path,
+                    source: e,
+                }))
+            }
+        }
         let chunks = dir.join("chunks");
         let dirty = dir.join("dirty");
         let crashed = dirty.exists();
@@ -220,6 +246,7 @@ impl ChunkStore {
             infos: db.open_tree("release_info")?,
             counters: db.open_tree("counters")?,
             db,
+            _lock: lock,
         })
     }
 

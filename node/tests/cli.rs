@@ -39,6 +39,36 @@ fn bad_config_is_one_line_naming_the_key() {
             "{expect}: {err}"
         );
     }
+    // An environment override is checked like the file, and named.
+    let good =
+        "platform = \"generic\"\n[slots]\nbackend = \"file\"\nslot_a = \"a\"\nslot_b = \"b\"\n";
+    fs::write(dir.path().join("node.toml"), good).expect("write config");
+    for (var, value, expect) in [
+        (
+            "FLEETMESH_MESH__MAX_PEERS",
+            "0",
+            "mesh.max_peers must be 1-10000",
+        ),
+        (
+            "FLEETMESH_MESH__MAX_PEERS",
+            "many",
+            "FLEETMESH_MESH__MAX_PEERS=\"many\": invalid type",
+        ),
+        (
+            "FLEETMESH_MESH__BOOTSTRAP",
+            "[\"nowhere\"]",
+            "mesh.bootstrap[0]",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_fleetmesh-node"))
+            .args(["run", "--once", "--dir"])
+            .arg(dir.path())
+            .env(var, value)
+            .output()
+            .expect("run fleetmesh-node");
+        let err = one_line_error(&out);
+        assert!(err.contains(expect), "{var}={value}: {err}");
+    }
 }
 
 #[test]

@@ -2,11 +2,11 @@
 //! rather than silently ignored.
 
 use crate::{Result, SeedError};
-use fleetmesh_node::config::toml_error_line;
+use fleetmesh_node::config::parse_with_env;
 use fleetmesh_protocol::manifest::is_valid_name;
 use fleetmesh_protocol::ChunkParams;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The whole configuration.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -16,6 +16,40 @@ pub struct Config {
     pub publish: PublishConfig,
     /// How `run` serves the mesh.
     pub mesh: SeedMeshConfig,
+    /// The dashboard and API of `run`.
+    pub http: HttpConfig,
+    /// The release inbox `run` publishes from.
+    pub inbox: InboxConfig,
+}
+
+/// `[http]`: the dashboard, `/status` and `/metrics`; off unless `listen`
+/// is set (`run --http` overrides it).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address and port, for example "127.0.0.1:9181".
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+/// `[inbox]`: `run` publishes every image dropped into `dir` with a sidecar
+/// (docs/seed.md); off unless `dir` is set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InboxConfig {
+    /// The folder, relative to the seed directory unless absolute.
+    pub dir: Option<PathBuf>,
+    /// How often it is scanned, seconds; an image is published once its
+    /// size and modification time held still for one scan.
+    pub scan_secs: u64,
+}
+
+impl Default for InboxConfig {
+    fn default() -> Self {
+        InboxConfig {
+            dir: None,
+            scan_secs: 2,
+        }
+    }
 }
 
 /// `[mesh]`.
@@ -91,10 +125,11 @@ impl Config {
             path: path.to_owned(),
             reason: e.to_string(),
         })?;
-        let config: Config = toml::from_str(&text).map_err(|e| SeedError::Config {
-            path: path.to_owned(),
-            reason: toml_error_line(&text, &e),
-        })?;
+        let config: Config =
+            parse_with_env(&text, std::env::vars()).map_err(|reason| SeedError::Config {
+                path: path.to_owned(),
+                reason,
+            })?;
         config.validate().map_err(|reason| SeedError::Config {
             path: path.to_owned(),
             reason,
@@ -129,7 +164,14 @@ impl Config {
              mdns = {}\n\
              max_peers = {}\n\
              # A node not heard from for this long shows as stale in `status`.\n\
-             report_stale_after_secs = {}\n",
+             report_stale_after_secs = {}\n\n\
+             [http]\n\
+             # The web dashboard, /status and /metrics of `run` (docs/monitoring.md); off unless set.\n\
+             # listen = \"127.0.0.1:9181\"\n\n\
+             [inbox]\n\
+             # `run` publishes images dropped here with a sidecar IMAGE.release.toml (docs/seed.md); off unless set.\n\
+             # dir = \"inbox\"\n\
+             scan_secs = {}\n",
             p.max_image_bytes,
             p.chunk_avg_bytes,
             p.zstd_level,
@@ -142,6 +184,7 @@ impl Config {
             self.mesh.mdns,
             self.mesh.max_peers,
             self.mesh.report_stale_after_secs,
+            self.inbox.scan_secs,
         )
     }
 
@@ -174,6 +217,9 @@ impl Config {
         }
         if !(1..=100_000).contains(&m.max_peers) {
             return Err("mesh.max_peers must be 1-100000".into());
+        }
+        if !(1..=3600).contains(&self.inbox.scan_secs) {
+            return Err("inbox.scan_secs must be 1-3600".into());
         }
         Ok(())
     }

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod dashboard;
 pub mod fleet;
+pub mod inbox;
 pub mod init;
 pub mod layout;
 pub mod policy;

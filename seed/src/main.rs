@@ -9,6 +9,7 @@ use fleetmesh_node::mesh::{
 };
 use fleetmesh_node::{api, cli};
 use fleetmesh_seed::dashboard::{self, History};
+use fleetmesh_seed::inbox::{Inbox, Outcome};
 use fleetmesh_seed::layout::Seed;
 use fleetmesh_seed::publish::{publish, PublishRequest};
 use fleetmesh_seed::{fleet, init, policy, serve, verify};
@@ -78,7 +79,8 @@ enum Command {
         listen: Vec<String>,
         /// Serve the web dashboard (`/`), `GET /status` (JSON, as `status
         /// --json`), `/history` and `/metrics` (Prometheus) on this
-        /// address, for example 127.0.0.1:9180.
+        /// address, for example 127.0.0.1:9181 [default: the config's
+        /// http.listen].
         #[arg(long, value_name = "ADDR:PORT")]
         http: Option<std::net::SocketAddr>,
     },
@@ -218,7 +220,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()
                 .context("start the async runtime")?;
-            let _api = match http {
+            let _api = match http.or(seed.config.http.listen) {
                 Some(addr) => {
                     let history = spawn_history_sampler(seed.clone());
                     let status_seed = seed.clone();
@@ -232,6 +234,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 None => None,
             };
             spawn_rollout_stepper(dir.clone());
+            if let Some(inbox) = &seed.config.inbox.dir {
+                spawn_inbox(seed.clone(), dir.join(inbox))?;
+            }
             runtime.block_on(async {
                 let stop = async {
                     let mut term =
@@ -360,6 +365,35 @@ fn spawn_history_sampler(seed: Seed) -> Arc<Mutex<History>> {
         std::thread::sleep(std::time::Duration::from_secs(1));
     });
     history
+}
+
+/// Publishes what is dropped into the inbox, every `inbox.scan_secs`.
+fn spawn_inbox(seed: Seed, dir: PathBuf) -> anyhow::Result<()> {
+    let mut inbox = Inbox::new(dir.clone())?;
+    let every = std::time::Duration::from_secs(seed.config.inbox.scan_secs);
+    tracing::info!("publishing images dropped into {}", dir.display());
+    std::thread::spawn(move || loop {
+        std::thread::sleep(every);
+        match inbox.scan(&seed, cli::unix_now()) {
+            Ok(outcomes) => {
+                for o in outcomes {
+                    match o {
+                        Outcome::Published(info) => tracing::info!(
+                            "inbox: published {} ({}) as release {}",
+                            info.version,
+                            info.channel,
+                            info.release_id
+                        ),
+                        Outcome::Failed { image, reason } => {
+                            tracing::warn!("inbox: {image} refused, moved to failed/: {reason}")
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("inbox {}: {}", dir.display(), cli::error_line(&e)),
+        }
+    });
+    Ok(())
 }
 
 /// Every 5 s, advances or halts rollouts from the nodes' reports (each

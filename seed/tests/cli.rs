@@ -110,7 +110,10 @@ fn collect(base: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
     for entry in fs::read_dir(dir).expect("ls") {
         let path = entry.expect("entry").path();
         let rel = path.strip_prefix(base).expect("under base").to_owned();
-        if rel.starts_with("store/meta") || rel == Path::new("store/dirty") {
+        if rel.starts_with("store/meta")
+            || rel == Path::new("store/dirty")
+            || rel == Path::new("store/lock")
+        {
             continue; // sled's own files; releases are compared through the CLI
         }
         if path.is_dir() {
@@ -447,4 +450,46 @@ fn rustix_is_root() -> bool {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false)
+}
+
+/// `run` with the inbox switched on from the environment: an image dropped
+/// with its sidecar is published (and listed), a bad one is set aside with
+/// its reason.
+#[test]
+fn run_publishes_what_is_dropped_into_the_inbox() {
+    let lab = Lab::new();
+    let inbox = lab.root.join("inbox");
+    let mut run = Command::new(SEED)
+        .args(["run", "--dir", lab.d(), "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .env("FLEETMESH_INBOX__DIR", &inbox)
+        .env("FLEETMESH_INBOX__SCAN_SECS", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start run");
+    let wait_for = |path: &Path| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !path.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        path.exists()
+    };
+    let created = wait_for(&inbox);
+    fs::write(inbox.join("os.img"), image(5, 200_000)).expect("image");
+    fs::write(inbox.join("os.img.release.toml"), "version = \"3.1.0\"\n").expect("sidecar");
+    fs::write(inbox.join("x.img"), image(6, 1000)).expect("image");
+    fs::write(inbox.join("x.img.release.toml"), "channel = \"beta\"\n").expect("sidecar");
+    let published = wait_for(&inbox.join("published/os.img.published.json"));
+    let failed = wait_for(&inbox.join("failed/x.img.error"));
+    let _ = run.kill();
+    let _ = run.wait();
+    assert!(
+        created && published && failed,
+        "inbox {created}, published {published}, failed {failed}"
+    );
+    let why = fs::read_to_string(inbox.join("failed/x.img.error")).expect("reason");
+    assert!(why.contains("missing field `version`"), "{why}");
+    let listed = ok(&["releases", "--dir", lab.d(), "--json"]);
+    assert!(listed.contains("\"3.1.0\""), "{listed}");
 }

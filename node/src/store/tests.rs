@@ -178,3 +178,43 @@ fn an_interrupted_sled_snapshot_does_not_stop_the_store_opening() {
         .join("meta/snap.00000000FFFFFFFF.generating")
         .exists());
 }
+
+#[test]
+fn a_second_opener_is_refused_and_leaves_the_first_ones_work_alone() {
+    let (dir, store) = store();
+    let writer = store.writer();
+    let added = writer.add_raw(b"in progress", &mut enc()).expect("add");
+    let temps = |d: &Path| {
+        walk_files(d)
+            .into_iter()
+            .filter(|p| p.to_string_lossy().contains(".tmp"))
+            .count()
+    };
+    let before = temps(dir.path());
+    assert!(before > 0, "the writer has a temp file");
+    match ChunkStore::open(dir.path()) {
+        Err(e @ StoreError::InUse(_)) => {
+            assert!(e
+                .to_string()
+                .contains("in use by another fleetmesh process"))
+        }
+        other => panic!("expected InUse, got {other:?}"),
+    }
+    assert_eq!(temps(dir.path()), before, "the refused opener cleaned up");
+    assert_eq!(writer.commit().expect("commit"), vec![added.id]);
+    drop(store);
+    ChunkStore::open(dir.path()).expect("open once the first is closed");
+}
+
+fn walk_files(d: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(d).expect("read dir").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
