@@ -46,15 +46,40 @@ impl<T> Context<T> for io::Result<T> {
 /// old content or all of `bytes`: temp file in the same directory (created
 /// with `mode`), fsync, rename, fsync the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), IoError> {
+    write_atomic_with(path, mode, |file| file.write_all(bytes).ctx("write", path))
+}
+
+/// As [`write_atomic`], with the content streamed by `fill`; if `fill`
+/// fails, `path` is untouched and the temp file removed.
+pub fn write_atomic_with<E: From<IoError>>(
+    path: &Path,
+    mode: u32,
+    fill: impl FnOnce(&mut io::BufWriter<File>) -> Result<(), E>,
+) -> Result<(), E> {
     let dir = parent(path);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = write_new(&tmp, bytes, mode)
-        .and_then(|()| fs::rename(&tmp, path).ctx("rename into", path))
-        .and_then(|()| fsync_dir(dir));
+    let result = (|| {
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .ctx("create", &tmp)?;
+        let mut out = io::BufWriter::new(file);
+        fill(&mut out)?;
+        let file = out
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .ctx("write", &tmp)?;
+        file.sync_all().ctx("fsync", &tmp)?;
+        fs::rename(&tmp, path).ctx("rename into", path)?;
+        fsync_dir(dir)?;
+        Ok(())
+    })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }

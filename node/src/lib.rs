@@ -4,6 +4,7 @@
 //! store that the seed and nodes share. The mesh and the updater build on it.
 
 pub mod api;
+pub mod bundle;
 pub mod cli;
 pub mod config;
 pub mod daemon;

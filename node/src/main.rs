@@ -101,6 +101,16 @@ enum Cmd {
         #[arg(long, value_name = "X.Y.Z", value_parser = cli::parse_version)]
         version: semver::Version,
     },
+    /// Verify and load a release bundle made by `fleetmesh-seed export`
+    /// (for sites without a link to the mesh); the node then serves it to
+    /// its site like any other release. Prints what it loaded as JSON.
+    Import {
+        /// Node directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The bundle file.
+        file: PathBuf,
+    },
     /// Report the trial boot healthy (for `update.health = "external"`).
     MarkGood {
         /// Node directory.
@@ -236,6 +246,10 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 0o644,
             )?;
             eprintln!("install of {version} requested; the node applies it at its next pass");
+        }
+        Cmd::Import { dir, file } => {
+            let imported = fleetmesh_node::bundle::import(&dir, &file, cli::unix_now())?;
+            println!("{}", serde_json::to_string(&imported)?);
         }
         Cmd::MarkGood { dir } => {
             fsutil::write_atomic(&run_dir(&dir)?.join(VERDICT_FILE), b"good\n", 0o644)?

@@ -208,3 +208,38 @@ fn json_log_lines_are_json_objects() {
         assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
     }
 }
+
+/// The units in dist/ pass `systemd-analyze verify` without a warning
+/// (with ExecStart pointed at a binary that exists here, and the seed's
+/// user, which only an installed system has, left out).
+#[test]
+fn the_systemd_units_verify_cleanly() {
+    let exe = env!("CARGO_BIN_EXE_fleetmesh-node");
+    let dir = tempfile::tempdir().expect("tempdir");
+    for name in ["fleetmesh-node", "fleetmesh-seed"] {
+        let unit = fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../dist")
+                .join(format!("{name}.service")),
+        )
+        .expect("read the unit");
+        let bin = format!("/usr/bin/{name}");
+        assert!(unit.contains(&format!("ExecStart={bin} ")), "{unit}");
+        let local = unit
+            .replace(&bin, exe)
+            .replace("User=fleetmesh\n", "")
+            .replace("Group=fleetmesh\n", "");
+        let path = dir.path().join(format!("{name}.service"));
+        fs::write(&path, local).expect("write");
+        let out = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&path)
+            .output()
+            .expect("systemd-analyze (Debian: systemd)");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && err.trim().is_empty(),
+            "{name}: {err}"
+        );
+    }
+}

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod dashboard;
+pub mod export;
 pub mod fleet;
 pub mod inbox;
 pub mod init;

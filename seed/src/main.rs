@@ -12,7 +12,7 @@ use fleetmesh_seed::dashboard::{self, History};
 use fleetmesh_seed::inbox::{Inbox, Outcome};
 use fleetmesh_seed::layout::Seed;
 use fleetmesh_seed::publish::{publish, PublishRequest};
-use fleetmesh_seed::{fleet, init, policy, serve, verify};
+use fleetmesh_seed::{export, fleet, init, policy, serve, verify};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,6 +58,26 @@ enum Command {
         /// A platform the image runs on; repeat for several [default: the config's].
         #[arg(long = "platform", value_name = "NAME")]
         platforms: Vec<String>,
+    },
+    /// Write a release as one bundle file for a site without a link to the
+    /// mesh (`fleetmesh-node import` loads it); print a summary as JSON.
+    Export {
+        /// Seed directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The release's version.
+        #[arg(long, value_name = "X.Y.Z", value_parser = cli::parse_version)]
+        version: semver::Version,
+        /// Its channel, if the version is in several.
+        #[arg(long)]
+        channel: Option<String>,
+        /// Leave out the chunks of this earlier version (a delta for sites
+        /// that run it).
+        #[arg(long, value_name = "X.Y.Z", value_parser = cli::parse_version)]
+        from: Option<semver::Version>,
+        /// The bundle file to write (must not exist).
+        #[arg(long)]
+        out: PathBuf,
     },
     /// List releases.
     Releases {
@@ -198,6 +218,22 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let info = publish(&seed, &req, cli::unix_now(), &|done| bar.set_position(done))?;
             bar.finish_and_clear();
             println!("{}", serde_json::to_string(&info)?);
+        }
+        Command::Export {
+            dir,
+            version,
+            channel,
+            from,
+            out,
+        } => {
+            let req = export::ExportRequest {
+                version,
+                channel,
+                from,
+                out,
+            };
+            let done = export::export(&Seed::open(&dir)?, &req, cli::unix_now())?;
+            println!("{}", serde_json::to_string(&done)?);
         }
         Command::Releases { dir, json } => {
             let mut releases = Seed::open(&dir)?.store()?.releases()?;

@@ -436,3 +436,132 @@ fn the_fleet_completes_after_the_seed_goes_offline() {
         );
     }
 }
+
+/// The error line of a command that must fail.
+fn fails(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().expect("run");
+    assert!(!out.status.success(), "{cmd:?} succeeded");
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    assert_eq!(err.lines().count(), 1, "not one line: {err}");
+    err
+}
+
+/// An air-gapped site: bundles exported from the seed are imported into
+/// one node (a full v1, then a v2 delta); a second node of the site, which
+/// never reaches the seed, gets v2 from the first over the mesh. Damaged,
+/// cut and out-of-order bundles are refused with one line.
+#[test]
+fn an_air_gapped_site_takes_releases_from_bundles_and_shares_them() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
+    let Fixture { mut lab, .. } = lab_with_release(dir, 3 << 20);
+    let mut v2 = Vec::new();
+    fleetmesh_testnet::image::write_image(1, 3 << 20, &mut v2).expect("image");
+    for i in (0..v2.len()).step_by(1 << 20) {
+        v2[i..i + 100].fill(0x5a);
+    }
+    std::fs::write(dir.join("v2"), &v2).expect("write v2");
+    let v2_id = lab.publish(&dir.join("v2"), "1.1.0").expect("publish v2")["release_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+
+    let (full, delta) = (dir.join("v1.bundle"), dir.join("v2-delta.bundle"));
+    let export = |args: &[&str]| -> serde_json::Value {
+        serde_json::from_str(&lab.seed_cmd(&[&["export"], args].concat()).expect("export"))
+            .expect("export JSON")
+    };
+    let f = export(&["--version", "1.0.0", "--out", full.to_str().expect("path")]);
+    let d = export(&[
+        "--version",
+        "1.1.0",
+        "--from",
+        "1.0.0",
+        "--out",
+        delta.to_str().expect("path"),
+    ]);
+    assert_eq!(f["chunks"], f["chunks_total"]);
+    let (dc, dt) = (
+        d["chunks"].as_u64().expect("n"),
+        d["chunks_total"].as_u64().expect("n"),
+    );
+    assert!(dc > 0 && dc * 4 < dt, "delta {dc} of {dt} chunks");
+    let seed_bin = bin("fleetmesh-seed");
+    let seed_dir = lab.seed_dir.to_str().expect("path").to_owned();
+    let err = fails(std::process::Command::new(&seed_bin).args([
+        "export",
+        "--dir",
+        &seed_dir,
+        "--version",
+        "1.0.0",
+        "--out",
+        full.to_str().expect("p"),
+    ]));
+    assert!(err.contains("exists"), "{err}");
+    let err = fails(std::process::Command::new(&seed_bin).args([
+        "export",
+        "--dir",
+        &seed_dir,
+        "--version",
+        "9.0.0",
+        "--out",
+        "/nonexistent/x",
+    ]));
+    assert!(err.contains("no release 9.0.0"), "{err}");
+
+    // The island's first node: provisioned, then cut off from the seed.
+    let a = lab.add_node("island", "").expect("node");
+    lab.kill_seed();
+    lab.start_node(a, &[]).expect("start");
+    let node_bin = bin("fleetmesh-node");
+    let import = |i: usize, file: &Path| {
+        let mut c = std::process::Command::new(&node_bin);
+        c.args(["import", "--dir"]).arg(&lab.nodes[i].dir).arg(file);
+        c
+    };
+    wait_until(TIMEOUT, || lab.node_status(a)).expect("the first node runs");
+    let err = fails(&mut import(a, &delta));
+    assert!(err.contains("import 1.0.0 first"), "{err}");
+
+    let mut damaged = std::fs::read(&full).expect("read");
+    let at = damaged.len() / 2;
+    damaged[at] ^= 0xff;
+    std::fs::write(dir.join("damaged.bundle"), &damaged).expect("write");
+    let err = fails(&mut import(a, &dir.join("damaged.bundle")));
+    assert!(err.contains("chunk") || err.contains("checksum"), "{err}");
+    let cut = &std::fs::read(&full).expect("read")[..at];
+    std::fs::write(dir.join("cut.bundle"), cut).expect("write");
+    let err = fails(&mut import(a, &dir.join("cut.bundle")));
+    assert!(err.contains("cut short"), "{err}");
+    let err = fails(&mut import(a, &dir.join("image")));
+    assert!(err.contains("not a fleetmesh release bundle"), "{err}");
+    assert!(!lab.node_complete(a, "1.0.0"));
+
+    let out = lab
+        .node_cmd(a, &["import", full.to_str().expect("p")])
+        .expect("import v1");
+    assert!(out.contains("\"trust_advanced\":true"), "{out}");
+    lab.node_cmd(a, &["import", delta.to_str().expect("p")])
+        .expect("import v2");
+    lab.wait_complete(&[a], "1.1.0", TIMEOUT)
+        .expect("v2 on the first node");
+
+    // The second node knows only the first.
+    let addr = wait_until(TIMEOUT, || {
+        lab.node_status(a)?
+            .listen
+            .into_iter()
+            .find(|l| l.contains("/tcp/"))
+    })
+    .expect("first node's address");
+    let b = lab
+        .add_node("island", &format!("mesh.bootstrap = [{addr:?}]"))
+        .expect("node");
+    lab.start_node(b, &[]).expect("start");
+    lab.wait_complete(&[b], "1.1.0", TIMEOUT)
+        .expect("v2 on the second node");
+    assert_eq!(
+        node_image_hash(&lab.nodes[b].dir, &v2_id).expect("image"),
+        blake3::hash(&v2).into()
+    );
+}

@@ -61,8 +61,14 @@ const HAVE_EVERY: Duration = Duration::from_millis(100);
 /// request over a thin WAN link, and every node of a site sends them to
 /// every node it knows elsewhere.
 const HAVE_EVERY_WAN: Duration = Duration::from_secs(1);
+/// How long a release a peer did not know is not offered to it again.
+const RETRY_FULL_HAVE: Duration = Duration::from_secs(2);
 const STATUS_EVERY: Duration = Duration::from_secs(1);
 const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
+/// How often a node looks for what `fleetmesh-node import` left.
+const IMPORTS_EVERY: Duration = Duration::from_secs(2);
+/// Imported announcements taken per scan.
+const MAX_IMPORTS_PER_TICK: usize = 16;
 const DISCOVER_EVERY: Duration = Duration::from_secs(300);
 const MANIFEST_RETRY: Duration = Duration::from_secs(3);
 /// How long a node waits for a same-site peer to have a manifest before
@@ -187,6 +193,10 @@ struct Peer {
     in_sched: BTreeSet<ReleaseId>,
     /// Per release: how much of our have-log this peer has been sent.
     sent: BTreeMap<ReleaseId, usize>,
+    /// Per release the peer did not know when it got our have-map: not
+    /// offered again before this, so one release it ignores cannot keep
+    /// the others from being offered.
+    retry_full: BTreeMap<ReleaseId, Instant>,
     have_in_flight: bool,
     /// When we last sent it a have-map.
     have_sent_at: Option<Instant>,
@@ -256,6 +266,10 @@ struct Mesh {
     last_status: Instant,
     last_announce: Instant,
     last_discover: Instant,
+    /// Node: when `releases/` was last scanned for imports.
+    last_imports: Instant,
+    /// Node: announcement files already taken from `releases/`.
+    imported: BTreeSet<PathBuf>,
     /// Latest signed status report from each node (seed view).
     reports: BTreeMap<String, Report>,
     /// Every site named in a valid status report (at most
@@ -475,6 +489,8 @@ impl Mesh {
             last_status: now,
             last_announce: now - ANNOUNCE_EVERY,
             last_discover: now,
+            last_imports: now,
+            imported: BTreeSet::new(),
             reports: BTreeMap::new(),
             sites: std::collections::BTreeSet::new(),
             saved_counters: BTreeMap::new(),
@@ -529,6 +545,79 @@ impl Mesh {
     }
 
     // ---- releases on disk ----
+
+    /// Takes `chain` if it is valid under the root key and newer than the
+    /// one held; saves it if `save`.
+    fn adopt_chain(&mut self, chain: TrustChain, save: bool) -> Result<(), String> {
+        if chain.docs.len() <= self.p.chain.docs.len() {
+            return Ok(());
+        }
+        let state =
+            TrustState::from_chain(self.p.root.clone(), &chain).map_err(|e| e.to_string())?;
+        if state.version() <= self.trust.version() {
+            return Ok(());
+        }
+        tracing::info!(version = state.version(), "trust chain advanced");
+        self.trust = state;
+        self.p.chain = chain;
+        if let (true, Some(path)) = (save, &self.p.chain_path) {
+            let written = wire::encode(&self.p.chain)
+                .map_err(|e| e.to_string())
+                .and_then(|b| fsutil::write_atomic(path, &b, 0o644).map_err(|e| e.to_string()));
+            if let Err(e) = written {
+                tracing::error!("cannot save trust chain: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Node: takes what `fleetmesh-node import` left on disk while the node
+    /// runs — a newer trust chain, release manifests, and announcements,
+    /// which it accepts and relays so its peers fetch the release from it.
+    fn load_imports(&mut self) {
+        if let Some(path) = self.p.chain_path.clone() {
+            let chain = std::fs::read(&path)
+                .ok()
+                .and_then(|b| wire::decode::<TrustChain>(&b).ok());
+            if let Some(chain) = chain {
+                if let Err(e) = self.adopt_chain(chain, false) {
+                    tracing::warn!(path = %path.display(), "trust chain on disk: {e}");
+                }
+            }
+        }
+        self.scan_releases();
+        let Ok(entries) = std::fs::read_dir(&self.p.releases_dir) else {
+            return;
+        };
+        let mut found: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "announcement"))
+            .filter(|p| !self.imported.contains(p))
+            .collect();
+        found.sort();
+        for path in found.into_iter().take(MAX_IMPORTS_PER_TICK) {
+            let signed = std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| wire::decode::<Signed<Announcement>>(&b).map_err(|e| e.to_string()));
+            let accepted = signed.and_then(|s| Ok((self.on_announcement(&s)?, s)));
+            match accepted {
+                Ok((MessageAcceptance::Accept, signed)) => {
+                    if let Ok(bytes) = wire::encode(&signed) {
+                        // No subscribers yet is fine: peers get it in hello.
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .gossip
+                            .publish(IdentTopic::new(TOPIC_ANNOUNCE), bytes);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(path = %path.display(), "imported announcement: {e}"),
+            }
+            self.imported.insert(path);
+        }
+    }
 
     /// Loads signed manifests from the releases directory that are not
     /// loaded yet (the seed calls this every tick to pick up publishes).
@@ -994,29 +1083,9 @@ impl Mesh {
     }
 
     fn on_hello(&mut self, peer: PeerId, hello: Hello) {
-        if hello.trust.docs.len() > self.p.chain.docs.len() {
-            match TrustState::from_chain(self.p.root.clone(), &hello.trust) {
-                Ok(state) if state.version() > self.trust.version() => {
-                    tracing::info!(version = state.version(), "trust chain advanced");
-                    self.trust = state;
-                    self.p.chain = hello.trust;
-                    if let Some(path) = &self.p.chain_path {
-                        let written = wire::encode(&self.p.chain)
-                            .map_err(|e| e.to_string())
-                            .and_then(|b| {
-                                fsutil::write_atomic(path, &b, 0o644).map_err(|e| e.to_string())
-                            });
-                        if let Err(e) = written {
-                            tracing::error!("cannot save trust chain: {e}");
-                        }
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    self.strike(peer, &format!("trust chain: {e}"));
-                    return;
-                }
-            }
+        if let Err(e) = self.adopt_chain(hello.trust, true) {
+            self.strike(peer, &format!("trust chain: {e}"));
+            return;
         }
         for signed in hello
             .announcements
@@ -1227,6 +1296,9 @@ impl Mesh {
                     state.have_in_flight = false;
                     if need_full {
                         state.sent.remove(&release);
+                        state
+                            .retry_full
+                            .insert(release, Instant::now() + RETRY_FULL_HAVE);
                     } else {
                         state.sent.insert(release, upto);
                     }
@@ -1533,6 +1605,10 @@ impl Mesh {
                 self.announce_all();
                 self.publish_policy();
             }
+        }
+        if self.p.role == Role::Node && now - self.last_imports >= IMPORTS_EVERY {
+            self.last_imports = now;
+            self.load_imports();
         }
         if now - self.last_discover >= DISCOVER_EVERY {
             self.last_discover = now;
@@ -1844,6 +1920,7 @@ impl Mesh {
                 let sent = state.sent.get(id).copied();
                 if sent == Some(r.have_log.len())
                     || (sent.is_none() && r.have_log.is_empty() && r.complete)
+                    || state.retry_full.get(id).is_some_and(|t| *t > now)
                 {
                     continue;
                 }
