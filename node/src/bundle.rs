@@ -118,13 +118,13 @@ where
     Ok(written)
 }
 
-/// Reads a bundle: its head, handed to `head` before any chunk (so the
+/// Reads a bundle: its head and chunk count, handed to `head` before any chunk (so the
 /// caller can check it and refuse the rest), then each chunk handed to
 /// `chunk` with what `head` returned (id and stored encoding, unverified),
 /// then checks the trailing hash. Returns `head`'s value and the count.
 pub fn read<H>(
     path: &Path,
-    head: impl FnOnce(&Head) -> Result<H, BundleError>,
+    head: impl FnOnce(&Head, u64) -> Result<H, BundleError>,
     mut chunk: impl FnMut(&mut H, ChunkId, Vec<u8>) -> Result<(), BundleError>,
 ) -> Result<(H, u64), BundleError> {
     let file = std::fs::File::open(path).ctx("open", path)?;
@@ -149,8 +149,8 @@ pub fn read<H>(
             (!text.is_empty()).then_some(text)
         },
     };
-    let mut state = head(&h)?;
     let count = u64::from_le_bytes(r.array()?);
+    let mut state = head(&h, count)?;
     for _ in 0..count {
         let id = ChunkId(r.array()?);
         let len = u32::from_le_bytes(r.array()?);
@@ -277,10 +277,12 @@ pub fn announcement_file(id: &fleetmesh_protocol::ReleaseId) -> String {
 /// `releases/`, where the node — running or at its next start — takes the
 /// release as complete and serves it to its peers. A bundle that fails a
 /// check changes nothing but verified chunks of the release.
+/// `progress` is told chunks read and chunks in the bundle.
 pub fn import(
     dir: &Path,
     path: &Path,
     now: fleetmesh_protocol::UnixTime,
+    progress: &dyn Fn(u64, u64),
 ) -> anyhow::Result<Imported> {
     use anyhow::Context as _;
     use fleetmesh_protocol::TrustState;
@@ -300,10 +302,12 @@ pub fn import(
         wanted: std::collections::BTreeSet<ChunkId>,
         base: Option<String>,
         new: u64,
+        read: u64,
+        total: u64,
     }
     let (c, count) = read(
         path,
-        |head| {
+        |head, total| {
             let refuse = |what: &str, e: &dyn std::fmt::Display| bad(path, format!("{what}: {e}"));
             let mut new_chain = None;
             if head.chain.docs.len() > chain.docs.len() {
@@ -338,6 +342,8 @@ pub fn import(
                 chain: new_chain,
                 base: head.base.clone(),
                 new: 0,
+                read: 0,
+                total,
             })
         },
         |c, id, encoded| {
@@ -351,6 +357,10 @@ pub fn import(
                     reason: e.to_string(),
                 })?;
             c.new += u64::from(stored);
+            c.read += 1;
+            if c.read % 64 == 0 || c.read == c.total {
+                progress(c.read, c.total);
+            }
             Ok(())
         },
     )?;

@@ -248,7 +248,13 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             eprintln!("install of {version} requested; the node applies it at its next pass");
         }
         Cmd::Import { dir, file } => {
-            let imported = fleetmesh_node::bundle::import(&dir, &file, cli::unix_now())?;
+            let bar = cli::progress_bar(0, "importing", "{pos}/{len} chunks");
+            let imported =
+                fleetmesh_node::bundle::import(&dir, &file, cli::unix_now(), &|n, of| {
+                    bar.set_length(of);
+                    bar.set_position(n);
+                })?;
+            bar.finish_and_clear();
             println!("{}", serde_json::to_string(&imported)?);
         }
         Cmd::MarkGood { dir } => {

@@ -48,8 +48,14 @@ pub struct Exported {
     pub out: PathBuf,
 }
 
-/// Writes the bundle; a failed export leaves no file.
-pub fn export(seed: &Seed, req: &ExportRequest, now: UnixTime) -> Result<Exported> {
+/// Writes the bundle; a failed export leaves no file. `progress` is told
+/// chunks written and chunks to write.
+pub fn export(
+    seed: &Seed,
+    req: &ExportRequest,
+    now: UnixTime,
+    progress: &dyn Fn(u64, u64),
+) -> Result<Exported> {
     let bad = |m: String| SeedError::BadArgument(m);
     if req.out.exists() {
         return Err(bad(format!(
@@ -89,7 +95,11 @@ pub fn export(seed: &Seed, req: &ExportRequest, now: UnixTime) -> Result<Exporte
         base: req.from.as_ref().map(ToString::to_string),
     };
     let files = store.files();
-    let chunks = ids.iter().map(|id| {
+    let total = ids.len() as u64;
+    let chunks = ids.iter().enumerate().map(|(n, id)| {
+        if n % 64 == 0 {
+            progress(n as u64, total);
+        }
         files
             .read_encoded(id)
             .map(|bytes| (*id, bytes))

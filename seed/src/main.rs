@@ -13,7 +13,7 @@ use fleetmesh_seed::inbox::{Inbox, Outcome};
 use fleetmesh_seed::layout::Seed;
 use fleetmesh_seed::publish::{publish, PublishRequest};
 use fleetmesh_seed::{export, fleet, init, policy, serve, verify};
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -141,6 +141,10 @@ enum Command {
         /// Only this release.
         #[arg(long, value_name = "X.Y.Z", value_parser = cli::parse_version)]
         version: Option<semver::Version>,
+        /// Print the findings as a JSON array (the exit status still says
+        /// whether every release verified).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -214,7 +218,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 platforms,
             };
             let len = std::fs::metadata(&req.image).map_or(0, |m| m.len());
-            let bar = progress_bar(len);
+            let bar = cli::progress_bar(
+                len,
+                "publishing",
+                "{bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            );
             let info = publish(&seed, &req, cli::unix_now(), &|done| bar.set_position(done))?;
             bar.finish_and_clear();
             println!("{}", serde_json::to_string(&info)?);
@@ -232,7 +240,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 from,
                 out,
             };
-            let done = export::export(&Seed::open(&dir)?, &req, cli::unix_now())?;
+            let bar = cli::progress_bar(0, "exporting", "{pos}/{len} chunks");
+            let done = export::export(&Seed::open(&dir)?, &req, cli::unix_now(), &|n, of| {
+                bar.set_length(of);
+                bar.set_position(n);
+            })?;
+            bar.finish_and_clear();
             println!("{}", serde_json::to_string(&done)?);
         }
         Command::Releases { dir, json } => {
@@ -325,8 +338,16 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 doc.version
             );
         }
-        Command::Verify { dir, version } => {
+        Command::Verify { dir, version, json } => {
             let checks = verify::verify(&Seed::open(&dir)?, version.as_ref(), cli::unix_now())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&checks)?);
+                if checks.iter().all(|c| c.ok()) {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                eprintln!("error: verification failed");
+                return Ok(ExitCode::FAILURE);
+            }
             return Ok(print_checks(&checks));
         }
     }
@@ -532,20 +553,6 @@ fn print_policy(doc: &fleetmesh_policy::doc::PolicyDoc) {
     for p in &doc.rollback {
         println!("rollback {:<15} {}", p.group, p.version);
     }
-}
-
-fn progress_bar(len: u64) -> indicatif::ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(len);
-    let style = indicatif::ProgressStyle::with_template(
-        "{spinner} publishing [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-    );
-    if let Ok(style) = style {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar
 }
 
 fn print_releases(releases: &[fleetmesh_node::ReleaseInfo]) -> anyhow::Result<()> {

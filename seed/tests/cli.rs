@@ -309,6 +309,16 @@ fn verify_names_corrupt_and_missing_chunks() {
     );
     let err = fails(&["verify", "--dir", lab.d(), "--version", "9.9.9"]);
     assert!(err.contains("no release with version 9.9.9"), "{err}");
+    // The same findings as JSON, and still a failing exit.
+    let res = seed(&["verify", "--dir", lab.d(), "--json"]);
+    assert!(!res.status.success());
+    let checks: serde_json::Value = serde_json::from_slice(&res.stdout).expect("JSON");
+    assert_eq!(checks[0]["version"], "1.0.0");
+    assert_eq!(
+        checks[0]["bad_chunks"].as_object().map(|m| m.len()),
+        Some(2),
+        "{checks}"
+    );
 }
 
 fn collect_chunk_files(dir: &Path, out: &mut Vec<PathBuf>) {
