@@ -14,7 +14,9 @@ use anyhow::{bail, Context, Result};
 use fleetmesh_node::mesh::status::MeshStatus;
 use fleetmesh_protocol::ImageHash;
 use fleetmesh_testnet::image::{write_image, EditPlan};
-use fleetmesh_testnet::lab::{fleet, node_name, rollout_halted, wait_until, Lab, View};
+use fleetmesh_testnet::lab::{
+    fleet, free_port, http_get, node_name, rollout_halted, wait_until, Lab, View,
+};
 use fleetmesh_testnet::meshbench::node_image_hash;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -47,6 +49,9 @@ pub struct DemoConfig {
     pub nodes: usize,
     /// Sites.
     pub sites: usize,
+    /// Print the per-node progress lines (on a terminal; not when piped,
+    /// where only the steps are printed).
+    pub live: bool,
 }
 
 /// One expectation and whether it held.
@@ -170,9 +175,10 @@ pub fn run(cfg: &DemoConfig, say: &mut dyn FnMut(&str)) -> Result<DemoReport> {
     )?;
 
     let mut lab = Lab::new(&cfg.work, &seed_bin, &node_bin)?;
-    lab.start_seed()?;
+    let dashboard: std::net::SocketAddr = (std::net::Ipv4Addr::LOCALHOST, free_port()?).into();
+    lab.start_seed_with(&["--http", &dashboard.to_string()])?;
     say(&format!(
-        "seed {} serving at {}",
+        "seed {} serving at {}; dashboard at http://{dashboard}/",
         lab.seed_dir.display(),
         lab.seed_addr.as_deref().unwrap_or("?")
     ));
@@ -220,7 +226,7 @@ pub fn run(cfg: &DemoConfig, say: &mut dyn FnMut(&str)) -> Result<DemoReport> {
             "published v{} in {t:.2} s: {} new chunks, {} new bytes",
             VERSIONS[n], p["new_chunks"], p["new_bytes"]
         ));
-        let d = distribute(lab, &images[n], &p, VERSIONS[n], &sites, say)?;
+        let d = distribute(lab, &images[n], &p, VERSIONS[n], &sites, cfg.live, say)?;
         published.push(p);
         publish_seconds.push(t);
         distribution.push(d);
@@ -229,7 +235,7 @@ pub fn run(cfg: &DemoConfig, say: &mut dyn FnMut(&str)) -> Result<DemoReport> {
 
     // v1: downloaded and staged everywhere, installed nowhere.
     release(&lab, 0, say)?;
-    let waiting = watch(&lab, say, Duration::from_secs(60), |views| {
+    let waiting = watch(&lab, cfg.live, say, Duration::from_secs(60), |views| {
         views.iter().all(|v| v.state == "waiting_for_window")
     });
     checks.push(step_check(
@@ -246,7 +252,7 @@ pub fn run(cfg: &DemoConfig, say: &mut dyn FnMut(&str)) -> Result<DemoReport> {
     ));
     let mut early = Vec::new();
     let start = Instant::now();
-    let installed = watch(&lab, say, STEP_TIMEOUT, |views| {
+    let installed = watch(&lab, cfg.live, say, STEP_TIMEOUT, |views| {
         let now = fleetmesh_node::cli::unix_now().0;
         for v in views {
             if now < opens && v.state != "waiting_for_window" && !early.contains(&v.name) {
@@ -275,7 +281,7 @@ pub fn run(cfg: &DemoConfig, say: &mut dyn FnMut(&str)) -> Result<DemoReport> {
     // v2: a delta, installed at once (the window is open).
     release(&lab, 1, say)?;
     let start = Instant::now();
-    let installed = watch(&lab, say, STEP_TIMEOUT, |views| {
+    let installed = watch(&lab, cfg.live, say, STEP_TIMEOUT, |views| {
         views.iter().all(|v| v.committed(VERSIONS[1]))
     });
     let v2_install_seconds = start.elapsed().as_secs_f64();
@@ -294,7 +300,7 @@ pub fn run(cfg: &DemoConfig, say: &mut dyn FnMut(&str)) -> Result<DemoReport> {
         "v3's canary wave is {}; its health check fails on every node",
         canary_names.join(", ")
     ));
-    let halted = watch(&lab, say, STEP_TIMEOUT, |views| {
+    let halted = watch(&lab, cfg.live, say, STEP_TIMEOUT, |views| {
         // The halt may come before a canary node's turn: it then stays put.
         canary.iter().any(|&i| views[i].state == "rolled_back")
             && views.iter().all(View::settled)
@@ -337,6 +343,7 @@ pub fn run(cfg: &DemoConfig, say: &mut dyn FnMut(&str)) -> Result<DemoReport> {
             touched.join(", ")
         },
     ));
+    checks.push(dashboard_check(dashboard, cfg.nodes));
     let node_sites: Vec<String> = lab.nodes.iter().map(|n| n.site.clone()).collect();
     lab.kill_seed();
     let verified = lab.seed_cmd(&["verify"]);
@@ -462,6 +469,7 @@ fn apply_policy(lab: &Lab, opens: u64, why: &str) -> Result<()> {
 /// node's state changes.
 fn watch(
     lab: &Lab,
+    live: bool,
     say: &mut dyn FnMut(&str),
     timeout: Duration,
     mut done: impl FnMut(&[View]) -> bool,
@@ -471,7 +479,7 @@ fn watch(
     let finished = wait_until(timeout, || {
         let views = fleet(lab);
         let line = table(views.iter().map(|v| (v.site.as_str(), v.short())));
-        if line != last {
+        if line != last && live {
             say(&format!("{:6.1}s {line}", start.elapsed().as_secs_f64()));
             last = line;
         }
@@ -512,6 +520,7 @@ fn distribute(
     published: &serde_json::Value,
     version: &str,
     sites: &[String],
+    live: bool,
     say: &mut dyn FnMut(&str),
 ) -> Result<Distribution> {
     let start = Instant::now();
@@ -537,7 +546,7 @@ fn distribute(
                     .any(|r| r.version == version && r.complete)
             })
         });
-        if done || last_print.elapsed() >= Duration::from_secs(1) {
+        if live && (done || last_print.elapsed() >= Duration::from_secs(1)) {
             last_print = Instant::now();
             let line = table(
                 lab.nodes
@@ -656,6 +665,25 @@ fn progress_svg(dists: &[Distribution], sites: &[String], node_sites: &[String])
 
 /// A step that waited for the fleet: held if it finished, with `detail`,
 /// else failed with the wait's error.
+/// The seed's dashboard is served and its status lists every node.
+fn dashboard_check(addr: std::net::SocketAddr, nodes: usize) -> Check {
+    let page = http_get(addr, "/");
+    let listed = http_get(addr, "/status").ok().and_then(|(_, body)| {
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        Some(v["fleet"]["nodes"].as_array()?.len())
+    });
+    let served = matches!(&page, Ok((200, body)) if body.contains("fleetmesh seed"));
+    check(
+        "the seed's dashboard shows every node",
+        served && listed == Some(nodes),
+        format!(
+            "page {}, {} of {nodes} nodes listed",
+            if served { "served" } else { "not served" },
+            listed.unwrap_or(0)
+        ),
+    )
+}
+
 fn step_check(name: &str, step: &Result<()>, detail: impl FnOnce() -> String) -> Check {
     match step {
         Ok(()) => check(name, true, detail()),

@@ -8,7 +8,7 @@ use fleetmesh_testnet::image::{write_image, EditPlan};
 use fleetmesh_testnet::parse_size;
 use fleetmesh_testnet::sweep::SweepInput;
 use std::fs::File;
-use std::io::{BufReader, BufWriter};
+use std::io::{BufReader, BufWriter, IsTerminal};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -200,6 +200,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 small_edits,
                 nodes,
                 sites,
+                live: std::io::stderr().is_terminal(),
             };
             let report = demo::run(&cfg, &mut |line| eprintln!("demo: {line}"))?;
             print_summary(&cfg, &report);
