@@ -120,16 +120,25 @@ impl Browser {
         }
     }
 
-    /// The value of a JavaScript expression in the page.
-    fn eval(&mut self, expr: &str) -> Value {
+    /// The value of a JavaScript expression in the page, or the exception
+    /// it threw (while the page is still loading, `document.body` is null).
+    fn try_eval(&mut self, expr: &str) -> Result<Value, Value> {
         let session = self.session.clone();
         let r = self.call(
             Some(&session),
             "Runtime.evaluate",
             json!({ "expression": expr, "returnByValue": true }),
         );
-        assert!(r.get("exceptionDetails").is_none(), "{expr}: {r}");
-        r["result"]["value"].clone()
+        match r.get("exceptionDetails") {
+            Some(e) => Err(e.clone()),
+            None => Ok(r["result"]["value"].clone()),
+        }
+    }
+
+    /// The value of a JavaScript expression in the loaded page.
+    fn eval(&mut self, expr: &str) -> Value {
+        self.try_eval(expr)
+            .unwrap_or_else(|e| panic!("{expr}: {e}"))
     }
 
     fn screenshot(&mut self, path: &Path) {
@@ -161,10 +170,12 @@ fn base64_decode(text: &str) -> Vec<u8> {
 
 /// Polls the page until `expr` is true.
 fn wait_for(b: &mut Browser, what: &str, expr: &str) {
-    let ok = wait_until(TIMEOUT, || (b.eval(expr) == json!(true)).then_some(()));
+    let ok = wait_until(TIMEOUT, || {
+        (b.try_eval(expr).ok() == Some(json!(true))).then_some(())
+    });
     if ok.is_none() {
-        let body = b.eval("document.body.innerText");
-        panic!("the page never showed {what}; it shows:\n{}", body);
+        let body = b.try_eval("document.body.innerText");
+        panic!("the page never showed {what}; it shows:\n{body:?}");
     }
 }
 
