@@ -270,6 +270,8 @@ struct Mesh {
     last_imports: Instant,
     /// Node: announcement files already taken from `releases/`.
     imported: BTreeSet<PathBuf>,
+    /// Node: `trust.chain`'s length when last looked at.
+    chain_file_len: u64,
     /// Latest signed status report from each node (seed view).
     reports: BTreeMap<String, Report>,
     /// Every site named in a valid status report (at most
@@ -491,6 +493,7 @@ impl Mesh {
             last_discover: now,
             last_imports: now,
             imported: BTreeSet::new(),
+            chain_file_len: 0,
             reports: BTreeMap::new(),
             sites: std::collections::BTreeSet::new(),
             saved_counters: BTreeMap::new(),
@@ -576,8 +579,12 @@ impl Mesh {
     /// which it accepts and relays so its peers fetch the release from it.
     fn load_imports(&mut self) {
         if let Some(path) = self.p.chain_path.clone() {
-            let chain = std::fs::read(&path)
-                .ok()
+            // Decoded only when its length changed: a newer chain is longer.
+            let len = std::fs::metadata(&path).map_or(0, |m| m.len());
+            let changed = len != std::mem::replace(&mut self.chain_file_len, len);
+            let chain = changed
+                .then(|| std::fs::read(&path).ok())
+                .flatten()
                 .and_then(|b| wire::decode::<TrustChain>(&b).ok());
             if let Some(chain) = chain {
                 if let Err(e) = self.adopt_chain(chain, false) {
@@ -597,20 +604,23 @@ impl Mesh {
             .collect();
         found.sort();
         for path in found.into_iter().take(MAX_IMPORTS_PER_TICK) {
-            let signed = std::fs::read(&path)
+            let read = std::fs::read(&path)
                 .map_err(|e| e.to_string())
-                .and_then(|b| wire::decode::<Signed<Announcement>>(&b).map_err(|e| e.to_string()));
-            let accepted = signed.and_then(|s| Ok((self.on_announcement(&s)?, s)));
+                .and_then(|b| {
+                    let signed =
+                        wire::decode::<Signed<Announcement>>(&b).map_err(|e| e.to_string())?;
+                    Ok((b, signed))
+                });
+            let accepted = read.and_then(|(b, s)| Ok((self.on_announcement(&s)?, b)));
             match accepted {
-                Ok((MessageAcceptance::Accept, signed)) => {
-                    if let Ok(bytes) = wire::encode(&signed) {
-                        // No subscribers yet is fine: peers get it in hello.
-                        let _ = self
-                            .swarm
-                            .behaviour_mut()
-                            .gossip
-                            .publish(IdentTopic::new(TOPIC_ANNOUNCE), bytes);
-                    }
+                Ok((MessageAcceptance::Accept, bytes)) => {
+                    // The file's bytes are the message. No subscribers yet
+                    // is fine: peers get it in hello.
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .gossip
+                        .publish(IdentTopic::new(TOPIC_ANNOUNCE), bytes);
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(path = %path.display(), "imported announcement: {e}"),
