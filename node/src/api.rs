@@ -72,6 +72,7 @@ pub struct Metrics {
     chunk_bytes_out: Family<Labels, Counter>,
     chunks_verified: Counter,
     chunks_rejected: Counter,
+    peers_refused: Counter,
     peers: Family<Labels, Gauge>,
     releases: Family<Labels, Gauge>,
     update_state: Family<Labels, Gauge>,
@@ -86,6 +87,7 @@ impl Default for Metrics {
             chunk_bytes_out: Family::default(),
             chunks_verified: Counter::default(),
             chunks_rejected: Counter::default(),
+            peers_refused: Counter::default(),
             peers: Family::default(),
             releases: Family::default(),
             update_state: Family::default(),
@@ -112,6 +114,11 @@ impl Default for Metrics {
                 "chunks_rejected",
                 "Received chunks that did not match their id (the peer was banned)",
                 m.chunks_rejected.clone(),
+            );
+            r.register(
+                "peers_refused",
+                "Peers disconnected for lacking a valid membership credential",
+                m.peers_refused.clone(),
             );
             r.register(
                 "peers",
@@ -154,6 +161,11 @@ impl Metrics {
         if rejected {
             self.chunks_rejected.inc();
         }
+    }
+
+    /// A peer was refused as a non-member.
+    pub fn peer_refused(&self) {
+        self.peers_refused.inc();
     }
 
     /// Chunk bytes sent to a peer of `class`.

@@ -93,6 +93,13 @@ pub fn parse_version(s: &str) -> Result<semver::Version, String> {
     semver::Version::parse(s).map_err(|e| format!("not a semantic version X.Y.Z: {e}"))
 }
 
+/// Parses a `--label key=value` argument.
+pub fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?} is not key=value"))
+}
+
 /// A progress bar on a terminal; nothing when stderr is piped.
 pub fn progress_bar(len: u64, what: &str, counts: &str) -> indicatif::ProgressBar {
     if !std::io::stderr().is_terminal() {

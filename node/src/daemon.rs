@@ -5,6 +5,7 @@
 //! DIR/node.key      the node's secret key, mode 0600: its libp2p identity
 //! DIR/root.pub      the provisioned root public key
 //! DIR/trust.chain   the trust chain, fetched from peers and kept current
+//! DIR/member.cred   the membership credential from `fleetmesh-seed enroll`
 //! DIR/releases/     signed manifests of releases the node fetches
 //! DIR/store/        the chunk store
 //! DIR/run/          status files, install requests, health verdicts
@@ -16,13 +17,16 @@ use crate::keyfile;
 use crate::mesh::{self, Role};
 use crate::store::ChunkStore;
 use fleetmesh_protocol::keys::{Node, PublicKey, Root, SecretKey};
-use fleetmesh_protocol::{codec, RoleKeys, TrustChain, TrustState};
+use fleetmesh_protocol::member::Membership;
+use fleetmesh_protocol::{codec, RoleKeys, Signed, TrustChain, TrustState};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Where a node keeps the newest signed policy it accepted.
 pub const POLICY_FILE: &str = "policy.signed";
+/// The node's membership credential (`fleetmesh-seed enroll` writes it).
+pub const MEMBER_FILE: &str = "member.cred";
 
 /// What `init` writes.
 #[derive(Debug)]
@@ -272,9 +276,11 @@ pub fn node_params(
     std::fs::create_dir_all(&releases_dir).ctx("create", &releases_dir)?;
     let run_dir = dir.join("run");
     std::fs::create_dir_all(&run_dir).ctx("create", &run_dir)?;
+    let node_key = keyfile::read::<Node>(&key_path)?;
+    check_credential(&dir.join(MEMBER_FILE), &node_key.public(), &m.site)?;
     Ok(mesh::Params {
         keypair: node_keypair(&key_path)?,
-        node_key: Some(keyfile::read::<Node>(&key_path)?),
+        node_key: Some(node_key),
         labels: m.labels.clone(),
         role: Role::Node,
         site: m.site.clone(),
@@ -299,5 +305,46 @@ pub fn node_params(
         chaos_corrupt_uploads: false,
         chaos_gossip: Vec::new(),
         metrics: Default::default(),
+        member_file: dir.join(MEMBER_FILE),
     })
+}
+
+/// Refuses a credential that is for another node or another site (its
+/// signature and expiry are the peers' to judge, with the trust chain).
+/// A missing one is not an error: the node runs, refused by its peers,
+/// until the credential is copied in.
+pub fn check_credential(path: &Path, key: &PublicKey<Node>, site: &str) -> anyhow::Result<()> {
+    let Some((_, m)) = read_credential(path)? else {
+        return Ok(());
+    };
+    if m.node != *key {
+        anyhow::bail!(
+            "{}: the credential is for node key {}, not this node's {}",
+            path.display(),
+            m.node,
+            key
+        );
+    }
+    if m.site != site {
+        anyhow::bail!(
+            "{}: the credential enrolls this node in site {:?}, but mesh.site is {site:?}",
+            path.display(),
+            m.site
+        );
+    }
+    Ok(())
+}
+
+/// A credential file and what it says (unverified), or `None` if there is
+/// no such file.
+pub fn read_credential(path: &Path) -> anyhow::Result<Option<(Signed<Membership>, Membership)>> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => anyhow::bail!("read {}: {e}", path.display()),
+    };
+    let decoded =
+        codec::decode::<Signed<Membership>>(&bytes).and_then(|s| Ok((s.unverified_body()?, s)));
+    let (m, signed) = decoded.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(Some((signed, m)))
 }

@@ -44,7 +44,7 @@ enum Cmd {
         #[arg(long)]
         site: String,
         /// A label, key=value (repeatable).
-        #[arg(long = "label", value_name = "K=V", value_parser = parse_label)]
+        #[arg(long = "label", value_name = "K=V", value_parser = cli::parse_label)]
         labels: Vec<(String, String)>,
         /// A peer to join through, with /p2p/<id> (repeatable).
         #[arg(long = "bootstrap", value_name = "MULTIADDR")]
@@ -141,12 +141,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn parse_label(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .ok_or_else(|| format!("{s:?} is not key=value"))
 }
 
 fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {

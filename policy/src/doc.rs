@@ -6,12 +6,16 @@ use crate::rollout::{Rollout, RolloutState, WaveTarget};
 use crate::window::{zone, Opening, Schedule, MAX_DURATION_SECS};
 use fleetmesh_protocol::codec::{Kind, Message};
 use fleetmesh_protocol::keys::Policy;
+use fleetmesh_protocol::member::Revocation;
 use fleetmesh_protocol::signed::{Signed, SignedBody};
 use fleetmesh_protocol::{TrustState, UnixTime};
 use serde::{Deserialize, Serialize};
 
 /// Most entries of each list in a policy.
 pub const MAX_ENTRIES: usize = 256;
+/// Most revocations a policy carries (an entry is dropped once the
+/// credentials it voids have expired).
+pub const MAX_REVOKED: usize = 2048;
 
 /// A maintenance window as the policy states it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +83,8 @@ pub struct PolicyDoc {
     pub pins: Vec<Pin>,
     /// Emergency rollback: older versions groups may install.
     pub rollback: Vec<Pin>,
+    /// Nodes whose membership credentials are void (`fleetmesh-seed revoke`).
+    pub revoked: Vec<Revocation>,
 }
 
 impl Message for PolicyDoc {
@@ -138,6 +144,12 @@ impl PolicyDoc {
             if n > MAX_ENTRIES {
                 return err(format!("{what}: {n} entries, at most {MAX_ENTRIES}"));
             }
+        }
+        if self.revoked.len() > MAX_REVOKED {
+            return err(format!(
+                "revoked: {} entries, at most {MAX_REVOKED}",
+                self.revoked.len()
+            ));
         }
         for (i, g) in self.groups.iter().enumerate() {
             if !valid_name(&g.name) {

@@ -51,6 +51,10 @@ pub enum Kind {
     SignedReport = 13,
     /// [`crate::mesh::ReportEnvelope`]: key and signed report.
     ReportEnvelope = 14,
+    /// [`crate::member::Membership`], the body of a membership credential.
+    Membership = 15,
+    /// [`crate::Signed`]`<Membership>`: a credential.
+    SignedMembership = 16,
 }
 
 /// A type that travels or is stored through this codec.

@@ -16,6 +16,7 @@ mod error;
 mod hash;
 pub mod keys;
 pub mod manifest;
+pub mod member;
 pub mod mesh;
 pub mod sched;
 pub mod signed;

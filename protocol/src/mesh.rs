@@ -10,6 +10,7 @@
 use crate::codec::{Kind, Message};
 use crate::keys::{Node, PublicKey, Release};
 use crate::manifest::{is_valid_name, Manifest, MAX_CHUNKS, MAX_PLATFORMS};
+use crate::member::Membership;
 use crate::signed::RoleKeys;
 use crate::signed::{Signed, SignedBody};
 use crate::time::UnixTime;
@@ -202,6 +203,9 @@ pub struct Hello {
     /// The newest signed policy the sender holds, encoded (empty: none).
     /// Bytes, because the policy type lives in the policy crate.
     pub policy: Vec<u8>,
+    /// The sender's membership credential, if it has one: without a valid
+    /// one, peers answer nothing but hellos and ignore its gossip.
+    pub member: Option<Signed<Membership>>,
 }
 
 /// A have-map or an update to one.
@@ -252,6 +256,9 @@ pub enum Response {
     Chunks(Vec<Option<Vec<u8>>>),
     /// The responder is at its upload or queue limit; ask again later.
     Busy,
+    /// The responder does not take the requester for a fleet member (no
+    /// credential, or one that is expired, revoked or not for its key).
+    NotMember(String),
 }
 
 impl Message for Request {
@@ -259,7 +266,8 @@ impl Message for Request {
     const WHAT: &'static str = "request";
     const MAX_BYTES: usize = <TrustChain as Message>::MAX_BYTES
         + MAX_ANNOUNCEMENTS * <Signed<Announcement> as Message>::MAX_BYTES
-        + MAX_POLICY_BYTES;
+        + MAX_POLICY_BYTES
+        + <Signed<Membership> as Message>::MAX_BYTES;
 }
 
 impl Message for Response {

@@ -154,6 +154,12 @@ impl<T: SignedBody> Signed<T> {
         &self.body
     }
 
+    /// Decodes the body without checking any signature: only for what the
+    /// holder wrote itself or is about to verify against keys it lacks now.
+    pub fn unverified_body(&self) -> Result<T> {
+        crate::codec::decode(&self.body)
+    }
+
     /// Checks that at least `keys.threshold` distinct keys of `keys` signed
     /// the body, then decodes it.
     pub fn verify(&self, keys: &RoleKeys<T::Role>) -> Result<T> {

@@ -11,6 +11,7 @@ pub mod fleet;
 pub mod inbox;
 pub mod init;
 pub mod layout;
+pub mod members;
 pub mod policy;
 pub mod publish;
 pub mod serve;

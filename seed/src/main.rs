@@ -12,7 +12,7 @@ use fleetmesh_seed::dashboard::{self, History};
 use fleetmesh_seed::inbox::{Inbox, Outcome};
 use fleetmesh_seed::layout::Seed;
 use fleetmesh_seed::publish::{publish, PublishRequest};
-use fleetmesh_seed::{export, fleet, init, policy, serve, verify};
+use fleetmesh_seed::{export, fleet, init, members, policy, serve, verify};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -78,6 +78,41 @@ enum Command {
         /// The bundle file to write (must not exist).
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Enroll a node in the fleet: sign a membership credential for its
+    /// key and site; copy the file it writes to the node as `member.cred`.
+    /// Prints a summary as JSON.
+    Enroll {
+        /// Seed directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The node's key: its peer id (what `fleetmesh-node init` prints)
+        /// or its public key in hex.
+        #[arg(long, value_name = "KEY")]
+        node_key: String,
+        /// The node's site.
+        #[arg(long)]
+        site: String,
+        /// A label, key=value (repeatable).
+        #[arg(long = "label", value_name = "K=V", value_parser = cli::parse_label)]
+        labels: Vec<(String, String)>,
+        /// Days the credential is valid (re-enroll before then).
+        #[arg(long, default_value_t = 365)]
+        days: u64,
+        /// Also write the credential here [default: DIR/members/<peer id>.cred].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Remove a node from the fleet: sign a policy version that revokes
+    /// its credentials; the running seed gossips it and every peer drops
+    /// the node within seconds.
+    Revoke {
+        /// Seed directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The node's peer id or public key in hex.
+        #[arg(long, value_name = "KEY")]
+        node_key: String,
     },
     /// List releases.
     Releases {
@@ -248,6 +283,35 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             bar.finish_and_clear();
             println!("{}", serde_json::to_string(&done)?);
         }
+        Command::Enroll {
+            dir,
+            node_key,
+            site,
+            labels,
+            days,
+            out,
+        } => {
+            let seed = Seed::open(&dir)?;
+            let done = members::enroll(
+                &seed,
+                members::parse_node_key(&node_key)?,
+                &site,
+                labels.into_iter().collect(),
+                days,
+                out.as_deref(),
+                cli::unix_now(),
+            )?;
+            println!("{}", serde_json::to_string(&done)?);
+        }
+        Command::Revoke { dir, node_key } => {
+            let seed = Seed::open(&dir)?;
+            let key = members::parse_node_key(&node_key)?;
+            let version = members::revoke(&seed, key, cli::unix_now())?;
+            println!(
+                "{}",
+                serde_json::json!({ "node_id": members::peer_id(&key), "policy_version": version })
+            );
+        }
         Command::Releases { dir, json } => {
             let mut releases = Seed::open(&dir)?.store()?.releases()?;
             releases.sort_by(|a, b| {
@@ -283,6 +347,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 None => None,
             };
             spawn_rollout_stepper(dir.clone());
+            spawn_credential_renewer(seed.clone());
             if let Some(inbox) = &seed.config.inbox.dir {
                 spawn_inbox(seed.clone(), dir.join(inbox))?;
             }
@@ -451,6 +516,19 @@ fn spawn_inbox(seed: Seed, dir: PathBuf) -> anyhow::Result<()> {
         }
     });
     Ok(())
+}
+
+/// Every hour, renews the seed's own membership credential when half its
+/// life is gone (the mesh re-reads the file).
+fn spawn_credential_renewer(seed: Seed) {
+    std::thread::spawn(move || loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+        let renewed = serve::own_node_key(&seed)
+            .and_then(|key| members::renew_own(&seed, key, cli::unix_now()));
+        if let Err(e) = renewed {
+            tracing::error!("renewing the seed's credential: {}", cli::error_line(&e));
+        }
+    });
 }
 
 /// Every 5 s, advances or halts rollouts from the nodes' reports (each

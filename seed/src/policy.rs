@@ -316,6 +316,17 @@ impl PolicyFile {
             rollouts,
             pins: pins(&self.pins, "pin")?,
             rollback: pins(&self.rollback, "rollback")?,
+            // Revocations are not in the file: they carry over, less the
+            // ones whose credentials have all expired.
+            revoked: previous
+                .map(|p| {
+                    p.revoked
+                        .iter()
+                        .filter(|r| r.until > now)
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default(),
         };
         doc.validate().map_err(|e| bad(path, e.to_string()))?;
         Ok(doc)

@@ -8,7 +8,7 @@ use crate::Result;
 use fleetmesh_node::fsutil::{self, Context};
 use fleetmesh_node::mesh::{self, Role};
 use fleetmesh_node::{keyfile, ChunkFiles, ChunkStore};
-use fleetmesh_protocol::keys::{Node, Release, SecretKey};
+use fleetmesh_protocol::keys::{Node, PublicKey, Release, SecretKey};
 use fleetmesh_protocol::{codec, ReleaseId};
 
 /// Writes `releases/<id>.manifest` for every release in the store that
@@ -45,6 +45,11 @@ fn node_key(
     fleetmesh_node::daemon::node_keypair(&path).map_err(Into::into)
 }
 
+/// The public half of the seed's mesh identity.
+pub fn own_node_key(seed: &Seed) -> Result<PublicKey<Node>> {
+    Ok(keyfile::read::<Node>(&seed.layout.keys().join("node.key"))?.public())
+}
+
 /// The mesh parameters of a seed directory. Opens the store briefly to
 /// export manifests, then works from files only.
 pub fn params(
@@ -63,8 +68,11 @@ pub fn params(
         .map_err(crate::SeedError::BadArgument)?;
     let run = seed.layout.run();
     std::fs::create_dir_all(&run).ctx("create", &run)?;
+    let keypair = node_key(seed, rng)?;
+    let member_file =
+        crate::members::renew_own(seed, own_node_key(seed)?, fleetmesh_node::cli::unix_now())?;
     Ok(mesh::Params {
-        keypair: node_key(seed, rng)?,
+        keypair,
         node_key: None,
         labels: Default::default(),
         role: Role::Seed,
@@ -90,5 +98,6 @@ pub fn params(
         chaos_corrupt_uploads: false,
         chaos_gossip: Vec::new(),
         metrics: Default::default(),
+        member_file,
     })
 }

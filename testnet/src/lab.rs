@@ -225,6 +225,16 @@ impl Lab {
             cmd.args(["--listen", l]);
         }
         let peer_id = run_ok(&mut cmd)?;
+        let credential = dir.join("member.cred");
+        self.seed_cmd(&[
+            "enroll",
+            "--node-key",
+            &peer_id,
+            "--site",
+            site,
+            "--out",
+            path_str(&credential)?,
+        ])?;
         if !toml_extra.is_empty() {
             let path = dir.join("node.toml");
             let text = std::fs::read_to_string(&path)?;

@@ -24,8 +24,9 @@ use crate::{fsutil, ReleaseInfo};
 use codec::{ExchangeCodec, PROTOCOL};
 use fleetmesh_policy::doc::{verify_policy, PolicyDoc};
 use fleetmesh_protocol::bucket::TokenBucket;
-use fleetmesh_protocol::keys::{Node, Release as ReleaseRole, Root, SecretKey};
+use fleetmesh_protocol::keys::{Node, PublicKey, Release as ReleaseRole, Root, SecretKey};
 use fleetmesh_protocol::manifest::Manifest;
+use fleetmesh_protocol::member::{Membership, Revocation};
 use fleetmesh_protocol::mesh::{
     Accepted, Announcement, Announcements, Have, Hello, ReleaseProgress, Report, ReportEnvelope,
     Request, Response, MAX_BATCH, MAX_HAVE_ADDED, RESPONSE_BUDGET,
@@ -78,6 +79,12 @@ const MANIFEST_WAIT: Duration = Duration::from_secs(2);
 /// once). Every report reaches every node through gossip, so this is what
 /// an idle fleet's chatter scales with.
 const REPORT_EVERY: Duration = Duration::from_secs(15);
+/// How long a connected peer has to present a valid membership credential.
+const MEMBER_GRACE: Duration = Duration::from_secs(20);
+/// How long a non-member is not redialled or accepted after it was refused.
+const NOT_MEMBER_BAN: Duration = Duration::from_secs(30);
+/// How often connected members' credentials are checked again (expiry).
+const MEMBERS_EVERY: Duration = Duration::from_secs(1);
 
 const TOPIC_ANNOUNCE: &str = "fleetmesh/announce/1";
 const TOPIC_STATUS: &str = "fleetmesh/status/1";
@@ -149,6 +156,9 @@ pub struct Params {
     pub chaos_gossip: Vec<Vec<u8>>,
     /// Counters for the local API's `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// This node's membership credential (`member.cred`), re-read when it
+    /// changes: peers refuse a node without a valid one.
+    pub member_file: PathBuf,
 }
 
 /// Why the mesh could not start or stopped.
@@ -201,6 +211,10 @@ struct Peer {
     /// When we last sent it a have-map.
     have_sent_at: Option<Instant>,
     strikes: u32,
+    /// Its membership credential, once one verified.
+    member: Option<Membership>,
+    /// When it connected (it has [`MEMBER_GRACE`] to prove membership).
+    connected_at: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -290,6 +304,11 @@ struct Mesh {
     update_seen: (Option<std::time::SystemTime>, Option<Vec<u8>>),
     /// This node's labels for policy: configured ones, `node`, `site`, `platform`.
     labels: BTreeMap<String, String>,
+    /// This node's own credential, presented in every hello, and the
+    /// credential file's mtime when it was read.
+    member: Option<Signed<Membership>>,
+    member_seen: Option<std::time::SystemTime>,
+    last_members: Instant,
 }
 
 /// An announced release whose manifest this node wants.
@@ -301,6 +320,12 @@ struct Wanted {
     asked: Option<Instant>,
     /// Peers that sent a have-map for it: they hold its manifest.
     holders: BTreeSet<PeerId>,
+}
+
+/// The node key a peer id stands for (ed25519 peer ids embed the key).
+pub fn node_key_of(peer: &PeerId) -> Option<PublicKey<Node>> {
+    let key = libp2p::identity::PublicKey::try_decode_protobuf(peer.as_ref().digest()).ok()?;
+    PublicKey::from_bytes(&key.try_into_ed25519().ok()?.to_bytes()).ok()
 }
 
 /// A stable 64-bit tag of a peer id, for the scheduler's hashing.
@@ -327,17 +352,6 @@ fn agent_field(agent: &str, key: &str) -> Option<String> {
         .filter_map(|w| w.split_once('='))
         .find(|(k, v)| *k == key && fleetmesh_protocol::manifest::is_valid_name(v))
         .map(|(_, v)| v.to_owned())
-}
-
-fn parse_agent(peer: &PeerId, agent: &str) -> Option<PeerInfo> {
-    if !agent.starts_with("fleetmesh/") {
-        return None;
-    }
-    Some(PeerInfo {
-        site: agent_field(agent, "site")?,
-        seed: agent_field(agent, "role").as_deref() == Some("seed"),
-        tag: tag_of(peer),
-    })
 }
 
 /// Peer scoring that only punishes invalid messages (P4): the topics carry
@@ -504,6 +518,9 @@ impl Mesh {
             policy_seen: None,
             update_seen: (None, None),
             labels: BTreeMap::new(),
+            member: None,
+            member_seen: None,
+            last_members: now,
             p,
         };
         mesh.labels = mesh.p.labels.clone();
@@ -515,6 +532,7 @@ impl Mesh {
         mesh.load_counters();
         mesh.scan_releases();
         mesh.load_policy();
+        mesh.load_member();
         Ok(mesh)
     }
 
@@ -719,7 +737,13 @@ impl Mesh {
                     return;
                 }
                 if num_established.get() == 1 {
-                    self.peers.insert(peer_id, Peer::default());
+                    self.peers.insert(
+                        peer_id,
+                        Peer {
+                            connected_at: Some(Instant::now()),
+                            ..Peer::default()
+                        },
+                    );
                     let hello = Request::Hello(self.hello());
                     self.send(peer_id, hello, Outbound::Hello);
                 }
@@ -791,16 +815,17 @@ impl Mesh {
     }
 
     fn on_identify(&mut self, peer: PeerId, info: identify::Info) {
-        let Some(pi) = parse_agent(&peer, &info.agent_version) else {
+        if !info.agent_version.starts_with("fleetmesh/") {
             tracing::debug!(%peer, agent = %info.agent_version, "not a fleetmesh peer");
             let _ = self.swarm.disconnect_peer_id(peer);
             return;
-        };
+        }
         for addr in info.listen_addrs {
             self.swarm.behaviour_mut().kad.add_address(&peer, addr);
         }
         if let Some(state) = self.peers.get_mut(&peer) {
-            state.info = Some(pi);
+            // Its site and role come from its membership credential, not
+            // from what it says of itself here.
             state.platform = agent_field(&info.agent_version, "platform");
         }
         self.sync_peer(&peer);
@@ -875,6 +900,8 @@ impl Mesh {
         };
         let topic = message.topic.as_str().to_owned();
         let verdict = match topic.as_str() {
+            // Gossip is taken only from members, and not relayed otherwise.
+            _ if !self.is_member(&propagation_source) => Ok(MessageAcceptance::Ignore),
             TOPIC_ANNOUNCE => match wire::decode::<Signed<Announcement>>(&message.data) {
                 Ok(signed) => self.on_announcement(&signed),
                 Err(e) => Err(e.to_string()),
@@ -980,7 +1007,115 @@ impl Mesh {
                 .as_ref()
                 .map(|p| p.1.clone())
                 .unwrap_or_default(),
+            member: self.member.clone(),
         }
+    }
+
+    /// Reads this node's credential if the file changed. A credential that
+    /// does not verify is still presented (the trust chain may not have
+    /// arrived yet), but logged.
+    fn load_member(&mut self) {
+        let modified = std::fs::metadata(&self.p.member_file)
+            .and_then(|m| m.modified())
+            .ok();
+        if modified == self.member_seen {
+            return;
+        }
+        self.member_seen = modified;
+        let path = self.p.member_file.display();
+        let Some(_) = modified else {
+            tracing::error!("{path}: no membership credential: peers will refuse this node until it is enrolled (fleetmesh-seed enroll)");
+            self.member = None;
+            return;
+        };
+        match std::fs::read(&self.p.member_file)
+            .map_err(|e| e.to_string())
+            .and_then(|b| wire::decode::<Signed<Membership>>(&b).map_err(|e| e.to_string()))
+        {
+            Ok(signed) => {
+                match self.check_member(self.swarm.local_peer_id(), Some(&signed)) {
+                    Ok(m) => {
+                        tracing::info!(site = %m.site, expires_at = %m.expires_at, "membership credential loaded")
+                    }
+                    Err(e) => tracing::warn!("{path}: {e}"),
+                }
+                self.member = Some(signed);
+            }
+            Err(e) => {
+                tracing::error!("{path}: {e}");
+                self.member = None;
+            }
+        }
+    }
+
+    /// Revocations in the policy held.
+    fn revoked(&self) -> &[Revocation] {
+        self.policy
+            .as_ref()
+            .map_or(&[], |(d, _)| d.revoked.as_slice())
+    }
+
+    /// Verifies the credential `peer` presented.
+    fn check_member(
+        &self,
+        peer: &PeerId,
+        signed: Option<&Signed<Membership>>,
+    ) -> Result<Membership, String> {
+        let signed = signed.ok_or("it presented no membership credential")?;
+        let key = node_key_of(peer).ok_or("its peer id is not an ed25519 key")?;
+        signed
+            .verify_member(&self.trust, &key, self.revoked(), crate::cli::unix_now())
+            .map_err(|e| e.to_string())
+    }
+
+    fn is_member(&self, peer: &PeerId) -> bool {
+        self.peers.get(peer).is_some_and(|p| p.member.is_some())
+    }
+
+    /// Drops members whose credential expired or was revoked, and peers
+    /// that did not present a valid one within [`MEMBER_GRACE`].
+    fn check_members(&mut self) {
+        let now = Instant::now();
+        let (mut refuse, mut silent) = (Vec::new(), Vec::new());
+        for (peer, state) in &self.peers {
+            let why = match &state.member {
+                Some(m) if m.is_revoked(self.revoked()) => {
+                    Some("its membership was revoked".to_owned())
+                }
+                Some(m) if crate::cli::unix_now() >= m.expires_at => {
+                    Some("its membership credential expired".to_owned())
+                }
+                Some(_) => None,
+                None => {
+                    // No hello came through (a slow link, a stranger): drop
+                    // the connection, but let it try again.
+                    if state.connected_at.is_some_and(|t| now - t >= MEMBER_GRACE) {
+                        silent.push(*peer);
+                    }
+                    None
+                }
+            };
+            if let Some(why) = why {
+                refuse.push((*peer, why));
+            }
+        }
+        for peer in silent {
+            tracing::info!(%peer, "disconnecting: no hello with a valid membership credential");
+            self.forget_peer(&peer);
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+        for (peer, why) in refuse {
+            self.refuse(peer, &why);
+        }
+    }
+
+    /// Disconnects a non-member and keeps it away for a while.
+    fn refuse(&mut self, peer: PeerId, why: &str) {
+        tracing::warn!(%peer, "refusing peer: {why}");
+        self.p.metrics.peer_refused();
+        self.banned.insert(peer, Instant::now() + NOT_MEMBER_BAN);
+        self.forget_peer(&peer);
+        let _ = self.swarm.disconnect_peer_id(peer);
     }
 
     /// Loads the policy file (the seed's current policy, or the one a node
@@ -1092,11 +1227,26 @@ impl Mesh {
         }
     }
 
-    fn on_hello(&mut self, peer: PeerId, hello: Hello) {
+    /// Takes a peer's hello; `Err` if it is not a member (then nothing in
+    /// it but a valid trust chain is used).
+    fn on_hello(&mut self, peer: PeerId, hello: Hello) -> Result<(), String> {
+        // A chain verifies on its own from the root key, whoever brings it,
+        // and is needed to check the credential.
         if let Err(e) = self.adopt_chain(hello.trust, true) {
             self.strike(peer, &format!("trust chain: {e}"));
-            return;
+            return Err(format!("trust chain: {e}"));
         }
+        let member = self.check_member(&peer, hello.member.as_ref())?;
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return Err("not connected".into());
+        };
+        state.info = Some(PeerInfo {
+            site: member.site.clone(),
+            seed: member.seed,
+            tag: tag_of(&peer),
+        });
+        state.member = Some(member);
+        self.sync_peer(&peer);
         for signed in hello
             .announcements
             .iter()
@@ -1111,6 +1261,7 @@ impl Mesh {
                 self.strike(peer, &format!("policy in hello: {e}"));
             }
         }
+        Ok(())
     }
 
     // ---- exchange protocol ----
@@ -1165,9 +1316,15 @@ impl Mesh {
 
     fn on_request(&mut self, peer: PeerId, request: Request, channel: ResponseChannel<Response>) {
         let response = match request {
-            Request::Hello(hello) => {
-                self.on_hello(peer, hello);
-                Response::Hello(self.hello())
+            Request::Hello(hello) => match self.on_hello(peer, hello) {
+                Ok(()) => Response::Hello(self.hello()),
+                Err(why) => {
+                    tracing::warn!(%peer, "not a fleet member: {why}");
+                    Response::NotMember(why)
+                }
+            },
+            _ if !self.is_member(&peer) => {
+                Response::NotMember("send a hello with a valid membership credential first".into())
             }
             Request::Have(have) => Response::HaveAck {
                 need_full: self.on_have(peer, have),
@@ -1300,7 +1457,15 @@ impl Mesh {
 
     fn on_response(&mut self, peer: PeerId, what: Outbound, response: Response) {
         match (what, response) {
-            (Outbound::Hello, Response::Hello(hello)) => self.on_hello(peer, hello),
+            (Outbound::Hello, Response::Hello(hello)) => {
+                if let Err(why) = self.on_hello(peer, hello) {
+                    self.refuse(peer, &why);
+                }
+            }
+            (what, Response::NotMember(why)) => {
+                tracing::warn!(%peer, "the peer refuses this node as a fleet member: {why}");
+                self.on_failure(peer, what);
+            }
             (Outbound::Have { release, upto }, Response::HaveAck { need_full }) => {
                 if let Some(state) = self.peers.get_mut(&peer) {
                     state.have_in_flight = false;
@@ -1605,6 +1770,11 @@ impl Mesh {
     fn on_tick(&mut self) {
         let now = Instant::now();
         self.banned.retain(|_, t| *t > now);
+        if now - self.last_members >= MEMBERS_EVERY {
+            self.last_members = now;
+            self.load_member();
+            self.check_members();
+        }
         if self.p.role == Role::Seed {
             let known = self.releases.len();
             self.scan_releases();

@@ -69,6 +69,7 @@ fn policy() -> PolicyDoc {
         }],
         pins: vec![],
         rollback: vec![],
+        revoked: vec![],
     }
 }
 
