@@ -565,3 +565,72 @@ fn an_air_gapped_site_takes_releases_from_bundles_and_shares_them() {
         blake3::hash(&v2).into()
     );
 }
+
+/// Only enrolled nodes take part. A node without a credential gets nothing:
+/// its peers answer it `NotMember` and drop it. With its credential copied
+/// in, the same node joins and completes. Revoked (a new signed policy), it
+/// is dropped by the seed and by its own site's peer within seconds.
+#[test]
+fn a_non_member_cannot_fetch_chunks_and_a_revoked_node_is_dropped() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
+    let Fixture {
+        mut lab, hash, id, ..
+    } = lab_with_release(dir, 2 << 20);
+    let member = lab.add_node("a", "").expect("node");
+    let stranger = lab.add_node("a", "").expect("node");
+    let credential = lab.nodes[stranger].dir.join("member.cred");
+    let kept = dir.join("stranger.cred");
+    std::fs::rename(&credential, &kept).expect("take the credential away");
+    lab.start_node(member, &[]).expect("start");
+    lab.start_node(stranger, &[]).expect("start");
+    lab.wait_complete(&[member], "1.0.0", TIMEOUT)
+        .expect("the member completes");
+    let stranger_id = lab.nodes[stranger].peer_id.clone();
+    let banned_by_seed = |lab: &Lab| {
+        lab.seed_status()
+            .is_some_and(|s| s.banned.contains(&stranger_id))
+    };
+    wait_until(Duration::from_secs(60), || {
+        banned_by_seed(&lab).then_some(())
+    })
+    .expect("the seed refuses the stranger");
+    assert!(
+        chunk_files(&lab.nodes[stranger].dir).is_empty(),
+        "a non-member got chunks"
+    );
+    assert!(!lab.node_complete(stranger, "1.0.0"));
+
+    std::fs::rename(&kept, &credential).expect("enroll");
+    lab.wait_complete(&[stranger], "1.0.0", TIMEOUT)
+        .expect("the enrolled node completes");
+    assert_eq!(
+        node_image_hash(&lab.nodes[stranger].dir, &id).expect("image"),
+        hash
+    );
+    // The member refused the stranger a while ago; restarted, it finds it
+    // again (through the seed's routing table) at once.
+    lab.kill_node(member);
+    lab.start_node(member, &[]).expect("restart");
+    wait_until(TIMEOUT, || {
+        (lab.node_status(member)?.peers == 2 && lab.node_status(stranger)?.peers == 2).then_some(())
+    })
+    .expect("the two nodes and the seed are all connected");
+
+    // Revocations travel in the policy: apply one, then revoke.
+    let policy = dir.join("policy.toml");
+    std::fs::write(&policy, "").expect("policy");
+    lab.seed_cmd(&["policy", "apply", policy.to_str().expect("utf-8")])
+        .expect("apply");
+    lab.seed_cmd(&["revoke", "--node-key", &stranger_id])
+        .expect("revoke");
+    wait_until(Duration::from_secs(60), || {
+        let by_member = lab.node_status(member)?.banned.contains(&stranger_id);
+        (by_member && banned_by_seed(&lab) && lab.node_status(stranger)?.peers == 0).then_some(())
+    })
+    .expect("the revoked node is dropped by the seed and its peer");
+    let err = lab
+        .seed_cmd(&["enroll", "--node-key", "not-a-key", "--site", "a"])
+        .expect_err("a bad key");
+    assert!(err.to_string().contains("neither 64 hex digits"), "{err}");
+}

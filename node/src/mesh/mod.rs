@@ -71,6 +71,8 @@ const IMPORTS_EVERY: Duration = Duration::from_secs(2);
 /// Imported announcements taken per scan.
 const MAX_IMPORTS_PER_TICK: usize = 16;
 const DISCOVER_EVERY: Duration = Duration::from_secs(300);
+/// How often a node with no member peers dials its bootstrap peers again.
+const REDIAL_EVERY: Duration = Duration::from_secs(10);
 const MANIFEST_RETRY: Duration = Duration::from_secs(3);
 /// How long a node waits for a same-site peer to have a manifest before
 /// it asks outside its site (one node per site asks at once).
@@ -551,18 +553,24 @@ impl Mesh {
         for addr in self.p.listen.clone() {
             self.swarm.listen_on(addr).map_err(net_err)?;
         }
-        for addr in self.p.bootstrap.clone() {
+        for addr in &self.p.bootstrap {
             if let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() {
                 self.swarm
                     .behaviour_mut()
                     .kad
                     .add_address(&peer, addr.clone());
             }
+        }
+        self.dial_bootstrap();
+        Ok(())
+    }
+
+    fn dial_bootstrap(&mut self) {
+        for addr in self.p.bootstrap.clone() {
             if let Err(e) = self.swarm.dial(addr.clone()) {
                 tracing::warn!(%addr, "cannot dial bootstrap peer: {e}");
             }
         }
-        Ok(())
     }
 
     // ---- releases on disk ----
@@ -1032,6 +1040,10 @@ impl Mesh {
             .map_err(|e| e.to_string())
             .and_then(|b| wire::decode::<Signed<Membership>>(&b).map_err(|e| e.to_string()))
         {
+            Ok(signed) if self.trust.current(crate::cli::unix_now()).is_err() => {
+                tracing::info!("membership credential loaded (checked once a trust chain arrives)");
+                self.member = Some(signed);
+            }
             Ok(signed) => {
                 match self.check_member(self.swarm.local_peer_id(), Some(&signed)) {
                     Ok(m) => {
@@ -1790,8 +1802,17 @@ impl Mesh {
             self.last_imports = now;
             self.load_imports();
         }
-        if now - self.last_discover >= DISCOVER_EVERY {
+        // Alone (the links were down, or peers refused this node before
+        // it was enrolled): try the bootstrap peers again, every
+        // REDIAL_EVERY rather than every DISCOVER_EVERY.
+        let alone = !self.peers.values().any(|p| p.member.is_some());
+        if now - self.last_discover >= DISCOVER_EVERY
+            || (alone && now - self.last_discover >= REDIAL_EVERY)
+        {
             self.last_discover = now;
+            if alone {
+                self.dial_bootstrap();
+            }
             let _ = self.swarm.behaviour_mut().kad.bootstrap();
         }
         self.fetch_manifests();
@@ -1836,9 +1857,9 @@ impl Mesh {
 
     fn status(&self) -> MeshStatus {
         let mut peer_sites = BTreeMap::new();
-        for p in self.peers.values() {
-            let site = p.info.as_ref().map_or("?", |i| i.site.as_str());
-            *peer_sites.entry(site.to_owned()).or_insert(0) += 1;
+        // Members only: a peer's site is known from its credential.
+        for info in self.peers.values().filter_map(|p| p.info.as_ref()) {
+            *peer_sites.entry(info.site.clone()).or_insert(0) += 1;
         }
         MeshStatus {
             node_id: self.swarm.local_peer_id().to_string(),
@@ -1847,7 +1868,7 @@ impl Mesh {
                 Role::Seed => "seed".into(),
             },
             site: self.p.site.clone(),
-            peers: self.peers.len(),
+            peers: self.peers.values().filter(|p| p.member.is_some()).count(),
             peer_sites,
             listen: self.listening.iter().map(|a| a.to_string()).collect(),
             releases: self

@@ -18,7 +18,7 @@ pub struct MeshStatus {
     pub role: String,
     /// Its site label.
     pub site: String,
-    /// Connected peers.
+    /// Connected peers that are verified fleet members.
     pub peers: usize,
     /// Connected peers by site.
     pub peer_sites: BTreeMap<String, usize>,
