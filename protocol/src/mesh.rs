@@ -348,6 +348,41 @@ impl SignedBody for Report {
     const SIGNED_KIND: Kind = Kind::SignedReport;
 }
 
+/// A report older than this (by its own time) is not taken or relayed: a
+/// replay, or too late to matter.
+pub const REPORT_MAX_AGE_SECS: u64 = 300;
+/// A report dated further ahead than this comes from a wrong clock.
+pub const REPORT_MAX_AHEAD_SECS: u64 = 60;
+
+/// What a receiver makes of a report whose signature verified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReportVerdict {
+    /// Newer than the one held from that node: take it and relay it.
+    Newer,
+    /// Older than the one held, or the same: a replay or a duplicate. (Two
+    /// different reports of one second are both taken, the later last.)
+    Replay,
+    /// Older than [`REPORT_MAX_AGE_SECS`].
+    Stale,
+    /// Dated more than [`REPORT_MAX_AHEAD_SECS`] ahead.
+    Ahead,
+}
+
+/// Judges `report` against the one `held` from the same node. Anything but
+/// [`ReportVerdict::Newer`] is ignored, not punished: a skewed clock is
+/// not an attack by the peer that relayed it.
+pub fn judge_report(held: Option<&Report>, report: &Report, now: UnixTime) -> ReportVerdict {
+    if report.at.0.saturating_add(REPORT_MAX_AGE_SECS) < now.0 {
+        ReportVerdict::Stale
+    } else if report.at.0 > now.0.saturating_add(REPORT_MAX_AHEAD_SECS) {
+        ReportVerdict::Ahead
+    } else if held.is_some_and(|h| h.at > report.at || h == report) {
+        ReportVerdict::Replay
+    } else {
+        ReportVerdict::Newer
+    }
+}
+
 /// A signed report with the key that signed it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ReportEnvelope {

@@ -287,3 +287,150 @@ fn exchange_messages_round_trip_and_check_have_maps() {
         "kind is checked"
     );
 }
+
+/// Fast-forward recovery after a key rotation (TUF): the release key is
+/// compromised and the root rotates it away. A node holding only the first
+/// trust document takes the newer chain from anyone and walks it from its
+/// root key; from then on it trusts the new key and refuses what the old
+/// one signs, announcements included. It cannot be walked back, and a
+/// chain extended by anyone but the root is refused.
+#[test]
+fn fast_forward_after_key_rotation_trusts_the_new_key_and_refuses_the_old() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let root = SecretKey::<Root>::generate(&mut rng);
+    let old = SecretKey::<Release>::generate(&mut rng);
+    let new = SecretKey::<Release>::generate(&mut rng);
+    let policy = SecretKey::<Policy>::generate(&mut rng);
+    let doc = |version, release: &SecretKey<Release>, root_key: &SecretKey<Root>| TrustDoc {
+        version,
+        issued_at: UnixTime(0),
+        expires_at: UnixTime(10_000),
+        root: RoleKeys::single(root_key.public()),
+        release: RoleKeys::single(release.public()),
+        policy: RoleKeys::single(policy.public()),
+    };
+    let anchor = RoleKeys::single(root.public());
+    let v1 = Signed::sign(&doc(1, &old, &root), &[&root]).expect("signs");
+    let v2 = Signed::sign(&doc(2, &new, &root), &[&root]).expect("signs");
+    let now = UnixTime(200);
+    let by_old = Signed::sign(&manifest(2), &[&old]).expect("signs");
+    let by_new = Signed::sign(&manifest(2), &[&new]).expect("signs");
+    let stale = TrustState::from_chain(
+        anchor.clone(),
+        &TrustChain {
+            docs: vec![v1.clone()],
+        },
+    )
+    .expect("first chain");
+    by_old
+        .verify_release(&stale, now)
+        .expect("the old key is trusted before");
+
+    // Whoever holds the old release key cannot extend the chain itself.
+    let usurper = SecretKey::<Root>::generate(&mut rng);
+    let forged = Signed::sign(&doc(2, &old, &usurper), &[&usurper]).expect("signs");
+    assert!(matches!(
+        TrustState::from_chain(
+            anchor.clone(),
+            &TrustChain {
+                docs: vec![v1.clone(), forged]
+            }
+        ),
+        Err(Error::BadSignature { .. })
+    ));
+
+    let mut node = TrustState::from_chain(
+        anchor,
+        &TrustChain {
+            docs: vec![v1.clone(), v2],
+        },
+    )
+    .expect("fast-forward");
+    assert_eq!(node.version(), 2);
+    by_new
+        .verify_release(&node, now)
+        .expect("the new key is trusted");
+    assert!(matches!(
+        by_old.verify_release(&node, now),
+        Err(Error::BadSignature { .. })
+    ));
+    let announced = Signed::sign(&announcement(9, 1, 5000), &[&old]).expect("signs");
+    assert!(mesh::Announcements::default()
+        .accept(&announced, &node, now)
+        .is_err());
+    assert!(matches!(
+        node.advance(&v1),
+        Err(Error::VersionRollback { .. })
+    ));
+}
+
+/// Mix and match: parts of one release cannot stand in for another's. A
+/// manifest fetched for one release id must hash to it (the id covers the
+/// whole signed chunk list), and a chunk is taken only for the id its
+/// bytes hash to.
+#[test]
+fn mix_and_match_of_two_releases_is_refused() {
+    let f = fixture(12);
+    let a = Signed::sign(&manifest(3), &[&f.release]).expect("signs");
+    let mut other = manifest(3);
+    other.chunks[1].id = ChunkId([0xee; 32]);
+    let b = Signed::sign(&other, &[&f.release]).expect("signs");
+    assert_ne!(a.release_id(), b.release_id(), "one id for two chunk lists");
+    let raw_a = chunk::encode_chunk(b"chunk of release a", 3);
+    let raw_b = chunk::encode_chunk(b"chunk of release b", 3);
+    let id_a = ChunkId::of(b"chunk of release a");
+    chunk::decode_chunk(&raw_a, &id_a).expect("its own chunk");
+    assert!(matches!(
+        chunk::decode_chunk(&raw_b, &id_a),
+        Err(Error::ChunkMismatch { .. })
+    ));
+}
+
+/// Replayed status reports: a node's signed report, recorded and replayed
+/// later, is not taken again; neither is an older one, one older than
+/// REPORT_MAX_AGE_SECS (the seed restarted and holds nothing), or one from
+/// a clock far ahead.
+#[test]
+fn replayed_and_stale_status_reports_are_ignored() {
+    use mesh::{judge_report, Report, ReportVerdict, REPORT_MAX_AGE_SECS};
+    let report = |at: u64, state: &str| Report {
+        node_id: "n1".into(),
+        at: UnixTime(at),
+        labels: Default::default(),
+        booted_version: Some("1.0.0".into()),
+        slot: None,
+        state: state.into(),
+        target_version: None,
+        reason: None,
+        releases: vec![],
+    };
+    let now = UnixTime(10_000);
+    let committed = report(9_990, "committed");
+    let later = report(9_995, "rolled_back");
+    assert_eq!(judge_report(None, &committed, now), ReportVerdict::Newer);
+    assert_eq!(
+        judge_report(Some(&committed), &later, now),
+        ReportVerdict::Newer
+    );
+    // The attacker replays the older "committed" after the rollback.
+    assert_eq!(
+        judge_report(Some(&later), &committed, now),
+        ReportVerdict::Replay
+    );
+    assert_eq!(
+        judge_report(Some(&later), &later, now),
+        ReportVerdict::Replay
+    );
+    // Same second, new state: taken.
+    let same_second = report(9_995, "failed");
+    assert_eq!(
+        judge_report(Some(&later), &same_second, now),
+        ReportVerdict::Newer
+    );
+    let old = report(now.0 - REPORT_MAX_AGE_SECS - 1, "committed");
+    assert_eq!(judge_report(None, &old, now), ReportVerdict::Stale);
+    assert_eq!(
+        judge_report(None, &report(now.0 + 3600, "committed"), now),
+        ReportVerdict::Ahead
+    );
+}

@@ -28,8 +28,8 @@ use fleetmesh_protocol::keys::{Node, PublicKey, Release as ReleaseRole, Root, Se
 use fleetmesh_protocol::manifest::Manifest;
 use fleetmesh_protocol::member::{Membership, Revocation};
 use fleetmesh_protocol::mesh::{
-    Accepted, Announcement, Announcements, Have, Hello, ReleaseProgress, Report, ReportEnvelope,
-    Request, Response, MAX_BATCH, MAX_HAVE_ADDED, RESPONSE_BUDGET,
+    judge_report, Accepted, Announcement, Announcements, Have, Hello, ReleaseProgress, Report,
+    ReportEnvelope, ReportVerdict, Request, Response, MAX_BATCH, MAX_HAVE_ADDED, RESPONSE_BUDGET,
 };
 use fleetmesh_protocol::sched::{self, Bits, PeerInfo, Planned, RequestId, Scheduler};
 use fleetmesh_protocol::TrustState;
@@ -985,6 +985,15 @@ impl Mesh {
         if peer.to_string() != report.node_id {
             return Err(format!("report for {} signed by {peer}", report.node_id));
         }
+        let verdict = judge_report(
+            self.reports.get(&report.node_id),
+            &report,
+            crate::cli::unix_now(),
+        );
+        if verdict != ReportVerdict::Newer {
+            tracing::debug!(node = %report.node_id, at = %report.at, "ignoring report: {verdict:?}");
+            return Ok(MessageAcceptance::Ignore);
+        }
         if let Some(site) = report.labels.get("site") {
             if self.sites.len() < sched::MAX_SITES && self.sites.insert(site.clone()) {
                 for s in self.releases.values_mut().filter_map(|r| r.sched.as_mut()) {
@@ -995,13 +1004,7 @@ impl Mesh {
         if self.p.role == Role::Seed
             && (self.reports.len() < 100_000 || self.reports.contains_key(&report.node_id))
         {
-            let newer = self
-                .reports
-                .get(&report.node_id)
-                .is_none_or(|old| old.at <= report.at);
-            if newer {
-                self.reports.insert(report.node_id.clone(), report);
-            }
+            self.reports.insert(report.node_id.clone(), report);
         }
         Ok(MessageAcceptance::Accept)
     }
