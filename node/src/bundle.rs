@@ -125,11 +125,21 @@ where
 pub fn read<H>(
     path: &Path,
     head: impl FnOnce(&Head, u64) -> Result<H, BundleError>,
-    mut chunk: impl FnMut(&mut H, ChunkId, Vec<u8>) -> Result<(), BundleError>,
+    chunk: impl FnMut(&mut H, ChunkId, Vec<u8>) -> Result<(), BundleError>,
 ) -> Result<(H, u64), BundleError> {
     let file = std::fs::File::open(path).ctx("open", path)?;
+    read_from(std::io::BufReader::new(file), path, head, chunk)
+}
+
+/// [`read`] from any reader; `path` only names it in errors.
+pub fn read_from<H>(
+    input: impl Read,
+    path: &Path,
+    head: impl FnOnce(&Head, u64) -> Result<H, BundleError>,
+    mut chunk: impl FnMut(&mut H, ChunkId, Vec<u8>) -> Result<(), BundleError>,
+) -> Result<(H, u64), BundleError> {
     let mut r = Reader {
-        inner: std::io::BufReader::new(file),
+        inner: input,
         hash: blake3::Hasher::new(),
         path,
     };
