@@ -164,6 +164,26 @@ fn main() {
         added: vec![1],
     });
 
+    // The seeds must verify, or the verify targets start at a refusal.
+    signed_manifest
+        .verify_release(&f.trust, NOW)
+        .expect("the manifest seed verifies");
+    announcement
+        .verify_announcement(&f.trust, NOW)
+        .expect("the announcement seed verifies");
+    let p = fleetmesh_policy::doc::verify_policy(&signed_policy, &f.trust, None, NOW)
+        .expect("the policy seed verifies");
+    assert!(membership
+        .verify_member(&f.trust, &node.public(), &[], NOW)
+        .is_ok());
+    assert!(
+        membership
+            .verify_member(&f.trust, &node.public(), &p.revoked, NOW)
+            .is_ok(),
+        "revoked before it was issued: a re-enrollment, valid"
+    );
+    envelope.verify().expect("the report seed verifies");
+
     use fleetmesh_protocol::codec::Kind;
     for (kind, bytes, name) in [
         (Kind::TrustChain, body(&f.chain), "chain"),
