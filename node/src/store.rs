@@ -350,6 +350,21 @@ impl ChunkStore {
         Ok(())
     }
 
+    /// Replaces the signed manifest of a recorded release with another
+    /// signing of the same body (after a key rotation); flushed.
+    pub fn replace_manifest(&self, signed: &Signed<Manifest>) -> Result<(), StoreError> {
+        let id = signed.release_id();
+        if self.manifests.get(id.0)?.is_none() {
+            return Err(StoreError::BadRecord {
+                id,
+                reason: "no such release to re-sign".into(),
+            });
+        }
+        self.manifests.insert(id.0, codec::encode(signed)?)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
     /// Every recorded release's info, in no particular order.
     pub fn releases(&self) -> Result<Vec<ReleaseInfo>, StoreError> {
         self.infos

@@ -14,6 +14,7 @@ pub mod layout;
 pub mod members;
 pub mod policy;
 pub mod publish;
+pub mod rotate;
 pub mod serve;
 pub mod verify;
 

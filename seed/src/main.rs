@@ -12,7 +12,7 @@ use fleetmesh_seed::dashboard::{self, History};
 use fleetmesh_seed::inbox::{Inbox, Outcome};
 use fleetmesh_seed::layout::Seed;
 use fleetmesh_seed::publish::{publish, PublishRequest};
-use fleetmesh_seed::{export, fleet, init, members, policy, serve, verify};
+use fleetmesh_seed::{export, fleet, init, members, policy, rotate, serve, verify};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -113,6 +113,22 @@ enum Command {
         /// The node's peer id or public key in hex.
         #[arg(long, value_name = "KEY")]
         node_key: String,
+    },
+    /// Replace the release or policy key with a new one, delegated by the
+    /// next trust document (signed with the root key), and sign again what
+    /// the old key signed. Stop `run` before and start it after. Prints a
+    /// summary as JSON.
+    RotateKey {
+        /// Seed directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The key to replace.
+        #[arg(long, value_enum)]
+        role: rotate::Rotate,
+        /// A root key file, if it is not in DIR/keys (kept offline);
+        /// repeat for a root with a threshold.
+        #[arg(long = "root-key", value_name = "FILE")]
+        root_keys: Vec<PathBuf>,
     },
     /// List releases.
     Releases {
@@ -311,6 +327,22 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 "{}",
                 serde_json::json!({ "node_id": members::peer_id(&key), "policy_version": version })
             );
+        }
+        Command::RotateKey {
+            dir,
+            role,
+            root_keys,
+        } => {
+            let seed = Seed::open(&dir)?;
+            let done = rotate::rotate(
+                &seed,
+                role,
+                &root_keys,
+                cli::unix_now(),
+                &mut rand_core::OsRng,
+            )?;
+            println!("{}", serde_json::to_string(&done)?);
+            eprintln!("restart `fleetmesh-seed run` to serve the new trust chain and key");
         }
         Command::Releases { dir, json } => {
             let mut releases = Seed::open(&dir)?.store()?.releases()?;

@@ -503,3 +503,148 @@ fn run_publishes_what_is_dropped_into_the_inbox() {
     let listed = ok(&["releases", "--dir", lab.d(), "--json"]);
     assert!(listed.contains("\"3.1.0\""), "{listed}");
 }
+
+/// Key rotation with the root key offline: without it the rotation is
+/// refused and nothing changes; with it, the release key is replaced, every
+/// manifest verifies under the new chain while the old key's signatures do
+/// not, and publishing goes on. Rotating the policy key re-signs the policy
+/// (a new version) and the credentials issued.
+#[test]
+fn rotating_keys_with_an_offline_root_revokes_the_old_ones() {
+    use fleetmesh_protocol::keys::{Node, Policy, Release, Root, SecretKey};
+    use fleetmesh_protocol::member::Membership;
+    use fleetmesh_protocol::{codec, Manifest, RoleKeys, Signed, TrustChain, TrustState};
+
+    let lab = Lab::new();
+    let v1 = lab.write_image("v1.img", &image(1, 300_000));
+    let id = lab.publish(&v1, "1.0.0")["release_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let policy = lab.root.join("policy.toml");
+    fs::write(&policy, "").expect("policy");
+    ok(&[
+        "policy",
+        "apply",
+        "--dir",
+        lab.d(),
+        policy.to_str().expect("utf-8"),
+    ]);
+    let node = SecretKey::<Node>::from_seed([7; 32]).public().to_string();
+    ok(&[
+        "enroll",
+        "--dir",
+        lab.d(),
+        "--node-key",
+        &node,
+        "--site",
+        "a",
+    ]);
+
+    // The root goes offline.
+    let keys = lab.dir.join("keys");
+    let offline = lab.root.join("root.key");
+    fs::rename(keys.join("root.key"), &offline).expect("take the root offline");
+    let old_release: SecretKey<Release> =
+        fleetmesh_node::keyfile::read(&keys.join("release.key")).expect("key");
+    let before = lab.snapshot();
+    let err = fails(&["rotate-key", "--dir", lab.d(), "--role", "release"]);
+    assert!(err.contains("--root-key"), "{err}");
+    let wrong = lab.root.join("wrong.key");
+    fleetmesh_node::keyfile::write(&wrong, &SecretKey::<Root>::from_seed([9; 32])).expect("write");
+    let err = fails(&[
+        "rotate-key",
+        "--dir",
+        lab.d(),
+        "--role",
+        "release",
+        "--root-key",
+        wrong.to_str().expect("utf-8"),
+    ]);
+    assert!(err.contains("cannot sign the next trust document"), "{err}");
+    assert_eq!(
+        lab.snapshot(),
+        before,
+        "a refused rotation changed the seed"
+    );
+
+    let out: serde_json::Value = serde_json::from_str(&ok(&[
+        "rotate-key",
+        "--dir",
+        lab.d(),
+        "--role",
+        "release",
+        "--root-key",
+        offline.to_str().expect("utf-8"),
+    ]))
+    .expect("json");
+    assert_eq!(out["trust_version"], 2);
+    assert_eq!(out["manifests"], 1);
+    ok(&["verify", "--dir", lab.d()]);
+    let root: fleetmesh_protocol::keys::PublicKey<Root> =
+        fs::read_to_string(lab.dir.join("root.pub"))
+            .expect("root.pub")
+            .trim()
+            .parse()
+            .expect("key");
+    let trust = || {
+        let chain: TrustChain =
+            codec::decode(&fs::read(lab.dir.join("trust.chain")).expect("chain")).expect("decode");
+        TrustState::from_chain(RoleKeys::single(root), &chain).expect("chain verifies")
+    };
+    let now = fleetmesh_node::cli::unix_now();
+    let served: Signed<Manifest> = codec::decode(
+        &fs::read(lab.dir.join("releases").join(format!("{id}.manifest"))).expect("manifest"),
+    )
+    .expect("decode");
+    served
+        .verify_release(&trust(), now)
+        .expect("the re-signed manifest verifies");
+    assert_eq!(
+        served.release_id().to_string(),
+        id,
+        "re-signing changed the release id"
+    );
+    let by_old =
+        Signed::sign(&served.unverified_body().expect("body"), &[&old_release]).expect("signs");
+    assert!(
+        by_old.verify_release(&trust(), now).is_err(),
+        "the old release key still signs"
+    );
+    let v2 = lab.write_image("v2.img", &image(2, 300_000));
+    lab.publish(&v2, "1.1.0");
+    ok(&["verify", "--dir", lab.d()]);
+
+    let out: serde_json::Value = serde_json::from_str(&ok(&[
+        "rotate-key",
+        "--dir",
+        lab.d(),
+        "--role",
+        "policy",
+        "--root-key",
+        offline.to_str().expect("utf-8"),
+    ]))
+    .expect("json");
+    assert_eq!(out["trust_version"], 3);
+    assert_eq!(out["policy_version"], 2);
+    assert_eq!(out["credentials"], 1);
+    let show: serde_json::Value =
+        serde_json::from_str(&ok(&["policy", "show", "--dir", lab.d(), "--json"])).expect("json");
+    assert_eq!(show["version"], 2, "{show}");
+    let members = lab.dir.join("members");
+    let cred = fs::read_dir(&members)
+        .expect("members")
+        .flatten()
+        .find(|e| e.path().extension().is_some_and(|x| x == "cred"))
+        .expect("a credential")
+        .path();
+    let signed: Signed<Membership> =
+        codec::decode(&fs::read(&cred).expect("read")).expect("decode");
+    let key = signed.unverified_body().expect("body").node;
+    signed
+        .verify_member(&trust(), &key, &[], now)
+        .expect("the re-signed credential verifies");
+    let _: SecretKey<Policy> = fleetmesh_node::keyfile::read(&keys.join("policy.key"))
+        .expect("the new policy key is in place");
+    assert!(!keys.join("policy.key.next").exists() && !keys.join("release.key.next").exists());
+}
