@@ -38,7 +38,7 @@ use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::{behaviour::toggle::Toggle, NetworkBehaviour, SwarmEvent};
-use libp2p::{identify, identity::Keypair, kad, mdns, noise, tcp, yamux};
+use libp2p::{connection_limits, identify, identity::Keypair, kad, mdns, noise, tcp, yamux};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm};
 use release::{verify_chunks, Release};
 use status::{MeshStatus, ReleaseStatus, MESH_STATUS_FILE};
@@ -50,6 +50,12 @@ use tokio::sync::mpsc;
 
 /// Most inbound chunk requests being read or paced at once; more get `Busy`.
 pub const MAX_SERVING: usize = 64;
+/// Most of those for one peer, so that one peer cannot take every slot.
+const MAX_SERVING_PER_PEER: usize = MAX_SERVING / 2;
+/// Connections still handshaking, each way.
+const MAX_PENDING_CONNECTIONS: u32 = 64;
+/// Connections to one peer (dials may cross, over QUIC and TCP).
+const MAX_CONNECTIONS_PER_PEER: u32 = 4;
 /// A request waits at most this long for upload tokens; longer gets `Busy`.
 const MAX_UPLOAD_WAIT: Duration = Duration::from_secs(2);
 /// Rejected messages (gossip, hello) after which a peer is banned.
@@ -186,6 +192,7 @@ fn net_err(e: impl std::fmt::Display) -> MeshError {
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    limits: connection_limits::Behaviour,
     gossip: gossipsub::Behaviour,
     exchange: request_response::Behaviour<ExchangeCodec>,
     identify: identify::Behaviour,
@@ -277,6 +284,8 @@ struct Mesh {
     down: TokenBucket,
     up: TokenBucket,
     serving: usize,
+    /// Of those, per peer.
+    serving_by: HashMap<PeerId, usize>,
     done_tx: mpsc::Sender<Done>,
     last_have: Instant,
     last_status: Instant,
@@ -386,6 +395,9 @@ fn gossip_score() -> gossipsub::PeerScoreParams {
 fn build_swarm(p: &Params) -> Result<Swarm<Behaviour>, MeshError> {
     let agent = agent(p.role, &p.site, &p.platform);
     let use_mdns = p.mdns;
+    // Room for every peer twice over, plus strangers being refused.
+    let max_connections =
+        u32::try_from(p.max_peers.saturating_mul(2).saturating_add(32)).unwrap_or(u32::MAX);
     let swarm = libp2p::SwarmBuilder::with_existing_identity(p.keypair.clone())
         .with_tokio()
         .with_tcp(
@@ -441,7 +453,13 @@ fn build_swarm(p: &Params) -> Result<Swarm<Behaviour>, MeshError> {
             } else {
                 None
             };
+            let limits = connection_limits::ConnectionLimits::default()
+                .with_max_pending_incoming(Some(MAX_PENDING_CONNECTIONS))
+                .with_max_pending_outgoing(Some(MAX_PENDING_CONNECTIONS))
+                .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
+                .with_max_established(Some(max_connections));
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Behaviour {
+                limits: connection_limits::Behaviour::new(limits),
                 gossip,
                 exchange,
                 identify,
@@ -502,6 +520,7 @@ impl Mesh {
             down: TokenBucket::new(p.download_cap, p.download_cap / 4),
             up: TokenBucket::new(p.upload_cap, p.upload_cap / 4),
             serving: 0,
+            serving_by: HashMap::new(),
             done_tx,
             last_have: now,
             last_status: now,
@@ -1437,7 +1456,11 @@ impl Mesh {
             }
         };
         let now = self.now();
-        if self.serving >= MAX_SERVING || self.up.wait_for(now, estimate) > MAX_UPLOAD_WAIT {
+        let by_peer = self.serving_by.get(&peer).copied().unwrap_or(0);
+        if self.serving >= MAX_SERVING
+            || by_peer >= MAX_SERVING_PER_PEER
+            || self.up.wait_for(now, estimate) > MAX_UPLOAD_WAIT
+        {
             let _ = self
                 .swarm
                 .behaviour_mut()
@@ -1447,6 +1470,7 @@ impl Mesh {
         }
         let delay = self.up.reserve(now, estimate);
         self.serving += 1;
+        *self.serving_by.entry(peer).or_insert(0) += 1;
         let files = self.p.files.clone();
         let tx = self.done_tx.clone();
         let corrupt = self.p.chaos_corrupt_uploads;
@@ -1641,6 +1665,12 @@ impl Mesh {
                 response,
             } => {
                 self.serving = self.serving.saturating_sub(1);
+                if let Some(n) = self.serving_by.get_mut(&peer) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.serving_by.remove(&peer);
+                    }
+                }
                 if let Response::Chunks(chunks) = &response {
                     let bytes: u64 = chunks.iter().flatten().map(|c| c.len() as u64).sum();
                     self.p.metrics.sent(self.class_of(&peer), bytes);
