@@ -525,7 +525,12 @@ impl Mesh {
             last_have: now,
             last_status: now,
             last_announce: now - ANNOUNCE_EVERY,
-            last_discover: now,
+            // The first Kademlia round 2 s after start, once the bootstrap
+            // peers are connected: a restarted node finds its site again
+            // at once, not after DISCOVER_EVERY.
+            last_discover: now
+                .checked_sub(DISCOVER_EVERY - Duration::from_secs(2))
+                .unwrap_or(now),
             last_imports: now,
             imported: BTreeSet::new(),
             chain_file_len: 0,
