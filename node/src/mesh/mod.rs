@@ -1277,7 +1277,9 @@ impl Mesh {
         }
         let member = self.check_member(&peer, hello.member.as_ref())?;
         let Some(state) = self.peers.get_mut(&peer) else {
-            return Err("not connected".into());
+            // Disconnected meanwhile (or refused for the limits): nothing
+            // to hold against it.
+            return Ok(());
         };
         state.info = Some(PeerInfo {
             site: member.site.clone(),
