@@ -103,6 +103,15 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// List the nodes enrolled (and expired or revoked) by site.
+    Members {
+        /// Seed directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove a node from the fleet: sign a policy version that revokes
     /// its credentials; the running seed gossips it and every peer drops
     /// the node within seconds.
@@ -318,6 +327,28 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 cli::unix_now(),
             )?;
             println!("{}", serde_json::to_string(&done)?);
+        }
+        Command::Members { dir, json } => {
+            let list = members::list(&Seed::open(&dir)?, cli::unix_now())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "{:<16} {:<9} {:<11} NODE", "SITE", "STATUS", "EXPIRES")
+                    .context("write to stdout")?;
+                for m in &list {
+                    let expires = jiff::Timestamp::from_second(m.expires_at.0 as i64).map_or_else(
+                        |_| m.expires_at.to_string(),
+                        |t| t.strftime("%Y-%m-%d").to_string(),
+                    );
+                    writeln!(
+                        out,
+                        "{:<16} {:<9} {:<11} {}",
+                        m.site, m.status, expires, m.node_id
+                    )
+                    .context("write to stdout")?;
+                }
+            }
         }
         Command::Revoke { dir, node_key } => {
             let seed = Seed::open(&dir)?;

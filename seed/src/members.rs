@@ -199,3 +199,59 @@ pub fn renew_own(seed: &Seed, node: PublicKey<Node>, now: UnixTime) -> Result<Pa
     }
     Ok(path)
 }
+
+/// One issued credential, as `members` lists it.
+#[derive(Debug, Serialize)]
+pub struct Member {
+    /// The node's peer id.
+    pub node_id: String,
+    /// Its site.
+    pub site: String,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// When the credential was issued.
+    pub issued_at: UnixTime,
+    /// When it expires.
+    pub expires_at: UnixTime,
+    /// `enrolled`, `expired` or `revoked`.
+    pub status: &'static str,
+}
+
+/// Every credential issued (newest per node), revoked ones too, by site
+/// and peer id. An unreadable file is an error naming it.
+pub fn list(seed: &Seed, now: UnixTime) -> Result<Vec<Member>> {
+    let dir = members_dir(seed);
+    let mut out = Vec::new();
+    for (sub, revoked) in [(dir.clone(), false), (dir.join("revoked"), true)] {
+        let Ok(entries) = std::fs::read_dir(&sub) else {
+            continue;
+        };
+        for path in entries.flatten().map(|e| e.path()) {
+            if path.extension().is_none_or(|x| x != "cred") {
+                continue;
+            }
+            let Some((_, m)) =
+                read_credential(&path).map_err(|e| SeedError::BadArgument(e.to_string()))?
+            else {
+                continue;
+            };
+            let status = if revoked {
+                "revoked"
+            } else if now >= m.expires_at {
+                "expired"
+            } else {
+                "enrolled"
+            };
+            out.push(Member {
+                node_id: peer_id(&m.node),
+                site: m.site,
+                labels: m.labels,
+                issued_at: m.issued_at,
+                expires_at: m.expires_at,
+                status,
+            });
+        }
+    }
+    out.sort_by(|a, b| (&a.site, &a.node_id).cmp(&(&b.site, &b.node_id)));
+    Ok(out)
+}

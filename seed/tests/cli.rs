@@ -647,4 +647,12 @@ fn rotating_keys_with_an_offline_root_revokes_the_old_ones() {
     let _: SecretKey<Policy> = fleetmesh_node::keyfile::read(&keys.join("policy.key"))
         .expect("the new policy key is in place");
     assert!(!keys.join("policy.key.next").exists() && !keys.join("release.key.next").exists());
+    let members: serde_json::Value =
+        serde_json::from_str(&ok(&["members", "--dir", lab.d(), "--json"])).expect("json");
+    assert_eq!(members[0]["site"], "a", "{members}");
+    assert_eq!(members[0]["status"], "enrolled", "{members}");
+    ok(&["revoke", "--dir", lab.d(), "--node-key", &node]);
+    let members: serde_json::Value =
+        serde_json::from_str(&ok(&["members", "--dir", lab.d(), "--json"])).expect("json");
+    assert_eq!(members[0]["status"], "revoked", "{members}");
 }
