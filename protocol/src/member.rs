@@ -146,38 +146,8 @@ impl Signed<Membership> {
 mod tests {
     use super::*;
     use crate::codec;
-    use crate::keys::{Release, Root, SecretKey};
-    use crate::signed::RoleKeys;
-    use crate::trust::{TrustChain, TrustDoc};
-
-    struct Fleet {
-        trust: TrustState,
-        policy: SecretKey<Policy>,
-        release: SecretKey<Release>,
-    }
-
-    fn fleet() -> Fleet {
-        let root = SecretKey::<Root>::from_seed([1; 32]);
-        let policy = SecretKey::<Policy>::from_seed([2; 32]);
-        let release = SecretKey::<Release>::from_seed([3; 32]);
-        let doc = TrustDoc {
-            version: 1,
-            issued_at: UnixTime(0),
-            expires_at: UnixTime(10_000),
-            root: RoleKeys::single(root.public()),
-            release: RoleKeys::single(release.public()),
-            policy: RoleKeys::single(policy.public()),
-        };
-        let chain = TrustChain {
-            docs: vec![Signed::sign(&doc, &[&root]).expect("signs")],
-        };
-        let trust = TrustState::from_chain(RoleKeys::single(root.public()), &chain).expect("chain");
-        Fleet {
-            trust,
-            policy,
-            release,
-        }
-    }
+    use crate::keys::SecretKey;
+    use crate::tests::fixture as fleet;
 
     fn credential(node: PublicKey<Node>, issued: u64) -> Membership {
         Membership {
@@ -192,7 +162,7 @@ mod tests {
 
     #[test]
     fn a_credential_verifies_only_for_its_key_while_valid_and_unrevoked() {
-        let f = fleet();
+        let f = fleet(1);
         let me = SecretKey::<Node>::from_seed([9; 32]).public();
         let other = SecretKey::<Node>::from_seed([8; 32]).public();
         let signed = Signed::sign(&credential(me, 100), &[&f.policy]).expect("signs");
@@ -235,7 +205,7 @@ mod tests {
 
     #[test]
     fn a_credential_needs_the_policy_key() {
-        let f = fleet();
+        let f = fleet(1);
         let me = SecretKey::<Node>::from_seed([9; 32]).public();
         // A node cannot enroll itself, and the release key is not the policy key.
         let own = SecretKey::<Policy>::from_seed([9; 32]);

@@ -8,13 +8,15 @@ use proptest::prelude::*;
 use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
 
-struct Fixture {
-    release: SecretKey<Release>,
-    trust: TrustState,
-    chain: TrustChain,
+pub(crate) struct Fixture {
+    pub(crate) release: SecretKey<Release>,
+    pub(crate) policy: SecretKey<Policy>,
+    pub(crate) trust: TrustState,
+    pub(crate) chain: TrustChain,
 }
 
-fn fixture(seed: u64) -> Fixture {
+/// A fleet with one trust document (valid from 0 to 10,000) and its keys.
+pub(crate) fn fixture(seed: u64) -> Fixture {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let root = SecretKey::<Root>::generate(&mut rng);
     let release = SecretKey::<Release>::generate(&mut rng);
@@ -33,6 +35,7 @@ fn fixture(seed: u64) -> Fixture {
     let trust = TrustState::from_chain(RoleKeys::single(root.public()), &chain).expect("chain");
     Fixture {
         release,
+        policy,
         trust,
         chain,
     }

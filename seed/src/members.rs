@@ -223,18 +223,7 @@ pub fn list(seed: &Seed, now: UnixTime) -> Result<Vec<Member>> {
     let dir = members_dir(seed);
     let mut out = Vec::new();
     for (sub, revoked) in [(dir.clone(), false), (dir.join("revoked"), true)] {
-        let Ok(entries) = std::fs::read_dir(&sub) else {
-            continue;
-        };
-        for path in entries.flatten().map(|e| e.path()) {
-            if path.extension().is_none_or(|x| x != "cred") {
-                continue;
-            }
-            let Some((_, m)) =
-                read_credential(&path).map_err(|e| SeedError::BadArgument(e.to_string()))?
-            else {
-                continue;
-            };
+        for (_, m) in credentials_in(&sub)? {
             let status = if revoked {
                 "revoked"
             } else if now >= m.expires_at {
@@ -253,5 +242,24 @@ pub fn list(seed: &Seed, now: UnixTime) -> Result<Vec<Member>> {
         }
     }
     out.sort_by(|a, b| (&a.site, &a.node_id).cmp(&(&b.site, &b.node_id)));
+    Ok(out)
+}
+
+/// The `.cred` files in `dir` (none if it does not exist) and what they say.
+pub fn credentials_in(dir: &std::path::Path) -> Result<Vec<(PathBuf, Membership)>> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for path in entries.flatten().map(|e| e.path()) {
+        if path.extension().is_none_or(|x| x != "cred") {
+            continue;
+        }
+        if let Some((_, m)) =
+            read_credential(&path).map_err(|e| SeedError::BadArgument(e.to_string()))?
+        {
+            out.push((path, m));
+        }
+    }
     Ok(out)
 }

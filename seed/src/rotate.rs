@@ -13,7 +13,6 @@
 
 use crate::layout::Seed;
 use crate::{Result, SeedError};
-use fleetmesh_node::daemon::read_credential;
 use fleetmesh_node::fsutil::{self, Context};
 use fleetmesh_node::keyfile;
 use fleetmesh_protocol::keys::{Policy, Release, Role, Root, SecretKey};
@@ -184,22 +183,9 @@ fn resign_manifests(seed: &Seed, key: &SecretKey<Release>) -> Result<usize> {
 
 /// Signs every credential in `members/` again.
 fn resign_credentials(seed: &Seed, key: &SecretKey<Policy>) -> Result<usize> {
-    let dir = seed.layout.dir().join("members");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return Ok(0);
-    };
-    let mut n = 0;
-    for path in entries.flatten().map(|e| e.path()) {
-        if path.extension().is_none_or(|x| x != "cred") {
-            continue;
-        }
-        let Some((_, m)) =
-            read_credential(&path).map_err(|e| SeedError::BadArgument(e.to_string()))?
-        else {
-            continue;
-        };
-        fsutil::write_atomic(&path, &codec::encode(&Signed::sign(&m, &[key])?)?, 0o644)?;
-        n += 1;
+    let issued = crate::members::credentials_in(&seed.layout.dir().join("members"))?;
+    for (path, m) in &issued {
+        fsutil::write_atomic(path, &codec::encode(&Signed::sign(m, &[key])?)?, 0o644)?;
     }
-    Ok(n)
+    Ok(issued.len())
 }

@@ -547,6 +547,19 @@ fn rotating_keys_with_an_offline_root_revokes_the_old_ones() {
     fs::rename(keys.join("root.key"), &offline).expect("take the root offline");
     let old_release: SecretKey<Release> =
         fleetmesh_node::keyfile::read(&keys.join("release.key")).expect("key");
+    let rotate = |role: &str| -> serde_json::Value {
+        let root = offline.to_str().expect("utf-8");
+        let args = [
+            "rotate-key",
+            "--dir",
+            lab.d(),
+            "--role",
+            role,
+            "--root-key",
+            root,
+        ];
+        serde_json::from_str(&ok(&args)).expect("json")
+    };
     let before = lab.snapshot();
     let err = fails(&["rotate-key", "--dir", lab.d(), "--role", "release"]);
     assert!(err.contains("--root-key"), "{err}");
@@ -568,16 +581,7 @@ fn rotating_keys_with_an_offline_root_revokes_the_old_ones() {
         "a refused rotation changed the seed"
     );
 
-    let out: serde_json::Value = serde_json::from_str(&ok(&[
-        "rotate-key",
-        "--dir",
-        lab.d(),
-        "--role",
-        "release",
-        "--root-key",
-        offline.to_str().expect("utf-8"),
-    ]))
-    .expect("json");
+    let out = rotate("release");
     assert_eq!(out["trust_version"], 2);
     assert_eq!(out["manifests"], 1);
     ok(&["verify", "--dir", lab.d()]);
@@ -615,16 +619,7 @@ fn rotating_keys_with_an_offline_root_revokes_the_old_ones() {
     lab.publish(&v2, "1.1.0");
     ok(&["verify", "--dir", lab.d()]);
 
-    let out: serde_json::Value = serde_json::from_str(&ok(&[
-        "rotate-key",
-        "--dir",
-        lab.d(),
-        "--role",
-        "policy",
-        "--root-key",
-        offline.to_str().expect("utf-8"),
-    ]))
-    .expect("json");
+    let out = rotate("policy");
     assert_eq!(out["trust_version"], 3);
     assert_eq!(out["policy_version"], 2);
     assert_eq!(out["credentials"], 1);
