@@ -143,17 +143,14 @@ pub fn init(
     );
     fsutil::write_atomic(&config_path, text.as_bytes(), 0o644)?;
     fsutil::fsync_dir(dir)?;
-    Ok(peer_id_of(&key).to_string())
+    Ok(mesh::peer_id_of(&key.public()).to_string())
 }
 
-fn keypair_of(key: &SecretKey<Node>) -> libp2p::identity::Keypair {
+/// A node key as a libp2p identity.
+pub fn keypair_of(key: &SecretKey<Node>) -> libp2p::identity::Keypair {
     let mut seed = key.seed();
     libp2p::identity::Keypair::ed25519_from_bytes(seed.as_mut_slice())
         .expect("an ed25519 seed is always 32 bytes")
-}
-
-fn peer_id_of(key: &SecretKey<Node>) -> libp2p::PeerId {
-    keypair_of(key).public().to_peer_id()
 }
 
 /// The node's key as a libp2p identity.
@@ -279,7 +276,7 @@ pub fn node_params(
     let node_key = keyfile::read::<Node>(&key_path)?;
     check_credential(&dir.join(MEMBER_FILE), &node_key.public(), &m.site)?;
     Ok(mesh::Params {
-        keypair: node_keypair(&key_path)?,
+        keypair: keypair_of(&node_key),
         node_key: Some(node_key),
         labels: m.labels.clone(),
         role: Role::Node,

@@ -59,13 +59,9 @@ pub fn parse_node_key(s: &str) -> Result<PublicKey<Node>> {
         })
 }
 
-/// The peer id of a node key.
+/// The peer id of a node key, as text.
 pub fn peer_id(key: &PublicKey<Node>) -> String {
-    let public = libp2p::identity::ed25519::PublicKey::try_from_bytes(&key.to_bytes())
-        .expect("a node key is a valid ed25519 key");
-    libp2p::identity::PublicKey::from(public)
-        .to_peer_id()
-        .to_string()
+    fleetmesh_node::mesh::peer_id_of(key).to_string()
 }
 
 fn members_dir(seed: &Seed) -> PathBuf {

@@ -34,15 +34,12 @@ pub fn export_manifests(seed: &Seed, store: &ChunkStore) -> Result<usize> {
 }
 
 /// The seed's mesh identity, `keys/node.key`, created on first run.
-fn node_key(
-    seed: &Seed,
-    rng: &mut impl rand_core::CryptoRngCore,
-) -> Result<libp2p::identity::Keypair> {
+fn node_key(seed: &Seed, rng: &mut impl rand_core::CryptoRngCore) -> Result<SecretKey<Node>> {
     let path = seed.layout.keys().join("node.key");
     if !path.exists() {
         keyfile::write(&path, &SecretKey::<Node>::generate(rng))?;
     }
-    fleetmesh_node::daemon::node_keypair(&path).map_err(Into::into)
+    Ok(keyfile::read(&path)?)
 }
 
 /// The public half of the seed's mesh identity.
@@ -68,11 +65,11 @@ pub fn params(
         .map_err(crate::SeedError::BadArgument)?;
     let run = seed.layout.run();
     std::fs::create_dir_all(&run).ctx("create", &run)?;
-    let keypair = node_key(seed, rng)?;
+    let key = node_key(seed, rng)?;
     let member_file =
-        crate::members::renew_own(seed, own_node_key(seed)?, fleetmesh_node::cli::unix_now())?;
+        crate::members::renew_own(seed, key.public(), fleetmesh_node::cli::unix_now())?;
     Ok(mesh::Params {
-        keypair,
+        keypair: fleetmesh_node::daemon::keypair_of(&key),
         node_key: None,
         labels: Default::default(),
         role: Role::Seed,

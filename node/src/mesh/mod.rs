@@ -333,6 +333,13 @@ struct Wanted {
     holders: BTreeSet<PeerId>,
 }
 
+/// The peer id of a node key.
+pub fn peer_id_of(key: &PublicKey<Node>) -> PeerId {
+    let public = libp2p::identity::ed25519::PublicKey::try_from_bytes(&key.to_bytes())
+        .expect("a verified node key is a valid ed25519 key");
+    libp2p::identity::PublicKey::from(public).to_peer_id()
+}
+
 /// The node key a peer id stands for (ed25519 peer ids embed the key).
 pub fn node_key_of(peer: &PeerId) -> Option<PublicKey<Node>> {
     let key = libp2p::identity::PublicKey::try_decode_protobuf(peer.as_ref().digest()).ok()?;
@@ -1003,9 +1010,7 @@ impl Mesh {
     fn on_report(&mut self, data: &[u8]) -> Result<MessageAcceptance, String> {
         let envelope: ReportEnvelope = wire::decode(data).map_err(|e| e.to_string())?;
         let report = envelope.verify().map_err(|e| e.to_string())?;
-        let key = libp2p::identity::ed25519::PublicKey::try_from_bytes(&envelope.key.to_bytes())
-            .map_err(|e| e.to_string())?;
-        let peer = PeerId::from_public_key(&libp2p::identity::PublicKey::from(key));
+        let peer = peer_id_of(&envelope.key);
         if peer.to_string() != report.node_id {
             return Err(format!("report for {} signed by {peer}", report.node_id));
         }
