@@ -16,7 +16,7 @@ use crate::{Result, SeedError};
 use fleetmesh_node::fsutil::{self, Context};
 use fleetmesh_node::keyfile;
 use fleetmesh_protocol::keys::{Policy, Release, Role, Root, SecretKey};
-use fleetmesh_protocol::{codec, RoleKeys, Signed, TrustDoc, TrustState, UnixTime};
+use fleetmesh_protocol::{codec, RoleKeys, Signed, TrustChain, TrustDoc, TrustState, UnixTime};
 use serde::Serialize;
 use std::path::PathBuf;
 
@@ -78,7 +78,7 @@ pub fn rotate(
     now: UnixTime,
     rng: &mut impl rand_core::CryptoRngCore,
 ) -> Result<Rotated> {
-    let mut chain = seed.trust_chain()?;
+    let chain = seed.trust_chain()?;
     seed.trust()?;
     let last = chain
         .docs
@@ -92,41 +92,23 @@ pub fn rotate(
         expires_at: current.expires_at.max(now.plus_secs(TRUST_DAYS * 86_400)),
         ..current
     };
-    let (new_key, aside) = match role {
+    let signers: Vec<&SecretKey<Root>> = roots.iter().collect();
+    let (manifests, policy_version, credentials, new_key) = match role {
         Rotate::Release => {
             let key = SecretKey::<Release>::generate(rng);
             doc.release = RoleKeys::single(key.public());
-            (key.public().to_string(), write_aside(seed, &key)?)
+            extend_chain(seed, chain, &doc, &signers, &key)?;
+            (
+                resign_manifests(seed, &key)?,
+                None,
+                0,
+                key.public().to_string(),
+            )
         }
         Rotate::Policy => {
             let key = SecretKey::<Policy>::generate(rng);
             doc.policy = RoleKeys::single(key.public());
-            (key.public().to_string(), write_aside(seed, &key)?)
-        }
-    };
-    let signers: Vec<&SecretKey<Root>> = roots.iter().collect();
-    chain.docs.push(Signed::sign(&doc, &signers)?);
-    if let Err(e) = TrustState::from_chain(seed.root_keys()?, &chain) {
-        let _ = std::fs::remove_file(&aside);
-        return Err(SeedError::BadArgument(format!(
-            "the root key(s) given cannot sign the next trust document: {e}"
-        )));
-    }
-    fsutil::write_atomic(&seed.layout.trust_chain(), &codec::encode(&chain)?, 0o644)?;
-    let (manifests, policy_version, credentials) = match role {
-        Rotate::Release => {
-            let path = seed.layout.key::<Release>();
-            std::fs::rename(&aside, &path).ctx("move into place", &aside)?;
-            (
-                resign_manifests(seed, &keyfile::read::<Release>(&path)?)?,
-                None,
-                0,
-            )
-        }
-        Rotate::Policy => {
-            let path = seed.layout.key::<Policy>();
-            std::fs::rename(&aside, &path).ctx("move into place", &aside)?;
-            let key = keyfile::read::<Policy>(&path)?;
+            extend_chain(seed, chain, &doc, &signers, &key)?;
             let policy_version = match crate::policy::current(seed)? {
                 Some((mut p, _)) => {
                     p.version += 1;
@@ -142,7 +124,8 @@ pub fn rotate(
             if own.exists() {
                 std::fs::remove_file(&own).ctx("remove", &own)?;
             }
-            (0, policy_version, resign_credentials(seed, &key)?)
+            let credentials = resign_credentials(seed, &key)?;
+            (0, policy_version, credentials, key.public().to_string())
         }
     };
     Ok(Rotated {
@@ -154,10 +137,29 @@ pub fn rotate(
     })
 }
 
-fn write_aside<R: Role>(seed: &Seed, key: &SecretKey<R>) -> Result<PathBuf> {
-    let path = seed.layout.keys().join(format!("{}.key.next", R::NAME));
-    keyfile::write(&path, key)?;
-    Ok(path)
+/// Writes `key` aside, appends `doc` signed by `roots` to `chain` and
+/// checks it from `root.pub` (a refusal removes the key again), writes the
+/// chain, then moves the key into place.
+fn extend_chain<R: Role>(
+    seed: &Seed,
+    mut chain: TrustChain,
+    doc: &TrustDoc,
+    roots: &[&SecretKey<Root>],
+    key: &SecretKey<R>,
+) -> Result<()> {
+    let path = seed.layout.key::<R>();
+    let aside = path.with_extension("key.next");
+    keyfile::write(&aside, key)?;
+    chain.docs.push(Signed::sign(doc, roots)?);
+    if let Err(e) = TrustState::from_chain(seed.root_keys()?, &chain) {
+        let _ = std::fs::remove_file(&aside);
+        return Err(SeedError::BadArgument(format!(
+            "the root key(s) given cannot sign the next trust document: {e}"
+        )));
+    }
+    fsutil::write_atomic(&seed.layout.trust_chain(), &codec::encode(&chain)?, 0o644)?;
+    std::fs::rename(&aside, &path).ctx("move into place", &aside)?;
+    Ok(())
 }
 
 /// Signs every manifest again (same body, so the same release id), in
