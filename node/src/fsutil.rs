@@ -98,6 +98,13 @@ pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), IoError> {
     file.sync_all().ctx("fsync", path)
 }
 
+/// A file's modification time, `None` if it cannot be read (absent): what
+/// the daemons compare to notice that a file another process writes has
+/// changed.
+pub fn mtime(path: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
 /// fsyncs a directory, making renames and creations in it durable.
 pub fn fsync_dir(dir: &Path) -> Result<(), IoError> {
     File::open(dir)

@@ -376,20 +376,21 @@ fn boot(dir: &Path, store: &ChunkStore, once: bool) -> anyhow::Result<Next> {
     }
     let chain_path = dir.join("trust.chain");
     let policy_path = dir.join(daemon::POLICY_FILE);
-    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     // None: load on the first pass too. The mesh may have saved a chain
     // between `Updater::start` and here, and that must not be missed.
     let mut chain_seen = None;
     let mut policy_seen = None;
     loop {
         // The mesh rewrites the chain and the policy when peers bring newer ones.
-        if mtime(&chain_path) != chain_seen {
-            chain_seen = mtime(&chain_path);
+        let chain_now = fsutil::mtime(&chain_path);
+        if chain_now != chain_seen {
+            chain_seen = chain_now;
             updater.set_trust(daemon::trust_state(dir)?);
             policy_seen = None;
         }
-        if mtime(&policy_path) != policy_seen {
-            policy_seen = mtime(&policy_path);
+        let policy_now = fsutil::mtime(&policy_path);
+        if policy_now != policy_seen {
+            policy_seen = policy_now;
             match daemon::policy_gate(dir, &config, cli::unix_now()) {
                 Ok(gate) => updater.set_policy(gate),
                 Err(e) => tracing::warn!("policy not used: {}", cli::error_line(e.as_ref())),

@@ -1055,19 +1055,17 @@ impl Mesh {
     /// does not verify is still presented (the trust chain may not have
     /// arrived yet), but logged.
     fn load_member(&mut self) {
-        let modified = std::fs::metadata(&self.p.member_file)
-            .and_then(|m| m.modified())
-            .ok();
+        let modified = fsutil::mtime(&self.p.member_file);
         if modified == self.member_seen {
             return;
         }
         self.member_seen = modified;
         let path = self.p.member_file.display();
-        let Some(_) = modified else {
+        if modified.is_none() {
             tracing::error!("{path}: no membership credential: peers will refuse this node until it is enrolled (fleetmesh-seed enroll)");
             self.member = None;
             return;
-        };
+        }
         match std::fs::read(&self.p.member_file)
             .map_err(|e| e.to_string())
             .and_then(|b| wire::decode::<Signed<Membership>>(&b).map_err(|e| e.to_string()))
@@ -1165,9 +1163,7 @@ impl Mesh {
     /// Loads the policy file (the seed's current policy, or the one a node
     /// accepted before a restart) if it changed.
     fn load_policy(&mut self) {
-        let modified = std::fs::metadata(&self.p.policy_file)
-            .and_then(|m| m.modified())
-            .ok();
+        let modified = fsutil::mtime(&self.p.policy_file);
         if modified.is_none() || modified == self.policy_seen {
             return;
         }
@@ -1221,9 +1217,7 @@ impl Mesh {
                 tracing::error!("cannot save policy: {e}");
                 return Ok(MessageAcceptance::Ignore);
             }
-            self.policy_seen = std::fs::metadata(&self.p.policy_file)
-                .and_then(|m| m.modified())
-                .ok();
+            self.policy_seen = fsutil::mtime(&self.p.policy_file);
         }
         tracing::info!(version = doc.version, "policy accepted");
         self.policy = Some((doc, bytes.to_vec()));
@@ -1882,7 +1876,7 @@ impl Mesh {
         // The updater rewrites its status file whenever it re-checks a
         // staged release; only a different content is a change to report.
         let path = self.p.run_dir.join(crate::updater::STATUS_FILE);
-        let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        let modified = fsutil::mtime(&path);
         let mut changed = false;
         if modified != self.update_seen.0 {
             self.update_seen.0 = modified;
