@@ -1117,14 +1117,14 @@ impl Mesh {
     /// Drops members whose credential expired or was revoked, and peers
     /// that did not present a valid one within [`MEMBER_GRACE`].
     fn check_members(&mut self) {
-        let now = Instant::now();
+        let (now, unix_now) = (Instant::now(), crate::cli::unix_now());
         let (mut refuse, mut silent) = (Vec::new(), Vec::new());
         for (peer, state) in &self.peers {
             let why = match &state.member {
                 Some(m) if m.is_revoked(self.revoked()) => {
                     Some("its membership was revoked".to_owned())
                 }
-                Some(m) if crate::cli::unix_now() >= m.expires_at => {
+                Some(m) if unix_now >= m.expires_at => {
                     Some("its membership credential expired".to_owned())
                 }
                 Some(_) => None,
