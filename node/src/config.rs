@@ -32,6 +32,20 @@ pub struct NodeConfig {
     /// The local HTTP API.
     #[serde(default)]
     pub api: ApiConfig,
+    /// The chunk store.
+    #[serde(default)]
+    pub store: StoreConfig,
+}
+
+/// `[store]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Most bytes the chunk files may take; 0 means no cap. Over it, the
+    /// node evicts releases older than the one it runs (never the active
+    /// or staged one, nor the policy's rollback target), and a download
+    /// that would not fit waits.
+    pub max_bytes: u64,
 }
 
 /// `[api]`: `GET /status` and `/metrics` over HTTP, off unless `listen` is

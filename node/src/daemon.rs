@@ -301,6 +301,7 @@ pub fn node_params(
         policy_file: dir.join(POLICY_FILE),
         chaos_corrupt_uploads: false,
         chaos_gossip: Vec::new(),
+        store_cap: config.store.max_bytes,
         metrics: Default::default(),
         member_file: dir.join(MEMBER_FILE),
     })

@@ -170,6 +170,32 @@ impl ChunkFiles {
         }
     }
 
+    /// Every chunk file: its id, its size on disk and when it was written.
+    /// Temp files are not listed.
+    pub fn list(&self) -> Result<Vec<(ChunkId, u64, std::time::SystemTime)>, StoreError> {
+        let mut out = Vec::new();
+        for shard in 0..=255u8 {
+            let dir = self.chunks.join(hex::encode([shard]));
+            let entries = match fs::read_dir(&dir) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                other => other.ctx("list", &dir)?,
+            };
+            for entry in entries {
+                let entry = entry.ctx("list", &dir)?;
+                let Ok(id) = entry.file_name().to_string_lossy().parse::<ChunkId>() else {
+                    continue;
+                };
+                // Gone since it was listed (evicted, or found corrupt): skip.
+                let Ok(meta) = entry.metadata() else {
+                    continue;
+                };
+                let written = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+                out.push((id, meta.len(), written));
+            }
+        }
+        Ok(out)
+    }
+
     /// Makes every chunk written so far durable (one `syncfs`).
     pub fn sync(&self) -> Result<(), StoreError> {
         Ok(fsutil::syncfs(&self.chunks)?)
@@ -340,12 +366,7 @@ impl ChunkStore {
                 }
                 Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
             })
-            .map_err(|e| match e {
-                sled::transaction::TransactionError::Storage(e) => StoreError::Db(e),
-                sled::transaction::TransactionError::Abort(()) => {
-                    StoreError::Db(sled::Error::Unsupported("transaction aborted".into()))
-                }
-            })?;
+            .map_err(tx_error)?;
         self.db.flush()?;
         Ok(())
     }
@@ -361,6 +382,20 @@ impl ChunkStore {
             });
         }
         self.manifests.insert(id.0, codec::encode(signed)?)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Forgets a recorded release (evicted): its manifest and info, in one
+    /// transaction, flushed. Its chunks are the caller's to remove.
+    pub fn forget_release(&self, id: &ReleaseId) -> Result<(), StoreError> {
+        (&self.manifests, &self.infos)
+            .transaction(|(m, i)| {
+                m.remove(&id.0)?;
+                i.remove(&id.0)?;
+                Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(tx_error)?;
         self.db.flush()?;
         Ok(())
     }
@@ -428,6 +463,15 @@ impl Drop for ChunkStore {
 }
 
 const TEMP_SUFFIX: &str = ".tmp";
+
+fn tx_error(e: sled::transaction::TransactionError<()>) -> StoreError {
+    match e {
+        sled::transaction::TransactionError::Storage(e) => StoreError::Db(e),
+        sled::transaction::TransactionError::Abort(()) => {
+            StoreError::Db(sled::Error::Unsupported("transaction aborted".into()))
+        }
+    }
+}
 
 /// sled 0.34 writes a snapshot to `snap.N.generating` and renames it when
 /// complete; a process killed in between leaves the partial file, and the

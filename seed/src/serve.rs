@@ -94,6 +94,7 @@ pub fn params(
         policy_file: crate::policy::current_path(seed),
         chaos_corrupt_uploads: false,
         chaos_gossip: Vec::new(),
+        store_cap: 0,
         metrics: Default::default(),
         member_file,
     })

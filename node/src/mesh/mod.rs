@@ -15,6 +15,7 @@
 //! signing and re-announcing them; it never downloads.
 
 pub mod codec;
+mod evict;
 pub mod release;
 pub mod status;
 
@@ -41,7 +42,7 @@ use libp2p::swarm::{behaviour::toggle::Toggle, NetworkBehaviour, SwarmEvent};
 use libp2p::{connection_limits, identify, identity::Keypair, kad, mdns, noise, tcp, yamux};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm};
 use release::{verify_chunks, Release};
-use status::{MeshStatus, ReleaseStatus, MESH_STATUS_FILE};
+use status::{MeshStatus, ReleaseStatus, StoreStatus, MESH_STATUS_FILE};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -146,6 +147,8 @@ pub struct Params {
     pub files: ChunkFiles,
     /// Nodes: the store that completed releases are recorded in.
     pub store: Option<Arc<ChunkStore>>,
+    /// Nodes: most bytes the chunk files may take (0: no cap).
+    pub store_cap: u64,
     /// Nodes: the key that signs status reports.
     pub node_key: Option<SecretKey<Node>>,
     /// Nodes: labels from the configuration (reported with site and platform).
@@ -265,6 +268,7 @@ enum Done {
         release: ReleaseId,
         result: Result<Vec<ChunkId>, String>,
     },
+    Evicted(Result<evict::Outcome, String>),
 }
 
 /// The mesh event loop.
@@ -320,6 +324,12 @@ struct Mesh {
     member: Option<Signed<Membership>>,
     member_seen: Option<std::time::SystemTime>,
     last_members: Instant,
+    /// The store cap: a pass runs, one is due, when the last one started,
+    /// and what it found.
+    evicting: bool,
+    evict_due: bool,
+    last_evict: Instant,
+    store: StoreStatus,
 }
 
 /// An announced release whose manifest this node wants.
@@ -554,6 +564,13 @@ impl Mesh {
             member: None,
             member_seen: None,
             last_members: now,
+            evicting: false,
+            evict_due: true,
+            last_evict: now,
+            store: StoreStatus {
+                max_bytes: p.store_cap,
+                ..Default::default()
+            },
             p,
         };
         mesh.labels = mesh.p.labels.clone();
@@ -732,6 +749,9 @@ impl Mesh {
         if self.p.role == Role::Seed || (recorded && release.all_present()) {
             release.complete = true;
         } else {
+            // With a store cap, a download waits for a pass to admit it.
+            release.admitted = self.p.store_cap == 0;
+            self.evict_due = true;
             let mut sched = Scheduler::new(
                 self.p.sched.clone(),
                 self.me.clone(),
@@ -1700,6 +1720,7 @@ impl Mesh {
                 bad,
             } => self.on_stored(release, req, peer, got, lacks, bytes, bad),
             Done::Verified { release, result } => self.on_verified(release, result),
+            Done::Evicted(outcome) => self.on_evicted(outcome),
         }
     }
 
@@ -1797,6 +1818,7 @@ impl Mesh {
                 }
                 r.complete = true;
                 r.sched = None;
+                self.evict_due = true;
                 tracing::info!(version = %info.version, release = %id, "release complete and verified");
                 self.write_status();
             }
@@ -1883,7 +1905,9 @@ impl Mesh {
             let content = std::fs::read(&path).ok();
             changed = content != self.update_seen.1;
             self.update_seen.1 = content;
+            self.evict_due |= changed;
         }
+        self.maybe_evict(now);
         if self.p.role == Role::Node && (changed || now - self.last_report >= REPORT_EVERY) {
             self.last_report = now;
             self.publish_report();
@@ -1930,6 +1954,7 @@ impl Mesh {
             banned: self.banned.keys().map(|p| p.to_string()).collect(),
             gossip_rejected: self.gossip_rejected,
             policy_version: self.policy.as_ref().map(|p| p.0.version),
+            store: (self.store.max_bytes > 0).then(|| self.store.clone()),
             nodes: self.reports.clone(),
         }
     }
@@ -2041,7 +2066,7 @@ impl Mesh {
         let mut to_send: Vec<(ReleaseId, Planned<PeerId>)> = Vec::new();
         let mut to_verify = Vec::new();
         for (id, r) in &mut self.releases {
-            if r.complete || r.verifying {
+            if r.complete || r.verifying || !r.admitted {
                 continue;
             }
             if r.all_present() {

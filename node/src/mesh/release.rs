@@ -27,7 +27,7 @@ pub struct Counters {
 pub struct Release {
     pub(crate) manifest: VerifiedManifest,
     /// Distinct chunks in first-appearance order, with their lengths.
-    pub(crate) pieces: Vec<(ChunkId, u32)>,
+    pub(crate) pieces: std::sync::Arc<[(ChunkId, u32)]>,
     index: HashMap<ChunkId, u32>,
     pub(crate) have: Bits,
     /// Pieces in the order they were gained, for incremental have-updates.
@@ -43,13 +43,15 @@ pub struct Release {
     pub(crate) complete: bool,
     /// True while the final check runs.
     pub(crate) verifying: bool,
+    /// False while a download waits for room under the store's cap.
+    pub(crate) admitted: bool,
     pub(crate) counters: Counters,
 }
 
 impl Release {
     /// A release whose present pieces are those with a chunk file.
     pub fn new(manifest: VerifiedManifest, files: &ChunkFiles) -> Self {
-        let pieces = pieces(manifest.manifest());
+        let pieces: std::sync::Arc<[(ChunkId, u32)]> = pieces(manifest.manifest()).into();
         let index = pieces
             .iter()
             .enumerate()
@@ -73,6 +75,7 @@ impl Release {
             sched: None,
             complete: false,
             verifying: false,
+            admitted: true,
             counters: Counters::default(),
         }
     }
@@ -117,6 +120,17 @@ impl Release {
     /// True when every piece is present.
     pub fn all_present(&self) -> bool {
         self.have.count() == self.pieces.len()
+    }
+
+    /// Bytes of the pieces not present yet (raw: what a download may
+    /// still add to the store, at most).
+    pub fn missing_bytes(&self) -> u64 {
+        self.pieces
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.have.get(*i))
+            .map(|(_, p)| u64::from(p.1))
+            .sum()
     }
 
     /// The chunks to check before the release completes: those found on

@@ -37,6 +37,9 @@ pub struct MeshStatus {
     /// Version of the signed policy held.
     #[serde(default)]
     pub policy_version: Option<u64>,
+    /// Nodes with a store cap: its state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreStatus>,
     /// Seed: the latest signed status report of each node, by peer id.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub nodes: BTreeMap<String, fleetmesh_protocol::mesh::Report>,
@@ -55,6 +58,19 @@ impl MeshStatus {
     pub fn egress_bytes(&self) -> u64 {
         self.releases.iter().map(|r| r.egress_bytes).sum()
     }
+}
+
+/// The chunk store under its cap (`[store] max_bytes`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreStatus {
+    /// The cap.
+    pub max_bytes: u64,
+    /// Bytes the chunk files took at the last check.
+    pub used_bytes: u64,
+    /// Releases evicted since start.
+    pub evicted: u64,
+    /// Why a download waits for room, if one does.
+    pub waiting: Option<String>,
 }
 
 /// One release.
