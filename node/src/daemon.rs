@@ -133,7 +133,12 @@ pub fn init(
          [update]\n\
          # Until a signed policy decides when to install, install only on request\n\
          # (`fleetmesh-node install --version X.Y.Z`); set true to install at once.\n\
-         install_when_staged = false\n",
+         install_when_staged = false\n\n\
+         [store]\n\
+         # Most bytes the chunk store may take; 0 means no cap. Over it, releases\n\
+         # older than the running one are evicted, and a download that would not\n\
+         # fit (counted at its uncompressed size) waits.\n\
+         max_bytes = 0\n",
         platform = toml_str(&opts.platform),
         site = toml_str(&mesh.site),
         labels = labels.join(", "),

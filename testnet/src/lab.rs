@@ -469,9 +469,11 @@ fn patch_toml(text: &str, extra: &str) -> String {
                 break;
             }
         }
-        if !replaced {
-            let at = header.map_or(0, |h| h + 1);
-            lines.insert(at, new_line);
+        match (replaced, header) {
+            (true, _) => {}
+            (false, Some(h)) => lines.insert(h + 1, new_line),
+            (false, None) if section.is_empty() => lines.insert(0, new_line),
+            (false, None) => lines.extend([format!("[{section}]"), new_line]),
         }
     }
     lines.join("\n") + "\n"

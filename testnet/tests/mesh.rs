@@ -634,3 +634,86 @@ fn a_non_member_cannot_fetch_chunks_and_a_revoked_node_is_dropped() {
         .expect_err("a bad key");
     assert!(err.to_string().contains("neither 64 hex digits"), "{err}");
 }
+
+/// The chunk ids of a release published in `lab`, from the seed's copy.
+fn release_chunks(lab: &Lab, id: &str) -> BTreeSet<ChunkId> {
+    let path = lab.seed_dir.join("releases").join(format!("{id}.manifest"));
+    let signed: Signed<Manifest> =
+        codec::decode(&std::fs::read(&path).expect("read manifest")).expect("decode");
+    let m: Manifest = codec::decode(signed.body_bytes()).expect("body");
+    m.chunks.iter().map(|c| c.id).collect()
+}
+
+#[test]
+fn the_store_stays_under_its_cap_by_evicting_old_releases_never_the_running_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut lab =
+        Lab::new(dir.path(), &bin("fleetmesh-seed"), &bin("fleetmesh-node")).expect("lab");
+    // Incompressible images, so that a release takes its size on disk.
+    let publish = |lab: &Lab, v: &str, len: usize| {
+        let mut bytes = vec![0u8; len];
+        blake3::Hasher::new()
+            .update(v.as_bytes())
+            .finalize_xof()
+            .fill(&mut bytes);
+        let image = dir.path().join(format!("image-{v}"));
+        std::fs::write(&image, &bytes).expect("write image");
+        let summary = lab.publish(&image, v).expect("publish");
+        summary["release_id"].as_str().expect("id").to_owned()
+    };
+    let size = 1 << 20;
+    let mut ids = vec![publish(&lab, "1.0.0", size)];
+    lab.start_seed().expect("seed");
+    // Room for two releases and a half: the third evicts the first.
+    let cap = size as u64 * 5 / 2;
+    let extra = format!("store.max_bytes = {cap}\nupdate.install_when_staged = true");
+    let n = lab.add_node("a", &extra).expect("node");
+    lab.start_node(n, &[]).expect("start");
+    let node_dir = lab.nodes[n].dir.clone();
+    let committed = |lab: &Lab, v: &str| {
+        wait_until(TIMEOUT, || {
+            fleetmesh_testnet::lab::fleet(lab)[n]
+                .committed(v)
+                .then_some(())
+        })
+        .unwrap_or_else(|| panic!("{v} never committed: {:?}", lab.node_update(n)))
+    };
+    let store = |lab: &Lab| {
+        lab.node_status(n)
+            .and_then(|s| s.store)
+            .expect("store status")
+    };
+    let manifest = |id: &str| node_dir.join("releases").join(format!("{id}.manifest"));
+    let held = |lab: &Lab, id: &str| {
+        let files: BTreeSet<ChunkId> = chunk_files(&node_dir).into_iter().collect();
+        let all = release_chunks(lab, id);
+        (all.intersection(&files).count(), all.len())
+    };
+    committed(&lab, "1.0.0");
+    ids.push(publish(&lab, "2.0.0", size));
+    committed(&lab, "2.0.0");
+    // Two releases fit: nothing is evicted.
+    assert!(manifest(&ids[0]).exists(), "1.0.0 evicted under the cap");
+    ids.push(publish(&lab, "3.0.0", size));
+    committed(&lab, "3.0.0");
+    let s = store(&lab);
+    assert!(s.evicted >= 1 && s.used_bytes <= cap, "{s:?}, cap {cap}");
+    assert!(!manifest(&ids[0]).exists(), "1.0.0 kept over the cap");
+    assert_eq!(held(&lab, &ids[0]).0, 0, "1.0.0's chunks kept");
+    for id in &ids[1..] {
+        let (have, all) = held(&lab, id);
+        assert_eq!(have, all, "{id} lost chunks");
+    }
+    // A release that cannot fit even with 2.0.0 gone waits, and nothing is
+    // evicted for it.
+    let big = publish(&lab, "4.0.0", 2 * size);
+    let waiting = wait_until(TIMEOUT, || store(&lab).waiting).expect("4.0.0 never waited");
+    assert!(waiting.contains("4.0.0"), "{waiting}");
+    assert_eq!(held(&lab, &big).0, 0, "4.0.0 fetched over the cap");
+    assert!(manifest(&ids[1]).exists(), "2.0.0 evicted for nothing");
+    assert!(store(&lab).used_bytes <= cap);
+    assert_eq!(
+        fleetmesh_testnet::lab::fleet(&lab)[n].booted.as_deref(),
+        Some("3.0.0")
+    );
+}

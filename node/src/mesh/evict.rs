@@ -163,8 +163,7 @@ fn run_pass(
         .collect();
     let now = SystemTime::now();
     let (orphans, kept): (Vec<_>, Vec<_>) = listed.into_iter().partition(|(id, _, written)| {
-        !referenced.contains(id)
-            && now.duration_since(*written).unwrap_or_default() >= ORPHAN_AGE
+        !referenced.contains(id) && now.duration_since(*written).unwrap_or_default() >= ORPHAN_AGE
     });
     let orphan_ids: Vec<ChunkId> = orphans.iter().map(|o| o.0).collect();
     store
@@ -196,7 +195,8 @@ impl Mesh {
     /// The versions a node must keep whatever their age, and the one that
     /// runs; `None` while the updater has not said what runs.
     fn needed_versions(&self) -> Option<(Version, BTreeSet<Version>)> {
-        let status: serde_json::Value = serde_json::from_slice(self.update_seen.1.as_deref()?).ok()?;
+        let status: serde_json::Value =
+            serde_json::from_slice(self.update_seen.1.as_deref()?).ok()?;
         let version = |v: &serde_json::Value| v.as_str().and_then(|s| Version::parse(s).ok());
         let running = version(&status["booted_version"])?;
         let mut keep = BTreeSet::from([running.clone()]);
@@ -248,10 +248,9 @@ impl Mesh {
         self.evicting = true;
         let (tx, dir) = (self.done_tx.clone(), self.p.releases_dir.clone());
         tokio::spawn(async move {
-            let outcome =
-                tokio::task::spawn_blocking(move || run_pass(&store, &dir, &held, cap))
-                    .await
-                    .unwrap_or_else(|e| Err(e.to_string()));
+            let outcome = tokio::task::spawn_blocking(move || run_pass(&store, &dir, &held, cap))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
             let _ = tx.send(Done::Evicted(outcome)).await;
         });
     }
@@ -381,7 +380,10 @@ mod tests {
         let mut big = held.clone();
         big[2].missing = 200;
         let waits = plan(&big, 300, 300, &s);
-        assert!(waits.admit.is_empty() && waits.evict.is_empty(), "{waits:?}");
+        assert!(
+            waits.admit.is_empty() && waits.evict.is_empty(),
+            "{waits:?}"
+        );
         let why = waits.waiting.expect("a reason");
         assert!(why.contains("3.0.0") && why.contains("leaves 100"), "{why}");
     }
