@@ -305,6 +305,7 @@ pub fn node_params(
         sched: Default::default(),
         policy_file: dir.join(POLICY_FILE),
         chaos_corrupt_uploads: false,
+        chaos_upload_delay: std::time::Duration::ZERO,
         chaos_gossip: Vec::new(),
         store_cap: config.store.max_bytes,
         metrics: Default::default(),

@@ -78,6 +78,10 @@ enum Cmd {
         /// Fault injection for tests: serve corrupt chunks.
         #[arg(long, hide = true)]
         chaos_corrupt_uploads: bool,
+        /// Fault injection for tests: hold every chunk response this many
+        /// seconds (a peer that trickles its uploads).
+        #[arg(long, hide = true, value_name = "SECS", default_value_t = 0)]
+        chaos_upload_delay: u64,
         /// Fault injection for tests: gossip the announcements in this file
         /// (4-byte big-endian length, then the message; repeated).
         #[arg(long, hide = true, value_name = "FILE")]
@@ -183,6 +187,7 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             listen,
             api,
             chaos_corrupt_uploads,
+            chaos_upload_delay,
             chaos_gossip,
             ..
         } => {
@@ -197,7 +202,8 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
                     rest = &tail[len..];
                 }
             }
-            if serve(&dir, &listen, api, chaos_corrupt_uploads, chaos)? == Next::Reboot {
+            let faults = (chaos_corrupt_uploads, chaos_upload_delay, chaos);
+            if serve(&dir, &listen, api, faults)? == Next::Reboot {
                 reboot(&dir)?;
             }
         }
@@ -297,13 +303,13 @@ fn serve(
     dir: &Path,
     listen: &[String],
     api: Option<std::net::SocketAddr>,
-    corrupt: bool,
-    gossip: Vec<Vec<u8>>,
+    (corrupt, delay, gossip): (bool, u64, Vec<Vec<u8>>),
 ) -> anyhow::Result<Next> {
     let config = NodeConfig::load(dir)?;
     let store = Arc::new(ChunkStore::open(&dir.join("store"))?);
     let mut params = daemon::node_params(dir, &config, store.clone(), listen)?;
     params.chaos_corrupt_uploads = corrupt;
+    params.chaos_upload_delay = Duration::from_secs(delay);
     params.chaos_gossip = gossip;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -95,9 +95,58 @@ impl TokenBucket {
     }
 }
 
+/// A per-peer request rate limit: at most `limit` requests in any
+/// one-second window (fixed windows, by the caller's monotonic `now`), and
+/// a count of those refused since the window the last one was admitted in.
+#[derive(Clone, Debug, Default)]
+pub struct RequestRate {
+    window: Duration,
+    count: u32,
+    refused: u32,
+}
+
+impl RequestRate {
+    /// True if one more request is within `limit` per second; a refused
+    /// request is counted in [`RequestRate::refused`].
+    pub fn admit(&mut self, now: Duration, limit: u32) -> bool {
+        if now.saturating_sub(self.window) >= Duration::from_secs(1) {
+            self.window = now;
+            self.count = 0;
+        }
+        if self.count < limit {
+            self.count += 1;
+            self.refused = 0;
+            true
+        } else {
+            self.refused = self.refused.saturating_add(1);
+            false
+        }
+    }
+
+    /// Requests refused in a row.
+    pub fn refused(&self) -> u32 {
+        self.refused
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_over_the_rate_are_refused_until_the_next_window() {
+        let mut r = RequestRate::default();
+        let t = |ms| Duration::from_millis(ms);
+        assert!((0..10).all(|i| r.admit(t(i), 10)));
+        assert!(!r.admit(t(500), 10));
+        assert!(!r.admit(t(999), 10));
+        assert_eq!(r.refused(), 2);
+        // A new second: admitted again, and the refusals start over.
+        assert!(r.admit(t(1000), 10));
+        assert_eq!(r.refused(), 0);
+        assert!((1..10).all(|_| r.admit(t(1500), 10)));
+        assert!(!r.admit(t(1999), 10));
+    }
 
     #[test]
     fn unlimited_never_waits() {

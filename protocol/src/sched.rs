@@ -597,16 +597,16 @@ impl<P: Ord + Clone> Scheduler<P> {
         }
     }
 
-    /// Requests past their deadline, failed here; the caller drops their
-    /// responses if they still come.
-    pub fn expire(&mut self, now: Duration) -> Vec<RequestId> {
-        let late: Vec<RequestId> = self
+    /// Requests past their deadline, failed here, with the peer each went
+    /// to; the caller drops their responses if they still come.
+    pub fn expire(&mut self, now: Duration) -> Vec<(RequestId, P)> {
+        let late: Vec<(RequestId, P)> = self
             .pending
             .iter()
             .filter(|(_, r)| r.deadline <= now)
-            .map(|(id, _)| *id)
+            .map(|(id, r)| (*id, r.peer.clone()))
             .collect();
-        for id in &late {
+        for (id, _) in &late {
             self.failed(*id);
         }
         late

@@ -93,6 +93,7 @@ pub fn params(
         sched: Default::default(),
         policy_file: crate::policy::current_path(seed),
         chaos_corrupt_uploads: false,
+        chaos_upload_delay: std::time::Duration::ZERO,
         chaos_gossip: Vec::new(),
         store_cap: 0,
         metrics: Default::default(),

@@ -717,3 +717,42 @@ fn the_store_stays_under_its_cap_by_evicting_old_releases_never_the_running_one(
         Some("3.0.0")
     );
 }
+
+#[test]
+fn slow_retrieval_a_peer_that_trickles_is_passed_over_and_the_chunks_come_from_elsewhere() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Fixture {
+        mut lab, hash, id, ..
+    } = lab_with_release(dir.path(), 4 << 20);
+    // The slow node fetches at full speed, then holds every chunk response
+    // for longer than the test runs. It is in the other node's site, so
+    // that node asks it first.
+    let slow = lab.add_node("a", "").expect("node");
+    lab.start_node(slow, &["--chaos-upload-delay", "600"])
+        .expect("start");
+    lab.wait_complete(&[slow], "1.0.0", TIMEOUT)
+        .expect("slow node completes");
+    let node = lab.add_node("a", "").expect("node");
+    lab.start_node(node, &[]).expect("start");
+    let took = lab
+        .wait_complete(&[node], "1.0.0", TIMEOUT)
+        .expect("completes despite the slow peer");
+    let status = lab.node_status(node).expect("status");
+    let r = &status.releases[0];
+    eprintln!("completed in {took:?}: {r:?}");
+    // Nothing came from the slow peer, though it was asked: every byte came
+    // from the seed, and the slow node shows requests held, none answered.
+    assert_eq!(r.bytes_down_same_site, 0, "{r:?}");
+    let slow_status = lab.node_status(slow).expect("slow status");
+    assert_eq!(slow_status.releases[0].bytes_up, 0, "{slow_status:?}");
+    let slow_log =
+        std::fs::read_to_string(lab.dir.join(format!("node{slow:02}.log"))).expect("slow log");
+    assert!(
+        slow_log.contains("holding a chunk response"),
+        "the slow peer was never asked; the test proves nothing"
+    );
+    assert_eq!(
+        node_image_hash(&lab.nodes[node].dir, &id).expect("image"),
+        hash
+    );
+}

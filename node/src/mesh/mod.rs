@@ -58,6 +58,15 @@ const MAX_PENDING_CONNECTIONS: u32 = 64;
 /// Connections to one peer (dials may cross, over QUIC and TCP).
 const MAX_CONNECTIONS_PER_PEER: u32 = 4;
 /// A request waits at most this long for upload tokens; longer gets `Busy`.
+/// Requests a peer may make per second (an honest one, pulling at LAN
+/// speed, makes a few hundred); more are answered `Busy` unread.
+const MAX_REQUESTS_PER_SEC: u32 = 1000;
+/// Requests refused in a row that count as one strike (a flood).
+const FLOOD_STRIKE: u32 = 1000;
+/// How long a same-site peer whose request timed out is left out; it
+/// doubles with each timeout in a row, up to the maximum.
+const SLOW_BACKOFF: Duration = Duration::from_secs(30);
+const SLOW_BACKOFF_MAX: Duration = Duration::from_secs(600);
 const MAX_UPLOAD_WAIT: Duration = Duration::from_secs(2);
 /// Rejected messages (gossip, hello) after which a peer is banned.
 const MAX_STRIKES: u32 = 3;
@@ -162,6 +171,8 @@ pub struct Params {
     pub policy_file: PathBuf,
     /// Fault injection for tests: serve every chunk with a flipped byte.
     pub chaos_corrupt_uploads: bool,
+    /// Fault injection for tests: hold every chunk response this long.
+    pub chaos_upload_delay: Duration,
     /// Fault injection for tests: raw announce-topic messages to gossip
     /// every few seconds, as a forger would.
     pub chaos_gossip: Vec<Vec<u8>>,
@@ -223,6 +234,12 @@ struct Peer {
     /// When we last sent it a have-map.
     have_sent_at: Option<Instant>,
     strikes: u32,
+    /// Same-site peers: timeouts in a row, and until when it is left out
+    /// of the schedulers for them.
+    slow: u32,
+    slow_until: Option<Instant>,
+    /// Its requests this second.
+    rate: fleetmesh_protocol::bucket::RequestRate,
     /// Its membership credential, once one verified.
     member: Option<Membership>,
     /// When it connected (it has [`MEMBER_GRACE`] to prove membership).
@@ -902,6 +919,9 @@ impl Mesh {
         let Some(info) = state.info.clone() else {
             return;
         };
+        if state.slow_until.is_some() {
+            return;
+        }
         for (id, r) in &mut self.releases {
             let Some(s) = r.sched.as_mut() else {
                 continue;
@@ -918,6 +938,32 @@ impl Mesh {
             s.add_peer(*peer, info.clone());
             if let Some(bits) = state.haves.get(id) {
                 s.peer_has(peer, bits.ones().map(|i| i as u32));
+            }
+        }
+    }
+
+    /// Slow retrieval: a same-site peer whose chunk request timed out is
+    /// left out of the schedulers for a while, doubling with each timeout in
+    /// a row. The schedulers wait for a same-site peer that has a piece
+    /// (the site rule), so one that trickles would otherwise hold the node
+    /// for ever; without it the pieces come from the WAN. Remote peers
+    /// are only slowed down: a timeout halves their share.
+    fn sideline(&mut self, peer: PeerId) {
+        if self.class_of(&peer) != PeerClass::SameSite {
+            return;
+        }
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        p.slow = p.slow.saturating_add(1);
+        let secs = SLOW_BACKOFF.as_secs() << (p.slow - 1).min(5);
+        let pause = Duration::from_secs(secs).min(SLOW_BACKOFF_MAX);
+        p.slow_until = Some(Instant::now() + pause);
+        p.in_sched.clear();
+        tracing::warn!(%peer, timeouts = p.slow, secs = pause.as_secs(), "same-site peer too slow: its requests time out; fetching elsewhere for now");
+        for r in self.releases.values_mut() {
+            if let Some(s) = r.sched.as_mut() {
+                s.remove_peer(&peer);
             }
         }
     }
@@ -940,9 +986,12 @@ impl Mesh {
             p.strikes += 1;
             p.strikes
         });
-        tracing::warn!(%peer, "rejected gossip: {why}");
+        tracing::warn!(%peer, "strike: {why}");
         if strikes.is_some_and(|s| s >= MAX_STRIKES) {
-            self.ban(peer, "too many invalid gossip messages");
+            self.ban(
+                peer,
+                "too many strikes (invalid messages or request floods)",
+            );
         }
     }
 
@@ -1375,7 +1424,18 @@ impl Mesh {
     }
 
     fn on_request(&mut self, peer: PeerId, request: Request, channel: ResponseChannel<Response>) {
+        let now = self.now();
+        let admitted = self
+            .peers
+            .get_mut(&peer)
+            .map(|p| (p.rate.admit(now, MAX_REQUESTS_PER_SEC), p.rate.refused()));
         let response = match request {
+            _ if admitted.is_some_and(|(ok, _)| !ok) => {
+                if admitted.is_some_and(|(_, n)| n % FLOOD_STRIKE == 0) {
+                    self.strike(peer, "request flood");
+                }
+                Response::Busy
+            }
             Request::Hello(hello) => match self.on_hello(peer, hello) {
                 Ok(()) => Response::Hello(self.hello()),
                 Err(why) => {
@@ -1500,6 +1560,11 @@ impl Mesh {
         let files = self.p.files.clone();
         let tx = self.done_tx.clone();
         let corrupt = self.p.chaos_corrupt_uploads;
+        let chaos = self.p.chaos_upload_delay;
+        if !chaos.is_zero() {
+            tracing::info!(%peer, secs = chaos.as_secs(), "chaos: holding a chunk response");
+        }
+        let delay = delay + chaos;
         tracing::trace!(%peer, n = ids.len(), "serving");
         tokio::spawn(async move {
             let read =
@@ -1749,6 +1814,11 @@ impl Mesh {
             return;
         };
         let new = s.finish(now, req, &got, &lacks);
+        if !got.is_empty() {
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.slow = 0;
+            }
+        }
         r.counters.bytes_down += bytes;
         if same_site {
             r.counters.bytes_down_same_site += bytes;
@@ -1878,12 +1948,29 @@ impl Mesh {
         }
         self.fetch_manifests();
         let mono = self.now();
+        let mut late = BTreeSet::new();
         for r in self.releases.values_mut() {
             if let Some(s) = r.sched.as_mut() {
-                for req in s.expire(mono) {
-                    tracing::debug!(req = req.0, "chunk request timed out");
+                for (req, peer) in s.expire(mono) {
+                    tracing::debug!(%peer, req = req.0, "chunk request timed out");
+                    late.insert(peer);
                 }
             }
+        }
+        for peer in late {
+            self.sideline(peer);
+        }
+        let back: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.slow_until.is_some_and(|t| t <= now))
+            .map(|(k, _)| *k)
+            .collect();
+        for peer in back {
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.slow_until = None;
+            }
+            self.sync_peer(&peer);
         }
         self.pump();
         if now - self.last_have >= HAVE_EVERY {

@@ -161,7 +161,7 @@ fn timed_out_pieces_go_to_another_peer() {
     );
     assert!(s.expire(Duration::from_secs(1)).is_empty());
     let late = s.expire(Duration::from_secs(11));
-    assert_eq!(late, vec![first[0].id]);
+    assert_eq!(late, vec![(first[0].id, first[0].peer)]);
     let retry = s.plan(Duration::from_secs(11), u64::MAX);
     assert_eq!(retry.len(), 1);
     assert_ne!(
@@ -197,7 +197,7 @@ fn a_request_to_a_peer_that_keeps_failing_still_times_out_within_max_timeout() {
             "{deadline:?} at {now:?}"
         );
         now = deadline;
-        assert_eq!(s.expire(now), vec![sent[0].id]);
+        assert_eq!(s.expire(now), vec![(sent[0].id, 2)]);
     }
 }
 
