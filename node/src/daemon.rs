@@ -310,6 +310,7 @@ pub fn node_params(
         store_cap: config.store.max_bytes,
         metrics: Default::default(),
         member_file: dir.join(MEMBER_FILE),
+        members_dir: None,
     })
 }
 

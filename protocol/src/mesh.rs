@@ -259,6 +259,18 @@ pub enum Response {
     /// The responder does not take the requester for a fleet member (no
     /// credential, or one that is expired, revoked or not for its key).
     NotMember(String),
+    /// Answer to a hello whose credential did not verify, from the seed,
+    /// which holds a newer one for the requester (re-signed after a
+    /// policy-key rotation, renewed, or re-enrolled): the requester checks
+    /// it under the trust chain that comes with it, keeps it, and says
+    /// hello again.
+    Renewal {
+        /// The responder's trust chain (the credential may need a newer
+        /// one than the requester holds).
+        trust: TrustChain,
+        /// The credential.
+        member: Signed<Membership>,
+    },
 }
 
 impl Message for Request {

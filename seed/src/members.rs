@@ -64,7 +64,9 @@ pub fn peer_id(key: &PublicKey<Node>) -> String {
     fleetmesh_node::mesh::peer_id_of(key).to_string()
 }
 
-fn members_dir(seed: &Seed) -> PathBuf {
+/// Where the credentials issued are, by peer id (the mesh hands a node
+/// its newest one when the one it presents fails).
+pub fn members_dir(seed: &Seed) -> PathBuf {
     seed.layout.dir().join("members")
 }
 

@@ -98,5 +98,6 @@ pub fn params(
         store_cap: 0,
         metrics: Default::default(),
         member_file,
+        members_dir: Some(crate::members::members_dir(seed)),
     })
 }

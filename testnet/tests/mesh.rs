@@ -756,3 +756,53 @@ fn slow_retrieval_a_peer_that_trickles_is_passed_over_and_the_chunks_come_from_e
         hash
     );
 }
+
+#[test]
+fn after_a_policy_key_rotation_nodes_get_their_resigned_credential_from_the_seed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Fixture { mut lab, .. } = lab_with_release(dir.path(), 1 << 20);
+    let n = lab.add_node("a", "").expect("node");
+    lab.start_node(n, &[]).expect("start");
+    lab.wait_complete(&[n], "1.0.0", TIMEOUT)
+        .expect("completes");
+    let cred = lab.nodes[n].dir.join("member.cred");
+    let before = std::fs::read(&cred).expect("credential");
+    // The operator rotates the policy key with the seed stopped; the node
+    // keeps running with a credential the old key signed. The seed comes
+    // back on the address the node bootstraps from.
+    let addr = lab.seed_addr.clone().expect("seed address");
+    let tcp = addr.split("/p2p/").next().expect("address").to_owned();
+    lab.kill_seed();
+    lab.seed_cmd(&["rotate-key", "--role", "policy"])
+        .expect("rotate");
+    let issued = lab
+        .seed_dir
+        .join("members")
+        .join(format!("{}.cred", lab.nodes[n].peer_id));
+    let resigned = std::fs::read(&issued).expect("re-signed credential");
+    assert_ne!(
+        before, resigned,
+        "rotate-key did not re-sign the credential"
+    );
+    lab.start_seed_with(&["--listen", &tcp]).expect("seed");
+    // The seed hands the node its re-signed credential; the node keeps it
+    // and is a member again: it fetches the next release.
+    wait_until(TIMEOUT, || {
+        (std::fs::read(&cred).ok()? == resigned).then_some(())
+    })
+    .unwrap_or_else(|| {
+        let log = |name: &str| std::fs::read_to_string(lab.dir.join(name)).unwrap_or_default();
+        panic!(
+            "the node never got its re-signed credential\nseed:\n{}\nnode:\n{}",
+            log("seed.log"),
+            log(&format!("node{n:02}.log"))
+        )
+    });
+    let image = dir.path().join("image-2");
+    let mut bytes = Vec::new();
+    fleetmesh_testnet::image::write_image(2, 1 << 20, &mut bytes).expect("image");
+    std::fs::write(&image, &bytes).expect("write image");
+    lab.publish(&image, "2.0.0").expect("publish");
+    lab.wait_complete(&[n], "2.0.0", TIMEOUT)
+        .expect("the renewed node fetches the next release");
+}

@@ -181,6 +181,9 @@ pub struct Params {
     /// This node's membership credential (`member.cred`), re-read when it
     /// changes: peers refuse a node without a valid one.
     pub member_file: PathBuf,
+    /// Seed: the credentials it issued (`<peer id>.cred`), handed to a node
+    /// whose own one fails.
+    pub members_dir: Option<PathBuf>,
 }
 
 /// Why the mesh could not start or stopped.
@@ -1159,6 +1162,57 @@ impl Mesh {
         }
     }
 
+    /// Seed: the credential issued to `peer`, if there is one and it
+    /// verifies.
+    fn renewal_for(&self, peer: &PeerId) -> Option<Signed<Membership>> {
+        let path = self.p.members_dir.as_ref()?.join(format!("{peer}.cred"));
+        let signed = wire::decode::<Signed<Membership>>(&std::fs::read(path).ok()?).ok()?;
+        self.check_member(peer, Some(&signed)).ok()?;
+        Some(signed)
+    }
+
+    /// A peer (the seed) sent this node a newer credential: kept if it
+    /// verifies (under the chain that came with it, if that is newer), is
+    /// for this node's site, and the one held does not verify; then every
+    /// peer gets a new hello.
+    fn on_renewal(&mut self, peer: PeerId, trust: TrustChain, signed: Signed<Membership>) {
+        if let Err(e) = self.adopt_chain(trust, true) {
+            self.strike(peer, &format!("trust chain: {e}"));
+            return;
+        }
+        let me = *self.swarm.local_peer_id();
+        if self.check_member(&me, self.member.as_ref()).is_ok() {
+            return;
+        }
+        let m = match self.check_member(&me, Some(&signed)) {
+            Ok(m) if m.site == self.p.site => m,
+            Ok(m) => {
+                tracing::warn!(%peer, site = %m.site, "ignoring a credential for another site");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(%peer, "ignoring a credential that does not verify: {e}");
+                return;
+            }
+        };
+        let saved = wire::encode(&signed)
+            .map_err(|e| e.to_string())
+            .and_then(|b| {
+                fsutil::write_atomic(&self.p.member_file, &b, 0o644).map_err(|e| e.to_string())
+            });
+        if let Err(e) = saved {
+            tracing::error!("cannot save the renewed credential: {e}");
+            return;
+        }
+        tracing::info!(%peer, expires_at = %m.expires_at, "membership credential renewed");
+        self.member = Some(signed);
+        self.member_seen = fsutil::mtime(&self.p.member_file);
+        let peers: Vec<PeerId> = self.peers.keys().copied().collect();
+        for p in peers {
+            self.send(p, Request::Hello(self.hello()), Outbound::Hello);
+        }
+    }
+
     /// Revocations in the policy held.
     fn revoked(&self) -> &[Revocation] {
         self.policy
@@ -1438,10 +1492,19 @@ impl Mesh {
             }
             Request::Hello(hello) => match self.on_hello(peer, hello) {
                 Ok(()) => Response::Hello(self.hello()),
-                Err(why) => {
-                    tracing::warn!(%peer, "not a fleet member: {why}");
-                    Response::NotMember(why)
-                }
+                Err(why) => match self.renewal_for(&peer) {
+                    Some(signed) => {
+                        tracing::info!(%peer, "its credential fails ({why}); sending the newer one issued to it");
+                        Response::Renewal {
+                            trust: self.p.chain.clone(),
+                            member: signed,
+                        }
+                    }
+                    None => {
+                        tracing::warn!(%peer, "not a fleet member: {why}");
+                        Response::NotMember(why)
+                    }
+                },
             },
             _ if !self.is_member(&peer) => {
                 Response::NotMember("send a hello with a valid membership credential first".into())
@@ -1591,6 +1654,9 @@ impl Mesh {
                 if let Err(why) = self.on_hello(peer, hello) {
                     self.refuse(peer, &why);
                 }
+            }
+            (Outbound::Hello, Response::Renewal { trust, member }) => {
+                self.on_renewal(peer, trust, member)
             }
             (what, Response::NotMember(why)) => {
                 tracing::warn!(%peer, "the peer refuses this node as a fleet member: {why}");
