@@ -31,8 +31,8 @@ pub const MEMBER_FILE: &str = "member.cred";
 /// What `init` writes.
 #[derive(Debug)]
 pub struct InitOptions {
-    /// The root public key (`fleetmesh-seed init` prints it; `root.pub`).
-    pub root_key: PublicKey<Root>,
+    /// The root public key(s) (`fleetmesh-seed init` prints them; `root.pub`).
+    pub root_key: RoleKeys<Root>,
     /// Site label.
     pub site: String,
     /// Extra labels.
@@ -168,9 +168,8 @@ pub fn node_keypair(path: &Path) -> Result<libp2p::identity::Keypair, keyfile::K
 pub fn load_trust(dir: &Path) -> anyhow::Result<(RoleKeys<Root>, TrustChain)> {
     use anyhow::Context as _;
     let root_path = dir.join("root.pub");
-    let root: PublicKey<Root> = std::fs::read_to_string(&root_path)
+    let root: RoleKeys<Root> = std::fs::read_to_string(&root_path)
         .with_context(|| format!("read {}", root_path.display()))?
-        .trim()
         .parse()
         .with_context(|| format!("parse {}", root_path.display()))?;
     let chain_path = dir.join("trust.chain");
@@ -181,7 +180,7 @@ pub fn load_trust(dir: &Path) -> anyhow::Result<(RoleKeys<Root>, TrustChain)> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => TrustChain::default(),
         Err(e) => return Err(e).with_context(|| format!("read {}", chain_path.display())),
     };
-    Ok((RoleKeys::single(root), chain))
+    Ok((root, chain))
 }
 
 /// The trust state from `root.pub` and `trust.chain`.

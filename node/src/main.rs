@@ -37,7 +37,8 @@ enum Cmd {
         /// Node directory to create.
         #[arg(long)]
         dir: PathBuf,
-        /// The fleet's root public key (the seed's root.pub).
+        /// The fleet's root public key(s), as in the seed's root.pub: HEX, or
+        /// K:HEX,HEX,... for a k-of-n root.
         #[arg(long, value_name = "HEX")]
         root_key: String,
         /// This node's site label.

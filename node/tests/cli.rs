@@ -168,6 +168,26 @@ fn init_writes_a_node_that_reads_back_and_refuses_bad_options() {
         &tmp.path().join("x"),
     ));
     assert!(err.contains("--root-key"), "{err}");
+    // A k-of-n root, as a seed made with --root-keys prints it.
+    use fleetmesh_protocol::keys::{Root, SecretKey};
+    let other = SecretKey::<Root>::from_seed([3; 32]).public();
+    let k_of_n = format!("2:{ROOT},{other}");
+    let multi = tmp.path().join("multi");
+    let out = node(&["init", "--root-key", &k_of_n, "--site", "a"], &multi);
+    assert!(out.status.success(), "{out:?}");
+    let (root, _) = fleetmesh_node::daemon::load_trust(&multi).expect("trust");
+    assert_eq!((root.keys.len(), root.threshold), (2, 2));
+    let err = one_line_error(&node(
+        &[
+            "init",
+            "--root-key",
+            &format!("3:{ROOT},{other}"),
+            "--site",
+            "a",
+        ],
+        &tmp.path().join("y"),
+    ));
+    assert!(err.contains("threshold 3"), "{err}");
 }
 
 #[test]

@@ -97,6 +97,47 @@ impl<R: Role> RoleKeys<R> {
     }
 }
 
+/// As text (`root.pub`, `--root-key`): one key is its hex; k-of-n keys
+/// are `K:HEX,HEX,...`.
+impl<R: Role> std::fmt::Display for RoleKeys<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let ([key], 1) = (self.keys.as_slice(), self.threshold) {
+            return write!(f, "{key}");
+        }
+        write!(f, "{}:", self.threshold)?;
+        for (i, key) in self.keys.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            write!(f, "{sep}{key}")?;
+        }
+        Ok(())
+    }
+}
+
+impl<R: Role> std::str::FromStr for RoleKeys<R> {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let s = s.trim();
+        let keys = match s.split_once(':') {
+            None => RoleKeys::single(s.parse()?),
+            Some((k, list)) => RoleKeys {
+                threshold: k.trim().parse().map_err(|_| {
+                    Error::invalid(
+                        "role keys",
+                        format!(
+                            "{} threshold {k:?} is not a number (K:HEX,HEX,...)",
+                            R::NAME
+                        ),
+                    )
+                })?,
+                keys: list.split(',').map(str::parse).collect::<Result<_>>()?,
+            },
+        };
+        keys.validate()?;
+        Ok(keys)
+    }
+}
+
 /// A document of type `T` with its signatures.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(bound = "")]

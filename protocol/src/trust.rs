@@ -259,4 +259,32 @@ mod tests {
         let two = Signed::sign(&body, &[&a.root, &c.root]).expect("signs");
         state.advance(&two).expect("threshold met");
     }
+
+    #[test]
+    fn role_keys_as_text_round_trip_and_bad_text_is_refused() {
+        let (a, b) = (keys(1), keys(2));
+        let one = RoleKeys::single(a.root.public());
+        assert_eq!(one.to_string(), a.root.public().to_string());
+        let two = RoleKeys {
+            keys: vec![a.root.public(), b.root.public()],
+            threshold: 2,
+        };
+        let text = two.to_string();
+        assert!(text.starts_with("2:") && text.contains(','), "{text}");
+        for keys in [one, two] {
+            let parsed: RoleKeys<Root> = keys.to_string().parse().expect("parses");
+            assert_eq!(parsed, keys);
+        }
+        let (x, y) = (a.root.public(), b.root.public());
+        for (bad, why) in [
+            (format!("3:{x},{y}"), "threshold 3"),
+            (format!("0:{x}"), "threshold 0"),
+            (format!("two:{x},{y}"), "not a number"),
+            (format!("1:{x},{x}"), "repeat"),
+            ("1:abc".to_owned(), "64 hex digits"),
+        ] {
+            let err = bad.parse::<RoleKeys<Root>>().expect_err(&bad);
+            assert!(err.to_string().contains(why), "{bad}: {err}");
+        }
+    }
 }

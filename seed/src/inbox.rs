@@ -187,7 +187,14 @@ mod tests {
 
     fn seed(dir: &Path) -> Seed {
         let mut rng = <rand_chacha::ChaCha20Rng as rand_core::SeedableRng>::seed_from_u64(7);
-        crate::init::init(dir, false, UnixTime(1_700_000_000), &mut rng).expect("init");
+        crate::init::init(
+            dir,
+            false,
+            Default::default(),
+            UnixTime(1_700_000_000),
+            &mut rng,
+        )
+        .expect("init");
         Seed::open(dir).expect("open")
     }
 

@@ -15,7 +15,24 @@ use std::path::Path;
 /// How long the first trust document is valid.
 pub const TRUST_TTL_SECS: u64 = 365 * 24 * 3600;
 
-/// Creates a seed in `dir` and returns the root public key (hex).
+/// The root keys `init` makes: `n` keys, of which `threshold` must sign
+/// each trust document.
+#[derive(Clone, Copy, Debug)]
+pub struct RootKeys {
+    /// How many.
+    pub n: usize,
+    /// How many must sign.
+    pub threshold: u8,
+}
+
+impl Default for RootKeys {
+    fn default() -> Self {
+        RootKeys { n: 1, threshold: 1 }
+    }
+}
+
+/// Creates a seed in `dir` and returns the root public key(s) as nodes are
+/// provisioned with them (`root.pub`: hex, or `K:HEX,HEX,...`).
 ///
 /// `dir` must be absent or empty unless `force`; with `force`, a seed already
 /// there is replaced (its keys, trust, config and store are removed; other
@@ -23,10 +40,29 @@ pub const TRUST_TTL_SECS: u64 = 365 * 24 * 3600;
 pub fn init(
     dir: &Path,
     force: bool,
+    roots: RootKeys,
     now: UnixTime,
     rng: &mut impl CryptoRngCore,
 ) -> Result<String> {
     let layout = Layout::new(dir);
+    let root_keys = |keys: Vec<_>| RoleKeys {
+        keys,
+        threshold: roots.threshold,
+    };
+    // Checked before anything is written.
+    if !(1..=fleetmesh_protocol::signed::MAX_SIGNERS).contains(&roots.n) {
+        return Err(SeedError::BadArgument(format!(
+            "--root-keys {} must be 1-{}",
+            roots.n,
+            fleetmesh_protocol::signed::MAX_SIGNERS
+        )));
+    }
+    let root_secrets: Vec<_> = (0..roots.n)
+        .map(|_| SecretKey::<Root>::generate(rng))
+        .collect();
+    root_keys(root_secrets.iter().map(|k| k.public()).collect())
+        .validate()
+        .map_err(|e| SeedError::BadArgument(format!("--root-keys/--root-threshold: {e}")))?;
     prepare_dir(&layout, force)?;
     let keys = layout.keys();
     fs::DirBuilder::new()
@@ -34,10 +70,11 @@ pub fn init(
         .create(&keys)
         .ctx("create directory", &keys)?;
 
-    let root = SecretKey::<Root>::generate(rng);
     let release = SecretKey::<Release>::generate(rng);
     let policy = SecretKey::<Policy>::generate(rng);
-    keyfile::write(&layout.key::<Root>(), &root)?;
+    for (i, root) in root_secrets.iter().enumerate() {
+        keyfile::write(&layout.root_key(i), root)?;
+    }
     keyfile::write(&layout.key::<Release>(), &release)?;
     keyfile::write(&layout.key::<Policy>(), &policy)?;
     fsutil::fsync_dir(&keys)?;
@@ -46,15 +83,18 @@ pub fn init(
         version: 1,
         issued_at: now,
         expires_at: now.plus_secs(TRUST_TTL_SECS),
-        root: RoleKeys::single(root.public()),
+        root: root_keys(root_secrets.iter().map(|k| k.public()).collect()),
         release: RoleKeys::single(release.public()),
         policy: RoleKeys::single(policy.public()),
     };
     let chain = TrustChain {
-        docs: vec![Signed::sign(&doc, &[&root])?],
+        docs: vec![Signed::sign(
+            &doc,
+            &root_secrets.iter().collect::<Vec<_>>(),
+        )?],
     };
     fsutil::write_atomic(&layout.trust_chain(), &codec::encode(&chain)?, 0o644)?;
-    let root_hex = root.public().to_string();
+    let root_hex = doc.root.to_string();
     fsutil::write_atomic(
         &layout.root_pub(),
         format!("{root_hex}\n").as_bytes(),

@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::{Result, SeedError};
 use fleetmesh_node::fsutil::Context;
 use fleetmesh_node::{keyfile, ChunkStore};
-use fleetmesh_protocol::keys::{PublicKey, Role, Root, SecretKey};
+use fleetmesh_protocol::keys::{Role, Root, SecretKey};
 use fleetmesh_protocol::{codec, RoleKeys, TrustChain, TrustState};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -61,6 +61,14 @@ impl Layout {
     /// `keys/<role>.key`.
     pub fn key<R: Role>(&self) -> PathBuf {
         self.keys().join(format!("{}.key", R::NAME))
+    }
+
+    /// Root key `i` (from 0): `keys/root.key`, then `keys/root-2.key`, ...
+    pub fn root_key(&self, i: usize) -> PathBuf {
+        match i {
+            0 => self.key::<Root>(),
+            _ => self.keys().join(format!("{}-{}.key", Root::NAME, i + 1)),
+        }
     }
 
     /// `store/`.
@@ -121,8 +129,7 @@ impl Seed {
     pub fn root_keys(&self) -> Result<RoleKeys<Root>> {
         let path = self.layout.root_pub();
         let text = fs::read_to_string(&path).ctx("read", &path)?;
-        let key: PublicKey<Root> = text.parse().map_err(SeedError::Trust)?;
-        Ok(RoleKeys::single(key))
+        text.parse().map_err(SeedError::Trust)
     }
 
     /// The trust chain as stored.

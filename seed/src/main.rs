@@ -39,6 +39,14 @@ enum Command {
         /// Use a non-empty DIR; an existing seed there is replaced.
         #[arg(long)]
         force: bool,
+        /// Root keys to make (keys/root.key, keys/root-2.key, ...), to keep
+        /// offline apart; 1-16.
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        root_keys: usize,
+        /// How many root keys must sign each trust document [default: a
+        /// majority of --root-keys].
+        #[arg(long, value_name = "K")]
+        root_threshold: Option<u8>,
     },
     /// Chunk, compress, store and sign an image as a new release; print its
     /// summary as JSON.
@@ -255,11 +263,20 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Init { dir, force } => {
-            let root = init::init(&dir, force, cli::unix_now(), &mut rand_core::OsRng)?;
+        Command::Init {
+            dir,
+            force,
+            root_keys,
+            root_threshold,
+        } => {
+            let roots = init::RootKeys {
+                n: root_keys,
+                threshold: root_threshold.unwrap_or((root_keys / 2 + 1).min(255) as u8),
+            };
+            let root = init::init(&dir, force, roots, cli::unix_now(), &mut rand_core::OsRng)?;
             println!("{root}");
             eprintln!(
-                "initialised seed in {}; provision nodes with the root public key above",
+                "initialised seed in {}; provision nodes with the root key(s) above (root.pub)",
                 dir.display()
             );
         }

@@ -49,12 +49,16 @@ pub struct Rotated {
 const TRUST_DAYS: u64 = 365;
 
 fn root_keys(seed: &Seed, files: &[PathBuf]) -> Result<Vec<SecretKey<Root>>> {
-    let default = [seed.layout.key::<Root>()];
-    let files = if files.is_empty() {
-        &default[..]
-    } else {
-        files
-    };
+    // By default the root keys `init` left on the seed (all of them, or
+    // the first alone, to name it in the error when it is offline).
+    let mut default: Vec<PathBuf> = (0..fleetmesh_protocol::signed::MAX_SIGNERS)
+        .map(|i| seed.layout.root_key(i))
+        .filter(|p| p.exists())
+        .collect();
+    if default.is_empty() {
+        default.push(seed.layout.root_key(0));
+    }
+    let files = if files.is_empty() { &default } else { files };
     files
         .iter()
         .map(|f| {

@@ -651,3 +651,64 @@ fn rotating_keys_with_an_offline_root_revokes_the_old_ones() {
         serde_json::from_str(&ok(&["members", "--dir", lab.d(), "--json"])).expect("json");
     assert_eq!(members[0]["status"], "revoked", "{members}");
 }
+
+#[test]
+fn a_k_of_n_root_needs_k_of_its_keys_to_rotate() {
+    use fleetmesh_protocol::keys::Root;
+    use fleetmesh_protocol::RoleKeys;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("seed");
+    let d = dir.to_str().expect("utf-8");
+    // Bad counts are refused before anything is made.
+    for (n, k, why) in [
+        ("3", "4", "threshold 4"),
+        ("17", "2", "1-16"),
+        ("0", "1", "1-16"),
+    ] {
+        let err = fails(&["init", "--dir", d, "--root-keys", n, "--root-threshold", k]);
+        assert!(err.contains(why), "{n} {k}: {err}");
+        assert!(!dir.exists(), "a refused init made {}", dir.display());
+    }
+    let printed = ok(&[
+        "init",
+        "--dir",
+        d,
+        "--root-keys",
+        "3",
+        "--root-threshold",
+        "2",
+    ]);
+    let root_pub = fs::read_to_string(dir.join("root.pub")).expect("root.pub");
+    assert_eq!(printed.trim(), root_pub.trim());
+    let roots: RoleKeys<Root> = root_pub.parse().expect("k-of-n root.pub");
+    assert_eq!((roots.keys.len(), roots.threshold), (3, 2));
+    ok(&["verify", "--dir", d]);
+    // The three root keys go offline, apart.
+    let offline: Vec<String> = ["root.key", "root-2.key", "root-3.key"]
+        .iter()
+        .map(|name| {
+            let to = tmp.path().join(name);
+            fs::rename(dir.join("keys").join(name), &to).expect("take a root key offline");
+            to.to_str().expect("utf-8").to_owned()
+        })
+        .collect();
+    let rotate = |roots: &[&String]| {
+        let mut args = vec!["rotate-key", "--dir", d, "--role", "release"];
+        for r in roots {
+            args.extend(["--root-key", r.as_str()]);
+        }
+        args.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    fn run(args: &[String]) -> Vec<&str> {
+        args.iter().map(String::as_str).collect()
+    }
+    let err = fails(&run(&rotate(&[&offline[1]])));
+    assert!(
+        err.contains("1 valid root signature(s), 2 required"),
+        "{err}"
+    );
+    let out: serde_json::Value =
+        serde_json::from_str(&ok(&run(&rotate(&[&offline[0], &offline[2]])))).expect("json");
+    assert_eq!(out["trust_version"], 2);
+    ok(&["verify", "--dir", d]);
+}
