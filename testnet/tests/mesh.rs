@@ -806,3 +806,43 @@ fn after_a_policy_key_rotation_nodes_get_their_resigned_credential_from_the_seed
     lab.wait_complete(&[n], "2.0.0", TIMEOUT)
         .expect("the renewed node fetches the next release");
 }
+
+#[test]
+fn the_seed_takes_a_nodes_site_and_labels_from_its_credential_not_its_report() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Fixture { mut lab, .. } = lab_with_release(dir.path(), 256 << 10);
+    // The node's own configuration claims rack r9; it was enrolled in r1.
+    let n = lab
+        .add_node("a", "mesh.labels = { rack = \"r9\" }")
+        .expect("node");
+    let peer = lab.nodes[n].peer_id.clone();
+    let out = dir.path().join("relabelled.cred");
+    lab.seed_cmd(&[
+        "enroll",
+        "--node-key",
+        &peer,
+        "--site",
+        "a",
+        "--label",
+        "rack=r1",
+        "--out",
+        out.to_str().expect("utf-8"),
+    ])
+    .expect("enroll");
+    std::fs::rename(&out, lab.nodes[n].dir.join("member.cred")).expect("credential");
+    lab.start_node(n, &[]).expect("start");
+    let labels = wait_until(TIMEOUT, || {
+        Some(lab.seed_status()?.nodes.get(&peer)?.labels.clone())
+    })
+    .expect("the seed never had the node's report");
+    assert_eq!(
+        labels.get("rack").map(String::as_str),
+        Some("r1"),
+        "{labels:?}"
+    );
+    assert_eq!(
+        labels.get("site").map(String::as_str),
+        Some("a"),
+        "{labels:?}"
+    );
+}

@@ -1081,10 +1081,21 @@ impl Mesh {
     /// carries, and that key must be the node id's.
     fn on_report(&mut self, data: &[u8]) -> Result<MessageAcceptance, String> {
         let envelope: ReportEnvelope = wire::decode(data).map_err(|e| e.to_string())?;
-        let report = envelope.verify().map_err(|e| e.to_string())?;
+        let mut report = envelope.verify().map_err(|e| e.to_string())?;
         let peer = peer_id_of(&envelope.key);
         if peer.to_string() != report.node_id {
             return Err(format!("report for {} signed by {peer}", report.node_id));
+        }
+        if self.p.members_dir.is_some() {
+            // Seed: a report counts only from a node enrolled here, and with
+            // the site and labels its credential gives (the rollout's
+            // groups), not the ones it claims. Relays are not to blame.
+            let Some((_, m)) = self.issued_to(&peer) else {
+                tracing::debug!(node = %report.node_id, "ignoring report: the node is not enrolled (or expired, or revoked)");
+                return Ok(MessageAcceptance::Ignore);
+            };
+            report.labels.extend(m.labels);
+            report.labels.insert("site".into(), m.site);
         }
         let verdict = judge_report(
             self.reports.get(&report.node_id),
@@ -1163,12 +1174,12 @@ impl Mesh {
     }
 
     /// Seed: the credential issued to `peer`, if there is one and it
-    /// verifies.
-    fn renewal_for(&self, peer: &PeerId) -> Option<Signed<Membership>> {
+    /// verifies (not expired, not revoked).
+    fn issued_to(&self, peer: &PeerId) -> Option<(Signed<Membership>, Membership)> {
         let path = self.p.members_dir.as_ref()?.join(format!("{peer}.cred"));
         let signed = wire::decode::<Signed<Membership>>(&std::fs::read(path).ok()?).ok()?;
-        self.check_member(peer, Some(&signed)).ok()?;
-        Some(signed)
+        let m = self.check_member(peer, Some(&signed)).ok()?;
+        Some((signed, m))
     }
 
     /// A peer (the seed) sent this node a newer credential: kept if it
@@ -1492,8 +1503,8 @@ impl Mesh {
             }
             Request::Hello(hello) => match self.on_hello(peer, hello) {
                 Ok(()) => Response::Hello(self.hello()),
-                Err(why) => match self.renewal_for(&peer) {
-                    Some(signed) => {
+                Err(why) => match self.issued_to(&peer) {
+                    Some((signed, _)) => {
                         tracing::info!(%peer, "its credential fails ({why}); sending the newer one issued to it");
                         Response::Renewal {
                             trust: self.p.chain.clone(),
