@@ -300,7 +300,7 @@ pub fn node_params(
         run_dir,
         files: store.files().clone(),
         store: Some(store),
-        release_key: None,
+        release_keys: Vec::new(),
         sched: Default::default(),
         policy_file: dir.join(POLICY_FILE),
         chaos_corrupt_uploads: false,

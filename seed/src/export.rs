@@ -7,7 +7,6 @@ use crate::layout::Seed;
 use crate::{Result, SeedError};
 use fleetmesh_node::bundle::{self, Head};
 use fleetmesh_node::{ChunkStore, ReleaseInfo};
-use fleetmesh_protocol::keys::Release;
 use fleetmesh_protocol::mesh::Announcement;
 use fleetmesh_protocol::{ChunkId, ReleaseId, Signed, TrustState, UnixTime, VerifiedManifest};
 use serde::Serialize;
@@ -86,7 +85,7 @@ pub fn export(
         .collect();
     let announcement = Signed::sign(
         &Announcement::of(release.id(), release.manifest(), now),
-        &[&seed.key::<Release>()?],
+        &seed.release_keys()?.iter().collect::<Vec<_>>(),
     )?;
     let head = Head {
         chain: seed.trust_chain()?,

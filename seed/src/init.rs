@@ -5,7 +5,7 @@ use crate::layout::Layout;
 use crate::{Result, SeedError};
 use fleetmesh_node::fsutil::{self, Context, IoError};
 use fleetmesh_node::keyfile;
-use fleetmesh_protocol::keys::{Policy, Release, Root, SecretKey};
+use fleetmesh_protocol::keys::{Policy, Release, Role, Root, SecretKey};
 use fleetmesh_protocol::{codec, RoleKeys, Signed, TrustChain, TrustDoc, UnixTime};
 use rand_core::CryptoRngCore;
 use std::fs;
@@ -15,20 +15,52 @@ use std::path::Path;
 /// How long the first trust document is valid.
 pub const TRUST_TTL_SECS: u64 = 365 * 24 * 3600;
 
-/// The root keys `init` makes: `n` keys, of which `threshold` must sign
-/// each trust document.
+/// How many keys `init` makes for a role, and how many must sign.
 #[derive(Clone, Copy, Debug)]
-pub struct RootKeys {
+pub struct KeyCount {
     /// How many.
     pub n: usize,
     /// How many must sign.
     pub threshold: u8,
 }
 
-impl Default for RootKeys {
+impl Default for KeyCount {
     fn default() -> Self {
-        RootKeys { n: 1, threshold: 1 }
+        KeyCount { n: 1, threshold: 1 }
     }
+}
+
+/// The root and release keys `init` makes (the policy key is one).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Keys {
+    /// Root keys: they sign trust documents.
+    pub root: KeyCount,
+    /// Release keys: they sign manifests and announcements.
+    pub release: KeyCount,
+}
+
+/// `count` keys of role `R`, checked as a role before anything is written;
+/// `flag` names the option in the error.
+fn make_keys<R: Role>(
+    count: KeyCount,
+    flag: &str,
+    rng: &mut impl CryptoRngCore,
+) -> Result<(Vec<SecretKey<R>>, RoleKeys<R>)> {
+    let max = fleetmesh_protocol::signed::MAX_SIGNERS;
+    if !(1..=max).contains(&count.n) {
+        return Err(SeedError::BadArgument(format!(
+            "--{flag}-keys {} must be 1-{max}",
+            count.n
+        )));
+    }
+    let secrets: Vec<SecretKey<R>> = (0..count.n).map(|_| SecretKey::generate(rng)).collect();
+    let role = RoleKeys {
+        keys: secrets.iter().map(|k| k.public()).collect(),
+        threshold: count.threshold,
+    };
+    role.validate()
+        .map_err(|e| SeedError::BadArgument(format!("--{flag}-keys/--{flag}-threshold: {e}")))?;
+    Ok((secrets, role))
 }
 
 /// Creates a seed in `dir` and returns the root public key(s) as nodes are
@@ -40,29 +72,13 @@ impl Default for RootKeys {
 pub fn init(
     dir: &Path,
     force: bool,
-    roots: RootKeys,
+    counts: Keys,
     now: UnixTime,
     rng: &mut impl CryptoRngCore,
 ) -> Result<String> {
     let layout = Layout::new(dir);
-    let root_keys = |keys: Vec<_>| RoleKeys {
-        keys,
-        threshold: roots.threshold,
-    };
-    // Checked before anything is written.
-    if !(1..=fleetmesh_protocol::signed::MAX_SIGNERS).contains(&roots.n) {
-        return Err(SeedError::BadArgument(format!(
-            "--root-keys {} must be 1-{}",
-            roots.n,
-            fleetmesh_protocol::signed::MAX_SIGNERS
-        )));
-    }
-    let root_secrets: Vec<_> = (0..roots.n)
-        .map(|_| SecretKey::<Root>::generate(rng))
-        .collect();
-    root_keys(root_secrets.iter().map(|k| k.public()).collect())
-        .validate()
-        .map_err(|e| SeedError::BadArgument(format!("--root-keys/--root-threshold: {e}")))?;
+    let (root_secrets, root) = make_keys::<Root>(counts.root, "root", rng)?;
+    let (release_secrets, release) = make_keys::<Release>(counts.release, "release", rng)?;
     prepare_dir(&layout, force)?;
     let keys = layout.keys();
     fs::DirBuilder::new()
@@ -70,12 +86,13 @@ pub fn init(
         .create(&keys)
         .ctx("create directory", &keys)?;
 
-    let release = SecretKey::<Release>::generate(rng);
     let policy = SecretKey::<Policy>::generate(rng);
-    for (i, root) in root_secrets.iter().enumerate() {
-        keyfile::write(&layout.root_key(i), root)?;
+    for (i, key) in root_secrets.iter().enumerate() {
+        keyfile::write(&layout.role_key::<Root>(i), key)?;
     }
-    keyfile::write(&layout.key::<Release>(), &release)?;
+    for (i, key) in release_secrets.iter().enumerate() {
+        keyfile::write(&layout.role_key::<Release>(i), key)?;
+    }
     keyfile::write(&layout.key::<Policy>(), &policy)?;
     fsutil::fsync_dir(&keys)?;
 
@@ -83,8 +100,8 @@ pub fn init(
         version: 1,
         issued_at: now,
         expires_at: now.plus_secs(TRUST_TTL_SECS),
-        root: root_keys(root_secrets.iter().map(|k| k.public()).collect()),
-        release: RoleKeys::single(release.public()),
+        root,
+        release,
         policy: RoleKeys::single(policy.public()),
     };
     let chain = TrustChain {

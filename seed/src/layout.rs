@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::{Result, SeedError};
 use fleetmesh_node::fsutil::Context;
 use fleetmesh_node::{keyfile, ChunkStore};
-use fleetmesh_protocol::keys::{Role, Root, SecretKey};
+use fleetmesh_protocol::keys::{Release, Role, Root, SecretKey};
 use fleetmesh_protocol::{codec, RoleKeys, TrustChain, TrustState};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -63,12 +63,21 @@ impl Layout {
         self.keys().join(format!("{}.key", R::NAME))
     }
 
-    /// Root key `i` (from 0): `keys/root.key`, then `keys/root-2.key`, ...
-    pub fn root_key(&self, i: usize) -> PathBuf {
+    /// A role's key `i` (from 0), for a k-of-n role: `keys/<role>.key`,
+    /// then `keys/<role>-2.key`, ...
+    pub fn role_key<R: Role>(&self, i: usize) -> PathBuf {
         match i {
-            0 => self.key::<Root>(),
-            _ => self.keys().join(format!("{}-{}.key", Root::NAME, i + 1)),
+            0 => self.key::<R>(),
+            _ => self.keys().join(format!("{}-{}.key", R::NAME, i + 1)),
         }
+    }
+
+    /// The files of a role's keys that are here, in order.
+    pub fn role_keys_here<R: Role>(&self) -> Vec<PathBuf> {
+        (0..fleetmesh_protocol::signed::MAX_SIGNERS)
+            .map(|i| self.role_key::<R>(i))
+            .filter(|p| p.exists())
+            .collect()
     }
 
     /// `store/`.
@@ -148,6 +157,17 @@ impl Seed {
     /// A secret key of role `R`.
     pub fn key<R: Role>(&self) -> Result<SecretKey<R>> {
         Ok(keyfile::read(&self.layout.key::<R>())?)
+    }
+
+    /// Every release key here (`release.key`, `release-2.key`, ...): what
+    /// manifests and announcements are signed with, so that a k-of-n
+    /// release role gets its signatures.
+    pub fn release_keys(&self) -> Result<Vec<SecretKey<Release>>> {
+        let mut keys = vec![self.key::<Release>()?];
+        for path in self.layout.role_keys_here::<Release>().iter().skip(1) {
+            keys.push(keyfile::read(path)?);
+        }
+        Ok(keys)
     }
 
     /// Opens the chunk store (exclusively: sled locks it).

@@ -47,6 +47,14 @@ enum Command {
         /// majority of --root-keys].
         #[arg(long, value_name = "K")]
         root_threshold: Option<u8>,
+        /// Release keys to make (keys/release.key, release-2.key, ...); the
+        /// seed signs with every one it holds; 1-16.
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        release_keys: usize,
+        /// How many release keys must sign each manifest and announcement
+        /// [default: a majority of --release-keys].
+        #[arg(long, value_name = "K")]
+        release_threshold: Option<u8>,
     },
     /// Chunk, compress, store and sign an image as a new release; print its
     /// summary as JSON.
@@ -268,12 +276,18 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             force,
             root_keys,
             root_threshold,
+            release_keys,
+            release_threshold,
         } => {
-            let roots = init::RootKeys {
-                n: root_keys,
-                threshold: root_threshold.unwrap_or((root_keys / 2 + 1).min(255) as u8),
+            let count = |n: usize, k: Option<u8>| init::KeyCount {
+                n,
+                threshold: k.unwrap_or((n / 2 + 1).min(255) as u8),
             };
-            let root = init::init(&dir, force, roots, cli::unix_now(), &mut rand_core::OsRng)?;
+            let keys = init::Keys {
+                root: count(root_keys, root_threshold),
+                release: count(release_keys, release_threshold),
+            };
+            let root = init::init(&dir, force, keys, cli::unix_now(), &mut rand_core::OsRng)?;
             println!("{root}");
             eprintln!(
                 "initialised seed in {}; provision nodes with the root key(s) above (root.pub)",

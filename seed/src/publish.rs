@@ -59,7 +59,7 @@ pub fn publish(
     check_names(&channel, &platforms)?;
     let (file, image_len) = open_image(&req.image, cfg.max_image_bytes)?;
     let trust = seed.trust()?;
-    let key = seed.key::<Release>()?;
+    let keys = seed.release_keys()?;
     let store = seed.store()?;
     check_newer(&store, &req.version, &channel)?;
 
@@ -103,7 +103,7 @@ pub fn publish(
         created_at: now,
         expires_at: now.plus_secs(cfg.release_ttl_days * 24 * 3600),
     };
-    let recorded = sign_and_record(&store, &manifest, &key, &trust, now, &cut.totals);
+    let recorded = sign_and_record(&store, &manifest, &keys, &trust, now, &cut.totals);
     if recorded.is_err() {
         // Best effort: the chunks are valid, only unreferenced; removing them
         // keeps "a failed publish changes nothing".
@@ -119,12 +119,12 @@ pub fn publish(
 fn sign_and_record(
     store: &ChunkStore,
     manifest: &Manifest,
-    key: &fleetmesh_protocol::keys::SecretKey<Release>,
+    keys: &[fleetmesh_protocol::keys::SecretKey<Release>],
     trust: &fleetmesh_protocol::TrustState,
     now: UnixTime,
     totals: &Totals,
 ) -> Result<ReleaseInfo> {
-    let signed = Signed::sign(manifest, &[key])?;
+    let signed = Signed::sign(manifest, &keys.iter().collect::<Vec<_>>())?;
     // Verify as a node would: catches a release key the trust document does
     // not delegate, an expired trust document, an inconsistent manifest.
     signed

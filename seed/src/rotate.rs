@@ -51,12 +51,9 @@ const TRUST_DAYS: u64 = 365;
 fn root_keys(seed: &Seed, files: &[PathBuf]) -> Result<Vec<SecretKey<Root>>> {
     // By default the root keys `init` left on the seed (all of them, or
     // the first alone, to name it in the error when it is offline).
-    let mut default: Vec<PathBuf> = (0..fleetmesh_protocol::signed::MAX_SIGNERS)
-        .map(|i| seed.layout.root_key(i))
-        .filter(|p| p.exists())
-        .collect();
+    let mut default = seed.layout.role_keys_here::<Root>();
     if default.is_empty() {
-        default.push(seed.layout.root_key(0));
+        default.push(seed.layout.key::<Root>());
     }
     let files = if files.is_empty() { &default } else { files };
     files
@@ -102,6 +99,10 @@ pub fn rotate(
             let key = SecretKey::<Release>::generate(rng);
             doc.release = RoleKeys::single(key.public());
             extend_chain(seed, chain, &doc, &signers, &key)?;
+            // The new role is the one key: the others of a k-of-n role go.
+            for old in seed.layout.role_keys_here::<Release>().iter().skip(1) {
+                std::fs::remove_file(old).ctx("remove", old)?;
+            }
             (
                 resign_manifests(seed, &key)?,
                 None,

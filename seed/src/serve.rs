@@ -8,7 +8,7 @@ use crate::Result;
 use fleetmesh_node::fsutil::{self, Context};
 use fleetmesh_node::mesh::{self, Role};
 use fleetmesh_node::{keyfile, ChunkFiles, ChunkStore};
-use fleetmesh_protocol::keys::{Node, PublicKey, Release, SecretKey};
+use fleetmesh_protocol::keys::{Node, PublicKey, SecretKey};
 use fleetmesh_protocol::{codec, ReleaseId};
 
 /// Writes `releases/<id>.manifest` for every release in the store that
@@ -89,7 +89,7 @@ pub fn params(
         run_dir: run,
         files: ChunkFiles::open(&seed.layout.store())?,
         store: None,
-        release_key: Some(seed.key::<Release>()?),
+        release_keys: seed.release_keys()?,
         sched: Default::default(),
         policy_file: crate::policy::current_path(seed),
         chaos_corrupt_uploads: false,

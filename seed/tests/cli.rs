@@ -653,7 +653,10 @@ fn rotating_keys_with_an_offline_root_revokes_the_old_ones() {
 }
 
 #[test]
-fn a_k_of_n_root_needs_k_of_its_keys_to_rotate() {
+fn k_of_n_root_and_release_roles_need_k_of_their_keys() {
+    fn run(args: &[String]) -> Vec<&str> {
+        args.iter().map(String::as_str).collect()
+    }
     use fleetmesh_protocol::keys::Root;
     use fleetmesh_protocol::RoleKeys;
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -677,12 +680,36 @@ fn a_k_of_n_root_needs_k_of_its_keys_to_rotate() {
         "3",
         "--root-threshold",
         "2",
+        "--release-keys",
+        "3",
+        "--release-threshold",
+        "2",
     ]);
     let root_pub = fs::read_to_string(dir.join("root.pub")).expect("root.pub");
     assert_eq!(printed.trim(), root_pub.trim());
     let roots: RoleKeys<Root> = root_pub.parse().expect("k-of-n root.pub");
     assert_eq!((roots.keys.len(), roots.threshold), (3, 2));
+    // A 2-of-3 release role: the seed signs with the keys it holds, and a
+    // publish with fewer than two is refused, changing nothing.
+    let image_file = tmp.path().join("v1.img");
+    fs::write(&image_file, image(1, 200_000)).expect("image");
+    let publish = |v: &str| {
+        let img = image_file.to_str().expect("utf-8");
+        ["publish", "--dir", d, "--image", img, "--version", v].map(str::to_owned)
+    };
+    fs::remove_file(dir.join("keys/release-3.key")).expect("one release key away");
+    ok(&run(&publish("1.0.0")));
     ok(&["verify", "--dir", d]);
+    let aside = tmp.path().join("release-2.key");
+    fs::rename(dir.join("keys/release-2.key"), &aside).expect("another away");
+    let releases = ok(&["releases", "--dir", d, "--json"]);
+    let err = fails(&run(&publish("2.0.0")));
+    assert!(
+        err.contains("1 valid release signature(s), 2 required"),
+        "{err}"
+    );
+    assert_eq!(ok(&["releases", "--dir", d, "--json"]), releases);
+    fs::rename(&aside, dir.join("keys/release-2.key")).expect("back");
     // The three root keys go offline, apart.
     let offline: Vec<String> = ["root.key", "root-2.key", "root-3.key"]
         .iter()
@@ -699,9 +726,6 @@ fn a_k_of_n_root_needs_k_of_its_keys_to_rotate() {
         }
         args.into_iter().map(str::to_owned).collect::<Vec<_>>()
     };
-    fn run(args: &[String]) -> Vec<&str> {
-        args.iter().map(String::as_str).collect()
-    }
     let err = fails(&run(&rotate(&[&offline[1]])));
     assert!(
         err.contains("1 valid root signature(s), 2 required"),
@@ -710,5 +734,10 @@ fn a_k_of_n_root_needs_k_of_its_keys_to_rotate() {
     let out: serde_json::Value =
         serde_json::from_str(&ok(&run(&rotate(&[&offline[0], &offline[2]])))).expect("json");
     assert_eq!(out["trust_version"], 2);
+    ok(&["verify", "--dir", d]);
+    // The rotated release role is the one new key; the others are gone,
+    // and publishing goes on with it.
+    assert!(!dir.join("keys/release-2.key").exists());
+    ok(&run(&publish("2.0.0")));
     ok(&["verify", "--dir", d]);
 }

@@ -162,8 +162,8 @@ pub struct Params {
     pub node_key: Option<SecretKey<Node>>,
     /// Nodes: labels from the configuration (reported with site and platform).
     pub labels: BTreeMap<String, String>,
-    /// Seed: the key that signs announcements.
-    pub release_key: Option<SecretKey<ReleaseRole>>,
+    /// Seed: the keys that sign announcements (k-of-n: all it holds).
+    pub release_keys: Vec<SecretKey<ReleaseRole>>,
     /// Scheduler tunables.
     pub sched: sched::Config,
     /// Seed: the current policy, read when it changes. Node: where an
@@ -2387,9 +2387,10 @@ impl Mesh {
     }
 
     fn announce_all(&mut self) {
-        let Some(key) = &self.p.release_key else {
+        if self.p.release_keys.is_empty() {
             return;
-        };
+        }
+        let keys: Vec<&SecretKey<ReleaseRole>> = self.p.release_keys.iter().collect();
         let now = crate::cli::unix_now();
         // Only the newest release of each channel is announced.
         let mut newest: BTreeMap<String, &Release> = BTreeMap::new();
@@ -2408,7 +2409,7 @@ impl Mesh {
         let mut messages = Vec::new();
         for r in newest.values() {
             let a = Announcement::of(r.id(), r.manifest(), now);
-            match Signed::sign(&a, &[key]).and_then(|s| Ok((wire::encode(&s)?, s))) {
+            match Signed::sign(&a, &keys).and_then(|s| Ok((wire::encode(&s)?, s))) {
                 Ok(m) => messages.push(m),
                 Err(e) => tracing::error!("cannot sign announcement: {e}"),
             }
