@@ -579,9 +579,16 @@ fn a_non_member_cannot_fetch_chunks_and_a_revoked_node_is_dropped() {
     } = lab_with_release(dir, 2 << 20);
     let member = lab.add_node("a", "").expect("node");
     let stranger = lab.add_node("a", "").expect("node");
+    // Not enrolled: no credential on the node, none issued at the seed
+    // (the seed hands an enrolled node its credential).
     let credential = lab.nodes[stranger].dir.join("member.cred");
+    std::fs::remove_file(&credential).expect("take the credential away");
+    let issued = lab
+        .seed_dir
+        .join("members")
+        .join(format!("{}.cred", lab.nodes[stranger].peer_id));
     let kept = dir.join("stranger.cred");
-    std::fs::rename(&credential, &kept).expect("take the credential away");
+    std::fs::rename(&issued, &kept).expect("un-enroll");
     lab.start_node(member, &[]).expect("start");
     lab.start_node(stranger, &[]).expect("start");
     lab.wait_complete(&[member], "1.0.0", TIMEOUT)
@@ -601,9 +608,12 @@ fn a_non_member_cannot_fetch_chunks_and_a_revoked_node_is_dropped() {
     );
     assert!(!lab.node_complete(stranger, "1.0.0"));
 
-    std::fs::rename(&kept, &credential).expect("enroll");
+    // Enrolled at the seed: the node gets its credential from the seed
+    // when it next says hello, with nothing copied to it.
+    std::fs::rename(&kept, &issued).expect("enroll");
     lab.wait_complete(&[stranger], "1.0.0", TIMEOUT)
         .expect("the enrolled node completes");
+    assert!(credential.exists(), "the node did not keep its credential");
     assert_eq!(
         node_image_hash(&lab.nodes[stranger].dir, &id).expect("image"),
         hash

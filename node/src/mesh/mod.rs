@@ -657,6 +657,12 @@ impl Mesh {
         tracing::info!(version = state.version(), "trust chain advanced");
         self.trust = state;
         self.p.chain = chain;
+        // Pass it on at once: a peer still on the old chain would refuse,
+        // and hold against the relayer, what the new keys sign.
+        let peers: Vec<PeerId> = self.peers.keys().copied().collect();
+        for peer in peers {
+            self.send(peer, Request::Hello(self.hello()), Outbound::Hello);
+        }
         if let (true, Some(path)) = (save, &self.p.chain_path) {
             let written = wire::encode(&self.p.chain)
                 .map_err(|e| e.to_string())
