@@ -345,6 +345,32 @@ pub fn import(
             if a.release_id != m.id() {
                 return Err(bad(path, "its announcement is for another release"));
             }
+            // The store cap holds for imports too, checked before a chunk
+            // is written (counted uncompressed, as the mesh does).
+            let cap = config.store.max_bytes;
+            if cap > 0 {
+                let missing: u64 = fleetmesh_protocol::mesh::pieces(m.manifest())
+                    .iter()
+                    .filter(|(id, _)| !files.has_chunk(id))
+                    .map(|(_, len)| u64::from(*len))
+                    .sum();
+                let used: u64 = files
+                    .list()
+                    .map_err(|e| bad(path, format!("the store: {e}")))?
+                    .iter()
+                    .map(|f| f.1)
+                    .sum();
+                if used + missing > cap {
+                    return Err(bad(
+                        path,
+                        format!(
+                            "release {} needs up to {missing} more bytes, but the store cap (store.max_bytes = {cap}) leaves {}; raise the cap, or let the running node evict older releases first",
+                            m.manifest().version,
+                            cap.saturating_sub(used)
+                        ),
+                    ));
+                }
+            }
             Ok(Checked {
                 wanted: m.manifest().chunks.iter().map(|c| c.id).collect(),
                 manifest: m,

@@ -535,6 +535,14 @@ fn an_air_gapped_site_takes_releases_from_bundles_and_shares_them() {
     assert!(err.contains("cut short"), "{err}");
     let err = fails(&mut import(a, &dir.join("image")));
     assert!(err.contains("not a fleetmesh release bundle"), "{err}");
+    let held = chunk_files(&lab.nodes[a].dir).len();
+    let err = fails(import(a, &full).env("FLEETMESH_STORE__MAX_BYTES", "1000000"));
+    assert!(err.contains("store cap"), "{err}");
+    assert_eq!(
+        chunk_files(&lab.nodes[a].dir).len(),
+        held,
+        "a refused import wrote chunks"
+    );
     assert!(!lab.node_complete(a, "1.0.0"));
 
     let out = lab
