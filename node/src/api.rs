@@ -77,6 +77,7 @@ pub struct Metrics {
     releases: Family<Labels, Gauge>,
     update_state: Family<Labels, Gauge>,
     window_open: Family<Labels, Gauge>,
+    store: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -92,6 +93,7 @@ impl Default for Metrics {
             releases: Family::default(),
             update_state: Family::default(),
             window_open: Family::default(),
+            store: Family::default(),
         };
         {
             let mut r = m.registry();
@@ -134,6 +136,11 @@ impl Default for Metrics {
                 "update_state",
                 "1 for the updater's current state",
                 m.update_state.clone(),
+            );
+            r.register(
+                "store",
+                "The chunk store under its cap: bytes used at the last check (used_bytes), the cap (max_bytes), and releases evicted (evicted, across restarts); absent without a cap",
+                m.store.clone(),
             );
             r.register(
                 "window_open",
@@ -200,6 +207,14 @@ impl Metrics {
             self.update_state
                 .get_or_create(&vec![("state", state.to_owned())])
                 .set(1);
+        }
+        self.store.clear();
+        for key in ["used_bytes", "max_bytes", "evicted"] {
+            if let Some(n) = status["store"][key].as_i64() {
+                self.store
+                    .get_or_create(&vec![("value", key.to_owned())])
+                    .set(n);
+            }
         }
         self.window_open.clear();
         if let Some(open) = status["window_open"].as_bool() {

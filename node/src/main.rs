@@ -295,6 +295,15 @@ fn print_mesh(m: &MeshStatus) {
             r.bytes_up
         );
     }
+    if let Some(s) = &m.store {
+        println!(
+            "store           {} of {} B, {} release(s) evicted",
+            s.used_bytes, s.max_bytes, s.evicted
+        );
+        if let Some(why) = &s.waiting {
+            println!("store waiting   {why}");
+        }
+    }
 }
 
 /// The daemon: the mesh on this thread's runtime, the updater on its own

@@ -686,7 +686,9 @@ fn the_store_stays_under_its_cap_by_evicting_old_releases_never_the_running_one(
     let cap = size as u64 * 5 / 2;
     let extra = format!("store.max_bytes = {cap}\nupdate.install_when_staged = true");
     let n = lab.add_node("a", &extra).expect("node");
-    lab.start_node(n, &[]).expect("start");
+    let api = local_addr();
+    lab.start_node(n, &["--api", &api.to_string()])
+        .expect("start");
     let node_dir = lab.nodes[n].dir.clone();
     let committed = |lab: &Lab, v: &str| {
         wait_until(TIMEOUT, || {
@@ -733,6 +735,16 @@ fn the_store_stays_under_its_cap_by_evicting_old_releases_never_the_running_one(
     assert_eq!(
         fleetmesh_testnet::lab::fleet(&lab)[n].booted.as_deref(),
         Some("3.0.0")
+    );
+    let (code, metrics) = http_get(api, "/metrics").expect("GET /metrics");
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains(&format!("fleetmesh_store{{value=\"max_bytes\"}} {cap}")),
+        "{metrics}"
+    );
+    assert!(
+        metric_sum(&metrics, "fleetmesh_store{", "evicted") >= 1.0,
+        "{metrics}"
     );
 }
 

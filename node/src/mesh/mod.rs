@@ -2164,6 +2164,7 @@ impl Mesh {
             tracing::warn!("ignoring unreadable {}", path.display());
             return;
         };
+        self.store.evicted = old.store.map_or(0, |s| s.evicted);
         for r in old.releases {
             if let Ok(id) = r.release_id.parse::<ReleaseId>() {
                 let c = release::Counters {

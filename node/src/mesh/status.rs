@@ -67,7 +67,7 @@ pub struct StoreStatus {
     pub max_bytes: u64,
     /// Bytes the chunk files took at the last check.
     pub used_bytes: u64,
-    /// Releases evicted since start.
+    /// Releases evicted (counted across restarts).
     pub evicted: u64,
     /// Why a download waits for room, if one does.
     pub waiting: Option<String>,
