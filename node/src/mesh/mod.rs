@@ -87,7 +87,11 @@ const IMPORTS_EVERY: Duration = Duration::from_secs(2);
 /// Imported announcements taken per scan.
 const MAX_IMPORTS_PER_TICK: usize = 16;
 const DISCOVER_EVERY: Duration = Duration::from_secs(300);
-/// How often a node with no member peers dials its bootstrap peers again.
+/// Below this many member peers (or `max_peers`) a node looks for more
+/// every [`REDIAL_EVERY`].
+const FEW_PEERS: usize = 8;
+/// How often a node with no member peers dials its bootstrap peers again
+/// (and one with few looks for more).
 const REDIAL_EVERY: Duration = Duration::from_secs(10);
 const MANIFEST_RETRY: Duration = Duration::from_secs(3);
 /// How long a node waits for a same-site peer to have a manifest before
@@ -2018,10 +2022,15 @@ impl Mesh {
         }
         // Alone (the links were down, or peers refused this node before
         // it was enrolled): try the bootstrap peers again, every
-        // REDIAL_EVERY rather than every DISCOVER_EVERY.
-        let alone = !self.peers.values().any(|p| p.member.is_some());
+        // REDIAL_EVERY rather than every DISCOVER_EVERY. With few peers (a
+        // round that ran before the bootstrap peer answered finds nobody,
+        // and the others' rounds ran before this node was known), look
+        // again at the same pace.
+        let members = self.peers.values().filter(|p| p.member.is_some()).count();
+        let alone = members == 0;
+        let few = members < self.p.max_peers.min(FEW_PEERS);
         if now - self.last_discover >= DISCOVER_EVERY
-            || (alone && now - self.last_discover >= REDIAL_EVERY)
+            || (few && now - self.last_discover >= REDIAL_EVERY)
         {
             self.last_discover = now;
             if alone {
