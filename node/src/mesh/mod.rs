@@ -663,10 +663,7 @@ impl Mesh {
         self.p.chain = chain;
         // Pass it on at once: a peer still on the old chain would refuse,
         // and hold against the relayer, what the new keys sign.
-        let peers: Vec<PeerId> = self.peers.keys().copied().collect();
-        for peer in peers {
-            self.send(peer, Request::Hello(self.hello()), Outbound::Hello);
-        }
+        self.hello_all();
         if let (true, Some(path)) = (save, &self.p.chain_path) {
             let written = wire::encode(&self.p.chain)
                 .map_err(|e| e.to_string())
@@ -896,6 +893,11 @@ impl Mesh {
 
     fn forget_peer(&mut self, peer: &PeerId) {
         self.peers.remove(peer);
+        self.unschedule(peer);
+    }
+
+    /// Takes a peer out of every download's scheduler.
+    fn unschedule(&mut self, peer: &PeerId) {
         for r in self.releases.values_mut() {
             if let Some(s) = r.sched.as_mut() {
                 s.remove_peer(peer);
@@ -974,11 +976,7 @@ impl Mesh {
         p.slow_until = Some(Instant::now() + pause);
         p.in_sched.clear();
         tracing::warn!(%peer, timeouts = p.slow, secs = pause.as_secs(), "same-site peer too slow: its requests time out; fetching elsewhere for now");
-        for r in self.releases.values_mut() {
-            if let Some(s) = r.sched.as_mut() {
-                s.remove_peer(&peer);
-            }
-        }
+        self.unschedule(&peer);
     }
 
     fn ban(&mut self, peer: PeerId, why: &str) {
@@ -1228,9 +1226,16 @@ impl Mesh {
         tracing::info!(%peer, expires_at = %m.expires_at, "membership credential renewed");
         self.member = Some(signed);
         self.member_seen = fsutil::mtime(&self.p.member_file);
+        self.hello_all();
+    }
+
+    /// Says hello again to every peer (this node's chain or credential
+    /// changed).
+    fn hello_all(&mut self) {
+        let hello = self.hello();
         let peers: Vec<PeerId> = self.peers.keys().copied().collect();
-        for p in peers {
-            self.send(p, Request::Hello(self.hello()), Outbound::Hello);
+        for peer in peers {
+            self.send(peer, Request::Hello(hello.clone()), Outbound::Hello);
         }
     }
 
