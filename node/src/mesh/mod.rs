@@ -365,6 +365,10 @@ struct Wanted {
     asked: Option<Instant>,
     /// Peers that sent a have-map for it: they hold its manifest.
     holders: BTreeSet<PeerId>,
+    /// Their maps (piece count, pieces), applied when the manifest loads:
+    /// asking a peer to send its map again costs [`RETRY_FULL_HAVE`], and
+    /// the seed's map would arrive that long after the manifest.
+    early: HashMap<PeerId, (u32, Bits)>,
 }
 
 /// The peer id of a node key.
@@ -797,7 +801,7 @@ impl Mesh {
             pieces = release.pieces.len(),
             "release loaded"
         );
-        self.wanted.remove(&id);
+        let early = self.wanted.remove(&id).map(|w| w.early).unwrap_or_default();
         self.releases.insert(id, release);
         let peers: Vec<PeerId> = self.peers.keys().copied().collect();
         for peer in peers {
@@ -806,6 +810,16 @@ impl Mesh {
                 state.in_sched.remove(&id);
             }
             self.sync_peer(&peer);
+        }
+        for (peer, (pieces, bits)) in early {
+            let have = Have {
+                release: id,
+                pieces,
+                full: Some(bits.to_bytes()),
+                added: Vec::new(),
+            };
+            // A map of the wrong size is struck here, as on arrival.
+            self.on_have(peer, have);
         }
     }
 
@@ -1081,6 +1095,7 @@ impl Mesh {
                 since: Instant::now(),
                 asked: None,
                 holders: BTreeSet::new(),
+                early: HashMap::new(),
             });
         }
     }
@@ -1559,13 +1574,32 @@ impl Mesh {
             return false;
         }
         let Some(release) = self.releases.get(&have.release) else {
-            // Not loaded yet: the peer has its manifest, so ask it for that.
-            if let Some(w) = self.wanted.get_mut(&have.release) {
-                if w.holders.len() < self.p.max_peers {
-                    w.holders.insert(peer);
-                }
+            // Not loaded yet: the peer has its manifest, so ask it for that,
+            // and keep its map for when the manifest loads.
+            let Some(w) = self.wanted.get_mut(&have.release) else {
+                return true;
+            };
+            if w.holders.len() >= self.p.max_peers && !w.holders.contains(&peer) {
+                return true;
             }
-            return true;
+            w.holders.insert(peer);
+            return match (w.early.get_mut(&peer), have.full) {
+                (Some((pieces, bits)), _) if *pieces == have.pieces => {
+                    for &i in &have.added {
+                        bits.set(i as usize);
+                    }
+                    false
+                }
+                (_, Some(full)) => {
+                    let mut bits = Bits::from_bytes(have.pieces as usize, &full);
+                    for &i in &have.added {
+                        bits.set(i as usize);
+                    }
+                    w.early.insert(peer, (have.pieces, bits));
+                    false
+                }
+                _ => true,
+            };
         };
         if have.pieces as usize != release.pieces.len() {
             self.strike(peer, "have-map of the wrong size");
