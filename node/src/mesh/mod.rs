@@ -365,10 +365,10 @@ struct Wanted {
     asked: Option<Instant>,
     /// Peers that sent a have-map for it: they hold its manifest.
     holders: BTreeSet<PeerId>,
-    /// Their maps (piece count, pieces), applied when the manifest loads:
-    /// asking a peer to send its map again costs [`RETRY_FULL_HAVE`], and
-    /// the seed's map would arrive that long after the manifest.
-    early: HashMap<PeerId, (u32, Bits)>,
+    /// Their maps, applied when the manifest loads: asking a peer to send
+    /// its map again costs [`RETRY_FULL_HAVE`], and the seed's map would
+    /// arrive that long after the manifest.
+    early: HashMap<PeerId, Bits>,
 }
 
 /// The peer id of a node key.
@@ -811,10 +811,10 @@ impl Mesh {
             }
             self.sync_peer(&peer);
         }
-        for (peer, (pieces, bits)) in early {
+        for (peer, bits) in early {
             let have = Have {
                 release: id,
-                pieces,
+                pieces: bits.len() as u32,
                 full: Some(bits.to_bytes()),
                 added: Vec::new(),
             };
@@ -1583,23 +1583,22 @@ impl Mesh {
                 return true;
             }
             w.holders.insert(peer);
-            return match (w.early.get_mut(&peer), have.full) {
-                (Some((pieces, bits)), _) if *pieces == have.pieces => {
-                    for &i in &have.added {
-                        bits.set(i as usize);
-                    }
-                    false
-                }
-                (_, Some(full)) => {
-                    let mut bits = Bits::from_bytes(have.pieces as usize, &full);
-                    for &i in &have.added {
-                        bits.set(i as usize);
-                    }
-                    w.early.insert(peer, (have.pieces, bits));
-                    false
-                }
-                _ => true,
+            let n = have.pieces as usize;
+            let kept = match &have.full {
+                Some(full) => w
+                    .early
+                    .entry(peer)
+                    .insert_entry(Bits::from_bytes(n, full))
+                    .into_mut(),
+                None => match w.early.get_mut(&peer) {
+                    Some(kept) if kept.len() == n => kept,
+                    _ => return true,
+                },
             };
+            for &i in &have.added {
+                kept.set(i as usize);
+            }
+            return false;
         };
         if have.pieces as usize != release.pieces.len() {
             self.strike(peer, "have-map of the wrong size");
