@@ -184,12 +184,14 @@ pub enum Request {
     Have(Have),
     /// The signed manifest of a release.
     Manifest(ReleaseId),
-    /// Chunks of a release by id, at most [`MAX_BATCH`].
+    /// Chunks of a release by piece index, at most [`MAX_BATCH`]: the
+    /// responder finds their ids in its manifest.
     Chunks {
         /// The release they belong to.
         release: ReleaseId,
-        /// Their ids.
-        ids: Vec<ChunkId>,
+        /// Their piece indices, ascending.
+        #[serde(with = "ascending")]
+        pieces: Vec<u32>,
     },
 }
 
@@ -217,7 +219,9 @@ pub struct Have {
     pub pieces: u32,
     /// The whole map (bit `i` of byte `i / 8`, lowest bit first), if set.
     pub full: Option<Vec<u8>>,
-    /// Pieces gained since the last update, at most [`MAX_HAVE_ADDED`].
+    /// Pieces gained since the last update, ascending, at most
+    /// [`MAX_HAVE_ADDED`].
+    #[serde(with = "ascending")]
     pub added: Vec<u32>,
 }
 
@@ -235,6 +239,44 @@ impl Have {
             return Err(Error::invalid("have", "added pieces out of range"));
         }
         Ok(())
+    }
+}
+
+/// Ascending, distinct piece indices on the wire: the first, then each
+/// one's distance from the one before. bincode writes a number under 251 in
+/// one byte and anything up to 65535 in three, so a have-update or a chunk
+/// request costs about a byte a piece instead of three. Indices that do not
+/// ascend cannot be written, and a repeat (a zero distance) or an overflow
+/// does not decode, so a list has one encoding.
+mod ascending {
+    use serde::{de, ser, Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(pieces: &[u32], s: S) -> Result<S::Ok, S::Error> {
+        let mut gaps = Vec::with_capacity(pieces.len());
+        let mut prev = None;
+        for &i in pieces {
+            gaps.push(match prev {
+                None => i,
+                Some(p) if i > p => i - p,
+                Some(_) => return Err(ser::Error::custom("piece indices do not ascend")),
+            });
+            prev = Some(i);
+        }
+        gaps.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Error> {
+        let gaps = Vec::<u32>::deserialize(d)?;
+        let mut pieces: Vec<u32> = Vec::with_capacity(gaps.len());
+        for gap in gaps {
+            let next = match pieces.last() {
+                None => Some(gap),
+                Some(_) if gap == 0 => None,
+                Some(&p) => p.checked_add(gap),
+            };
+            pieces.push(next.ok_or_else(|| de::Error::custom("piece indices do not ascend"))?);
+        }
+        Ok(pieces)
     }
 }
 

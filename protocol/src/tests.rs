@@ -291,6 +291,66 @@ fn exchange_messages_round_trip_and_check_have_maps() {
     );
 }
 
+/// Have-updates and chunk requests carry ascending piece indices as
+/// distances: small, one encoding per list, and nothing else decodes.
+#[test]
+fn piece_lists_go_as_ascending_distances() {
+    let pieces: Vec<u32> = (0..500).map(|i| 70_000 + i * 37).collect();
+    let req = mesh::Request::Chunks {
+        release: ReleaseId([2; 32]),
+        pieces: pieces.clone(),
+    };
+    let bytes = codec::encode(&req).expect("encodes");
+    assert!(bytes.len() < 600, "{} bytes for 500 pieces", bytes.len());
+    assert_eq!(
+        codec::decode::<mesh::Request>(&bytes).expect("decodes"),
+        req
+    );
+    for bad in [vec![5, 5], vec![6, 5]] {
+        let req = mesh::Request::Chunks {
+            release: ReleaseId([2; 32]),
+            pieces: bad.clone(),
+        };
+        assert!(codec::encode(&req).is_err(), "{bad:?} encoded");
+    }
+    // Hand-made distances: a repeat (a zero distance) and an overflow.
+    let have = |added: Vec<u32>| mesh::Have {
+        release: ReleaseId([1; 32]),
+        pieces: 10,
+        full: None,
+        added,
+    };
+    let good = codec::encode(&mesh::Request::Have(have(vec![3, 4]))).expect("encodes");
+    let tail = good.len() - 2;
+    assert_eq!(&good[tail..], &[3, 1], "written as distances");
+    let mut repeat = good.clone();
+    repeat[tail + 1] = 0;
+    assert!(
+        codec::decode::<mesh::Request>(&repeat).is_err(),
+        "a repeat decoded"
+    );
+    let big = codec::encode(&mesh::Request::Have(have(vec![u32::MAX]))).expect("encodes");
+    // ... [1 entry][0xfc, u32::MAX] becomes [2 entries][u32::MAX][u32::MAX].
+    let max = &big[big.len() - 5..];
+    assert_eq!(big[big.len() - 6], 1);
+    let mut overflow = big[..big.len() - 6].to_vec();
+    overflow.push(2);
+    overflow.extend_from_slice(max);
+    overflow.extend_from_slice(max);
+    // The control: [2 entries][0][u32::MAX] is pieces 0 and u32::MAX.
+    let mut fine = big[..big.len() - 6].to_vec();
+    fine.extend_from_slice(&[2, 0]);
+    fine.extend_from_slice(max);
+    assert!(
+        codec::decode::<mesh::Request>(&fine).is_ok(),
+        "the control decodes"
+    );
+    assert!(
+        codec::decode::<mesh::Request>(&overflow).is_err(),
+        "an overflow decoded"
+    );
+}
+
 /// Fast-forward recovery after a key rotation (TUF): the release key is
 /// compromised and the root rotates it away. A node holding only the first
 /// trust document takes the newer chain from anyone and walks it from its

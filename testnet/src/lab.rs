@@ -178,7 +178,7 @@ impl Lab {
             read_status(&status).and_then(|s| {
                 s.listen
                     .iter()
-                    .find(|a| a.contains("/tcp/"))
+                    .find(|a| a.contains("/quic-v1"))
                     .or(s.listen.first())
                     .cloned()
             })

@@ -1556,8 +1556,8 @@ impl Mesh {
             Request::Manifest(id) => {
                 Response::Manifest(self.releases.get(&id).map(|r| r.signed().clone()))
             }
-            Request::Chunks { release, ids } => {
-                return self.serve_chunks(peer, release, ids, channel)
+            Request::Chunks { release, pieces } => {
+                return self.serve_chunks(peer, release, &pieces, channel)
             }
         };
         let _ = self
@@ -1646,14 +1646,20 @@ impl Mesh {
         &mut self,
         peer: PeerId,
         release: ReleaseId,
-        ids: Vec<ChunkId>,
+        pieces: &[u32],
         channel: ResponseChannel<Response>,
     ) {
-        let estimate: u64 = match self.releases.get(&release) {
-            Some(r) if ids.len() <= MAX_BATCH => ids
-                .iter()
-                .filter_map(|id| r.piece_of(id).map(|i| u64::from(r.pieces[i as usize].1)))
-                .sum(),
+        let (ids, estimate): (Vec<ChunkId>, u64) = match self.releases.get(&release) {
+            Some(r)
+                if pieces.len() <= MAX_BATCH
+                    && pieces.iter().all(|&i| (i as usize) < r.pieces.len()) =>
+            {
+                let of = |&i: &u32| r.pieces[i as usize];
+                (
+                    pieces.iter().map(|i| of(i).0).collect(),
+                    pieces.iter().map(|i| u64::from(of(i).1)).sum(),
+                )
+            }
             _ => {
                 let _ = self
                     .swarm
@@ -2301,22 +2307,20 @@ impl Mesh {
             }
         }
         for (id, planned) in to_send {
-            let Some(r) = self.releases.get(&id) else {
-                continue;
-            };
             tracing::debug!(peer = %planned.peer, req = planned.id.0, n = planned.pieces.len(), "requesting chunks");
-            let ids = planned
-                .pieces
-                .iter()
-                .map(|&i| r.pieces[i as usize].0)
-                .collect();
+            // Ascending, as the wire wants them; the response comes back
+            // in this order.
+            let pieces = ascending(&planned.pieces);
             self.send(
                 planned.peer,
-                Request::Chunks { release: id, ids },
+                Request::Chunks {
+                    release: id,
+                    pieces: pieces.clone(),
+                },
                 Outbound::Chunks {
                     release: id,
                     req: planned.id,
-                    pieces: planned.pieces,
+                    pieces,
                 },
             );
         }
@@ -2418,8 +2422,9 @@ impl Mesh {
                         release: *id,
                         pieces: r.pieces.len() as u32,
                         full: None,
-                        added: r.have_log[from..r.have_log.len().min(from + MAX_HAVE_ADDED)]
-                            .to_vec(),
+                        added: ascending(
+                            &r.have_log[from..r.have_log.len().min(from + MAX_HAVE_ADDED)],
+                        ),
                     },
                 };
                 let upto = match sent {
@@ -2482,6 +2487,14 @@ impl Mesh {
 
 /// Reads chunks for a peer: verified copies only, within the response
 /// budget. `corrupt` (fault injection) flips a byte in each.
+/// Piece indices sorted and without repeats, as have-updates carry them.
+fn ascending(pieces: &[u32]) -> Vec<u32> {
+    let mut v = pieces.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
 fn read_for_peer(files: &ChunkFiles, ids: &[ChunkId], corrupt: bool) -> Vec<Option<Vec<u8>>> {
     let mut out = Vec::with_capacity(ids.len());
     let mut total = 0;
