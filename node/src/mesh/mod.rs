@@ -513,7 +513,12 @@ fn build_swarm(p: &Params) -> Result<Swarm<Behaviour>, MeshError> {
             })
         })
         .map_err(net_err)?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(600)))
+        // Smart dialing tries QUIC first and TCP a moment later (Happy
+        // Eyeballs): TCP is the fallback where UDP does not get through.
+        .with_swarm_config(|c| {
+            c.with_idle_connection_timeout(Duration::from_secs(600))
+                .with_smart_dial()
+        })
         .build();
     Ok(swarm)
 }
@@ -873,12 +878,18 @@ impl Mesh {
                 ..
             })) => self.maybe_dial(peer, addresses.iter().cloned().collect()),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
+                // One dial per peer with all its addresses, so that smart
+                // dialing can choose among them.
+                let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
                 for (peer, addr) in list {
                     self.swarm
                         .behaviour_mut()
                         .kad
                         .add_address(&peer, addr.clone());
-                    self.maybe_dial(peer, vec![addr]);
+                    by_peer.entry(peer).or_default().push(addr);
+                }
+                for (peer, addrs) in by_peer {
+                    self.maybe_dial(peer, addrs);
                 }
             }
             _ => {}
@@ -1468,6 +1479,18 @@ impl Mesh {
         Ok(())
     }
 
+    /// A peer that says hello may have restarted and reconnected before
+    /// its old connection timed out here (QUIC has no reset: the old one
+    /// lingers, so the peer never looked disconnected): it knows nothing
+    /// of what was sent on that one, so its have-maps go again in full.
+    fn greeted_by(&mut self, peer: &PeerId) {
+        if let Some(state) = self.peers.get_mut(peer) {
+            state.sent.clear();
+            state.retry_full.clear();
+            state.have_in_flight = false;
+        }
+    }
+
     // ---- exchange protocol ----
 
     fn send(&mut self, peer: PeerId, request: Request, what: Outbound) {
@@ -1532,7 +1555,10 @@ impl Mesh {
                 Response::Busy
             }
             Request::Hello(hello) => match self.on_hello(peer, hello) {
-                Ok(()) => Response::Hello(self.hello()),
+                Ok(()) => {
+                    self.greeted_by(&peer);
+                    Response::Hello(self.hello())
+                }
                 Err(why) => match self.issued_to(&peer) {
                     Some((signed, _)) => {
                         tracing::info!(%peer, "its credential fails ({why}); sending the newer one issued to it");
