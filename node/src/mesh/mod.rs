@@ -1680,11 +1680,9 @@ impl Mesh {
                 if pieces.len() <= MAX_BATCH
                     && pieces.iter().all(|&i| (i as usize) < r.pieces.len()) =>
             {
-                let of = |&i: &u32| r.pieces[i as usize];
-                (
-                    pieces.iter().map(|i| of(i).0).collect(),
-                    pieces.iter().map(|i| u64::from(of(i).1)).sum(),
-                )
+                let (ids, lens): (Vec<ChunkId>, Vec<u32>) =
+                    pieces.iter().map(|&i| r.pieces[i as usize]).unzip();
+                (ids, lens.into_iter().map(u64::from).sum())
             }
             _ => {
                 let _ = self
@@ -2336,7 +2334,7 @@ impl Mesh {
             tracing::debug!(peer = %planned.peer, req = planned.id.0, n = planned.pieces.len(), "requesting chunks");
             // Ascending, as the wire wants them; the response comes back
             // in this order.
-            let pieces = ascending(&planned.pieces);
+            let pieces = ascending(planned.pieces);
             self.send(
                 planned.peer,
                 Request::Chunks {
@@ -2449,7 +2447,7 @@ impl Mesh {
                         pieces: r.pieces.len() as u32,
                         full: None,
                         added: ascending(
-                            &r.have_log[from..r.have_log.len().min(from + MAX_HAVE_ADDED)],
+                            r.have_log[from..r.have_log.len().min(from + MAX_HAVE_ADDED)].to_vec(),
                         ),
                     },
                 };
@@ -2511,16 +2509,15 @@ impl Mesh {
     }
 }
 
-/// Reads chunks for a peer: verified copies only, within the response
-/// budget. `corrupt` (fault injection) flips a byte in each.
-/// Piece indices sorted and without repeats, as have-updates carry them.
-fn ascending(pieces: &[u32]) -> Vec<u32> {
-    let mut v = pieces.to_vec();
-    v.sort_unstable();
-    v.dedup();
-    v
+/// Piece indices sorted and without repeats, as the wire carries them.
+fn ascending(mut pieces: Vec<u32>) -> Vec<u32> {
+    pieces.sort_unstable();
+    pieces.dedup();
+    pieces
 }
 
+/// Reads chunks for a peer: verified copies only, within the response
+/// budget. `corrupt` (fault injection) flips a byte in each.
 fn read_for_peer(files: &ChunkFiles, ids: &[ChunkId], corrupt: bool) -> Vec<Option<Vec<u8>>> {
     let mut out = Vec::with_capacity(ids.len());
     let mut total = 0;
