@@ -47,7 +47,11 @@
 //!    share early, at the seed's full rate, instead of sharing it with many
 //!    cross-site flows that starve the seed's; the sites trade afterwards
 //!    with every piece already somewhere. A seed that delivers nothing for
-//!    `wan_fallback_after` ends the phase.
+//!    `wan_fallback_after` ends the phase. Only `seed_first_cross` bytes
+//!    may be in flight to cross-site peers meanwhile (pieces the node owns
+//!    for its site, rules 2-3): the seed alone leaves part of each site's
+//!    link idle, and the sites' uplinks wholly, and a small trickle fills
+//!    that without starving the seed's flows.
 
 use crate::ChunkId;
 use std::collections::BTreeMap;
@@ -77,6 +81,9 @@ pub struct Config {
     pub wan_floor: u64,
     /// Rule 9 on or off.
     pub seed_first: bool,
+    /// Rule 9's allowance: bytes in flight to cross-site peers while the
+    /// seed-first phase lasts, for pieces this node owns for its site.
+    pub seed_first_cross: u64,
 }
 
 impl Default for Config {
@@ -92,6 +99,7 @@ impl Default for Config {
             wan_queue: Duration::from_secs(1),
             wan_floor: 1 << 20,
             seed_first: true,
+            seed_first_cross: 128 << 10,
         }
     }
 }
@@ -663,6 +671,9 @@ impl<P: Ord + Clone> Scheduler<P> {
             .idle_since
             .is_some_and(|t| now.saturating_sub(t) >= self.cfg.wan_fallback_after);
         let seed_first = self.seed_first(now);
+        let mut cross_free = if seed_first { self.cross_free() } else { 0 };
+        // With cross-site room, rule 9 admits pieces from other sites too.
+        let seed_only = seed_first && cross_free == 0;
         // Nothing the rules and the WAN cap allow to ask for, and no
         // endgame: skip looking at every peer.
         let wan_ok = wan_budget > 0 || wan_idle;
@@ -670,7 +681,7 @@ impl<P: Ord + Clone> Scheduler<P> {
             !self.have.get(i)
                 && self.requested[i] == 0
                 && self.avail[i] > 0
-                && (self.lan_avail[i] > 0 || (wan_ok && self.wan_allowed(i, any_wan, seed_first)))
+                && (self.lan_avail[i] > 0 || (wan_ok && self.wan_allowed(i, any_wan, seed_only)))
         };
         if !self.in_endgame() && !(0..self.lens.len()).any(open) {
             return Vec::new();
@@ -684,7 +695,7 @@ impl<P: Ord + Clone> Scheduler<P> {
         }
         let mut cands: Vec<(u32, u64, u32)> = (0..self.lens.len())
             .filter(|&i| !self.have.get(i) && self.requested[i] == 0 && self.avail[i] > 0)
-            .filter(|&i| self.pick(i, &views, any_wan, seed_first, &[]).is_some())
+            .filter(|&i| self.pick(i, &views, any_wan, seed_only, &[]).is_some())
             .map(|i| (self.avail[i], mix(self.me.tag ^ self.keys[i]), i as u32))
             .collect();
         let eligible = !cands.is_empty();
@@ -696,7 +707,14 @@ impl<P: Ord + Clone> Scheduler<P> {
             if budget < len || left == 0 {
                 break;
             }
-            if let Some(k) = self.pick(i as usize, &views, any_wan, seed_first, &[]) {
+            if let Some(k) = self.pick(i as usize, &views, any_wan, seed_only, &[]) {
+                let from_seed = self.mine.as_ref().is_some_and(|(_, s)| s.get(i as usize));
+                if seed_first && !from_seed && views[k].class != Class::Lan {
+                    if views[k].class == Class::Seed || cross_free < len {
+                        continue;
+                    }
+                    cross_free -= len;
+                }
                 if views[k].class != Class::Lan {
                     if wan_budget >= len {
                         wan_budget -= len;
@@ -825,6 +843,22 @@ impl<P: Ord + Clone> Scheduler<P> {
             free
         };
         (free, in_flight == 0)
+    }
+
+    /// Rule 9's cross-site room: its allowance less the bytes in flight to
+    /// cross-site peers.
+    fn cross_free(&self) -> u64 {
+        let in_flight: u64 = self
+            .pending
+            .values()
+            .filter(|r| {
+                self.peers
+                    .get(&r.peer)
+                    .is_some_and(|p| !p.lan && !p.info.seed)
+            })
+            .map(|r| r.bytes)
+            .sum();
+        self.cfg.seed_first_cross.saturating_sub(in_flight)
     }
 
     /// Rule 9: the seed is delivering pieces this node fetches from it that

@@ -502,32 +502,38 @@ fn an_overdue_wan_request_is_doubled_in_the_endgame() {
     );
 }
 
+/// Alone in site a with sites b and c known: this node fetches about a
+/// third of `n` pieces (its share) from the seed; site b holds the rest.
+fn seed_phase(cross: u64, n: usize) -> (Scheduler<u32>, Vec<u32>) {
+    let cfg = Config {
+        seed_first_cross: cross,
+        ..Config::default()
+    };
+    let mut s = Scheduler::new(cfg, info("a", 1), &pieces(n), |_| false);
+    s.add_site("c");
+    s.add_peer(0, seed_info());
+    s.add_peer(2, info("b", 2));
+    s.peer_has(&0, 0..n as u32);
+    assert!(s.plan(T0, 0).is_empty());
+    let share: Vec<u32> = s
+        .mine
+        .as_ref()
+        .expect("owners")
+        .1
+        .ones()
+        .map(|i| i as u32)
+        .collect();
+    assert!((n / 6..=n / 2).contains(&share.len()), "{}", share.len());
+    s.peer_has(&2, (0..n as u32).filter(|i| !share.contains(i)));
+    (s, share)
+}
+
 #[test]
 fn the_seed_share_crosses_the_wan_before_other_sites_are_asked() {
-    // Alone in site a with sites b and c known: this node fetches about a
-    // third of the pieces from the seed; site b holds the rest. Nothing is
-    // asked of site b until the seed has delivered the third.
+    // Without a cross-site allowance nothing is asked of site b until the
+    // seed has delivered the share.
     let n = 90;
-    let setup = || {
-        let mut s = sched("a", 1, n);
-        s.add_site("c");
-        s.add_peer(0, seed_info());
-        s.add_peer(2, info("b", 2));
-        s.peer_has(&0, 0..n as u32);
-        assert!(s.plan(T0, 0).is_empty());
-        let share: Vec<u32> = s
-            .mine
-            .as_ref()
-            .expect("owners")
-            .1
-            .ones()
-            .map(|i| i as u32)
-            .collect();
-        assert!((15..=45).contains(&share.len()), "{}", share.len());
-        s.peer_has(&2, (0..n as u32).filter(|i| !share.contains(i)));
-        (s, share)
-    };
-    let (mut s, share) = setup();
+    let (mut s, share) = seed_phase(0, n);
     let plan = s.plan(T0, u64::MAX);
     assert!(plan.iter().all(|p| p.peer == 0), "only the seed first");
     let mut asked: Vec<u32> = plan.iter().flat_map(|p| p.pieces.clone()).collect();
@@ -544,8 +550,46 @@ fn the_seed_share_crosses_the_wan_before_other_sites_are_asked() {
     );
 
     // A seed that delivers nothing for `wan_fallback_after` ends the phase.
-    let (mut s, _) = setup();
+    let (mut s, _) = seed_phase(0, n);
     assert!(s.plan(T0, u64::MAX).iter().all(|p| p.peer == 0));
     let later = Duration::from_secs(11);
     assert!(s.plan(later, u64::MAX).iter().any(|p| p.peer == 2));
+}
+
+#[test]
+fn the_seed_phase_asks_other_sites_only_within_its_allowance() {
+    // 1000-byte pieces and room for 5 of them in flight to site b.
+    let n = 300;
+    let (mut s, share) = seed_phase(5000, n);
+    let cross = |plan: &[Planned<u32>]| -> Vec<u32> {
+        plan.iter()
+            .filter(|p| p.peer == 2)
+            .flat_map(|p| p.pieces.clone())
+            .collect()
+    };
+    let plan = s.plan(T0, u64::MAX);
+    let from_seed: Vec<u32> = plan
+        .iter()
+        .filter(|p| p.peer == 0)
+        .flat_map(|p| p.pieces.clone())
+        .collect();
+    assert!(
+        from_seed.iter().all(|i| share.contains(i)),
+        "the seed is asked only for the share"
+    );
+    let first = cross(&plan);
+    assert_eq!(first.len(), 5, "the allowance fills: {first:?}");
+    assert!(first.iter().all(|i| !share.contains(i)));
+    // Full: nothing more of site b until a response comes back.
+    assert!(cross(&s.plan(T0, u64::MAX)).is_empty());
+    let id = plan
+        .iter()
+        .find(|p| p.peer == 2)
+        .expect("a request to b")
+        .id;
+    let done = plan.iter().find(|p| p.id == id).expect("it").pieces.clone();
+    let now = Duration::from_millis(100);
+    s.finish(now, id, &done, &[]);
+    let again = cross(&s.plan(now, u64::MAX));
+    assert_eq!(again.len(), done.len(), "what came back is asked again");
 }
