@@ -287,6 +287,8 @@ enum Done {
         peer: PeerId,
         channel: ResponseChannel<Response>,
         response: Response,
+        /// When the request came in.
+        since: Instant,
     },
     Verified {
         release: ReleaseId,
@@ -1718,6 +1720,7 @@ impl Mesh {
         }
         let delay = delay + chaos;
         tracing::trace!(%peer, n = ids.len(), "serving");
+        let since = Instant::now();
         tokio::spawn(async move {
             let read =
                 tokio::task::spawn_blocking(move || read_for_peer(&files, &ids, corrupt)).await;
@@ -1732,6 +1735,7 @@ impl Mesh {
                     peer,
                     channel,
                     response,
+                    since,
                 })
                 .await;
         });
@@ -1779,7 +1783,10 @@ impl Mesh {
                     pieces,
                 },
                 Response::Chunks(chunks),
-            ) => self.store_chunks(peer, release, req, &pieces, chunks),
+            ) => {
+                tracing::debug!(%peer, req = req.0, n = chunks.len(), "chunks received");
+                self.store_chunks(peer, release, req, &pieces, chunks)
+            }
             (what, Response::Busy) => self.on_failure(peer, what),
             (what, _) => {
                 self.strike(peer, "response does not match its request");
@@ -1909,6 +1916,7 @@ impl Mesh {
                 peer,
                 channel,
                 response,
+                since,
             } => {
                 self.serving = self.serving.saturating_sub(1);
                 if let Some(n) = self.serving_by.get_mut(&peer) {
@@ -1924,6 +1932,9 @@ impl Mesh {
                         r.counters.bytes_up += bytes;
                     }
                 }
+                // From request to here: reading, then waiting for this
+                // loop (a busy node answers late).
+                tracing::debug!(%peer, ms = since.elapsed().as_millis() as u64, "chunks served");
                 let _ = self
                     .swarm
                     .behaviour_mut()
