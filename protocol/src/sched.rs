@@ -708,8 +708,7 @@ impl<P: Ord + Clone> Scheduler<P> {
                 break;
             }
             if let Some(k) = self.pick(i as usize, &views, any_wan, seed_only, &[]) {
-                let from_seed = self.mine.as_ref().is_some_and(|(_, s)| s.get(i as usize));
-                if seed_first && !from_seed && views[k].class != Class::Lan {
+                if seed_first && !self.seed_share(i as usize) && views[k].class != Class::Lan {
                     if views[k].class == Class::Seed || cross_free < len {
                         continue;
                     }
@@ -829,12 +828,7 @@ impl<P: Ord + Clone> Scheduler<P> {
             self.wan_mark = (self.wan_received, Some(now));
         }
         let cap = (self.wan_rate * self.cfg.wan_queue.as_secs_f64()) as u64;
-        let in_flight: u64 = self
-            .pending
-            .values()
-            .filter(|r| self.peers.get(&r.peer).is_some_and(|p| !p.lan))
-            .map(|r| r.bytes)
-            .sum();
+        let in_flight = self.in_flight_to(|p| !p.lan);
         let free = cap.max(self.cfg.wan_floor).saturating_sub(in_flight);
         // Whole requests, not a piece at a time as responses trickle in.
         let free = if free < self.cfg.wan_floor / 2 {
@@ -848,17 +842,22 @@ impl<P: Ord + Clone> Scheduler<P> {
     /// Rule 9's cross-site room: its allowance less the bytes in flight to
     /// cross-site peers.
     fn cross_free(&self) -> u64 {
-        let in_flight: u64 = self
-            .pending
-            .values()
-            .filter(|r| {
-                self.peers
-                    .get(&r.peer)
-                    .is_some_and(|p| !p.lan && !p.info.seed)
-            })
-            .map(|r| r.bytes)
-            .sum();
+        let in_flight = self.in_flight_to(|p| !p.lan && !p.info.seed);
         self.cfg.seed_first_cross.saturating_sub(in_flight)
+    }
+
+    /// Bytes in flight to the peers `which` selects.
+    fn in_flight_to(&self, which: impl Fn(&Peer) -> bool) -> u64 {
+        self.pending
+            .values()
+            .filter(|r| self.peers.get(&r.peer).is_some_and(&which))
+            .map(|r| r.bytes)
+            .sum()
+    }
+
+    /// Piece `i` is one this node fetches from the seed (rule 3).
+    fn seed_share(&self, i: usize) -> bool {
+        self.mine.as_ref().is_some_and(|(_, seed)| seed.get(i))
     }
 
     /// Rule 9: the seed is delivering pieces this node fetches from it that
@@ -921,19 +920,19 @@ impl<P: Ord + Clone> Scheduler<P> {
         if lan_has || !wan_ok {
             return None;
         }
-        let from_seed = self.mine.as_ref().is_some_and(|(_, seed)| seed.get(i));
-        wan.or(if from_seed || any_wan { seed } else { None })
-            .map(|(k, _)| k)
+        wan.or(if self.seed_share(i) || any_wan {
+            seed
+        } else {
+            None
+        })
+        .map(|(k, _)| k)
     }
 
     /// Rules 2, 5 and 9: piece `i` may come over the WAN when no same-site
     /// peer has it.
     fn wan_allowed(&self, i: usize, any_wan: bool, seed_first: bool) -> bool {
-        let (mine, from_seed) = self
-            .mine
-            .as_ref()
-            .map_or((false, false), |(site, seed)| (site.get(i), seed.get(i)));
-        (mine || any_wan) && (from_seed || !seed_first)
+        let mine = self.mine.as_ref().is_some_and(|(site, _)| site.get(i));
+        (mine || any_wan) && (self.seed_share(i) || !seed_first)
     }
 
     fn issue(&mut self, now: Duration, batches: Vec<(P, Vec<u32>)>) -> Vec<Planned<P>> {

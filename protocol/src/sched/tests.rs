@@ -561,18 +561,15 @@ fn the_seed_phase_asks_other_sites_only_within_its_allowance() {
     // 1000-byte pieces and room for 5 of them in flight to site b.
     let n = 300;
     let (mut s, share) = seed_phase(5000, n);
-    let cross = |plan: &[Planned<u32>]| -> Vec<u32> {
+    let to = |peer: u32, plan: &[Planned<u32>]| -> Vec<u32> {
         plan.iter()
-            .filter(|p| p.peer == 2)
+            .filter(|p| p.peer == peer)
             .flat_map(|p| p.pieces.clone())
             .collect()
     };
+    let cross = |plan: &[Planned<u32>]| to(2, plan);
     let plan = s.plan(T0, u64::MAX);
-    let from_seed: Vec<u32> = plan
-        .iter()
-        .filter(|p| p.peer == 0)
-        .flat_map(|p| p.pieces.clone())
-        .collect();
+    let from_seed = to(0, &plan);
     assert!(
         from_seed.iter().all(|i| share.contains(i)),
         "the seed is asked only for the share"
@@ -582,14 +579,13 @@ fn the_seed_phase_asks_other_sites_only_within_its_allowance() {
     assert!(first.iter().all(|i| !share.contains(i)));
     // Full: nothing more of site b until a response comes back.
     assert!(cross(&s.plan(T0, u64::MAX)).is_empty());
-    let id = plan
-        .iter()
-        .find(|p| p.peer == 2)
-        .expect("a request to b")
-        .id;
-    let done = plan.iter().find(|p| p.id == id).expect("it").pieces.clone();
+    let done = plan.iter().find(|p| p.peer == 2).expect("a request to b");
     let now = Duration::from_millis(100);
-    s.finish(now, id, &done, &[]);
+    s.finish(now, done.id, &done.pieces, &[]);
     let again = cross(&s.plan(now, u64::MAX));
-    assert_eq!(again.len(), done.len(), "what came back is asked again");
+    assert_eq!(
+        again.len(),
+        done.pieces.len(),
+        "what came back is asked again"
+    );
 }
