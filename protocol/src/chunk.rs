@@ -3,6 +3,8 @@
 //! raw bytes, and decoding checks it, so a chunk is never handed out unverified.
 
 use crate::{chunking::MAX_CHUNK_BYTES, ChunkId, Error, Result};
+use std::cell::RefCell;
+use zstd::bulk::Decompressor;
 
 const TAG_RAW: u8 = 0;
 const TAG_ZSTD: u8 = 1;
@@ -60,10 +62,7 @@ pub fn decode_chunk(encoded: &[u8], expected: &ChunkId) -> Result<Vec<u8>> {
     let raw = match encoded.split_first() {
         Some((&TAG_RAW, raw)) if raw.len() <= MAX_CHUNK_BYTES as usize => raw.to_vec(),
         Some((&TAG_RAW, _)) => return Err(Error::invalid("chunk", "longer than 4 MiB")),
-        Some((&TAG_ZSTD, compressed)) => {
-            zstd::bulk::decompress(compressed, MAX_CHUNK_BYTES as usize)
-                .map_err(|e| Error::invalid("chunk", format!("bad zstd data: {e}")))?
-        }
+        Some((&TAG_ZSTD, compressed)) => decompress(compressed)?,
         Some((tag, _)) => return Err(Error::invalid("chunk", format!("unknown encoding {tag}"))),
         None => return Err(Error::invalid("chunk", "empty")),
     };
@@ -75,6 +74,38 @@ pub fn decode_chunk(encoded: &[u8], expected: &ChunkId) -> Result<Vec<u8>> {
         });
     }
     Ok(raw)
+}
+
+thread_local! {
+    /// One zstd context per thread: creating one costs about as much as
+    /// decompressing an 8 KiB chunk, and every chunk received or served is
+    /// decompressed to check its id.
+    static DECOMPRESSOR: RefCell<Option<Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+/// Decompresses a chunk body into a buffer of the size its frame header
+/// states (at most [`MAX_CHUNK_BYTES`]; zstd refuses a frame whose content
+/// differs from that size).
+fn decompress(compressed: &[u8]) -> Result<Vec<u8>> {
+    let max = MAX_CHUNK_BYTES as usize;
+    let capacity = match zstd::zstd_safe::get_frame_content_size(compressed) {
+        Ok(Some(n)) if n > max as u64 => return Err(Error::invalid("chunk", "longer than 4 MiB")),
+        Ok(Some(n)) => n as usize,
+        _ => max,
+    };
+    let mut out = Vec::with_capacity(capacity);
+    DECOMPRESSOR
+        .with_borrow_mut(|slot| {
+            if slot.is_none() {
+                *slot = Some(Decompressor::new()?);
+            }
+            match slot.as_mut() {
+                Some(d) => d.decompress_to_buffer(compressed, &mut out),
+                None => Ok(0),
+            }
+        })
+        .map_err(|e| Error::invalid("chunk", format!("bad zstd data: {e}")))?;
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -101,6 +132,26 @@ mod tests {
         assert_eq!(
             decode_chunk(&enc, &ChunkId::of(&noise)).expect("valid"),
             noise
+        );
+    }
+
+    #[test]
+    fn oversize_and_corrupt_frames_are_refused_and_the_next_chunk_still_decodes() {
+        let huge = vec![0u8; MAX_CHUNK_BYTES as usize + 1];
+        let enc = encode_chunk(&huge, 3);
+        assert_eq!(enc[0], TAG_ZSTD);
+        let err = decode_chunk(&enc, &ChunkId::of(&huge)).expect_err("over the limit");
+        assert!(err.to_string().contains("longer than 4 MiB"), "{err}");
+
+        let text = b"fleetmesh ".repeat(500);
+        let good = encode_chunk(&text, 3);
+        let mut bad = good.clone();
+        let last = bad.len() - 1;
+        bad.truncate(last);
+        assert!(decode_chunk(&bad, &ChunkId::of(&text)).is_err());
+        assert_eq!(
+            decode_chunk(&good, &ChunkId::of(&text)).expect("valid"),
+            text
         );
     }
 

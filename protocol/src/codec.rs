@@ -134,3 +134,167 @@ pub fn decode<T: Message>(bytes: &[u8]) -> Result<T> {
     }
     Ok(value)
 }
+
+/// Byte strings as a length and one copy. Serde's derive writes and reads a
+/// `Vec<u8>` one `u8` call at a time, which for chunk responses cost more
+/// CPU than decompressing them; bincode encodes both ways identically (a
+/// varint length, then the bytes), so this changes no wire or disk format.
+/// For `#[serde(with = "...")]` on `Vec<u8>`, `Option<Vec<u8>>` and
+/// `Vec<Option<Vec<u8>>>` fields.
+pub(crate) mod bytes {
+    use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
+    use std::fmt;
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(bytes)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        Ok(Buf::deserialize(d)?.0)
+    }
+
+    struct Slice<'a>(&'a [u8]);
+
+    impl Serialize for Slice<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(self.0)
+        }
+    }
+
+    struct Buf(Vec<u8>);
+
+    impl<'de> Deserialize<'de> for Buf {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_byte_buf(BufVisitor).map(Buf)
+        }
+    }
+
+    struct BufVisitor;
+
+    impl<'de> de::Visitor<'de> for BufVisitor {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a byte string")
+        }
+
+        fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+
+        fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+
+        /// Formats that write bytes as a list of numbers (JSON).
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 16));
+            while let Some(b) = seq.next_element()? {
+                out.push(b);
+            }
+            Ok(out)
+        }
+    }
+
+    /// `Option<Vec<u8>>`.
+    pub mod option {
+        use super::{Buf, Slice};
+        use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+        pub fn serialize<S: Serializer>(bytes: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+            bytes.as_deref().map(Slice).serialize(s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+            Ok(Option::<Buf>::deserialize(d)?.map(|b| b.0))
+        }
+    }
+
+    /// `Vec<Option<Vec<u8>>>`.
+    pub mod list {
+        use super::{Buf, Slice};
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub fn serialize<S: Serializer>(list: &[Option<Vec<u8>>], s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(list.iter().map(|b| b.as_deref().map(Slice)))
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Vec<Option<Vec<u8>>>, D::Error> {
+            let list = Vec::<Option<Buf>>::deserialize(d)?;
+            Ok(list.into_iter().map(|b| b.map(|b| b.0)).collect())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::config;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Fast {
+        #[serde(with = "super::bytes")]
+        one: Vec<u8>,
+        #[serde(with = "super::bytes::option")]
+        maybe: Option<Vec<u8>>,
+        #[serde(with = "super::bytes::list")]
+        list: Vec<Option<Vec<u8>>>,
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Derived {
+        one: Vec<u8>,
+        maybe: Option<Vec<u8>>,
+        list: Vec<Option<Vec<u8>>>,
+    }
+
+    #[test]
+    fn byte_strings_encode_as_serde_derives_them() {
+        let long: Vec<u8> = (0..300u32).map(|i| (i * 7) as u8).collect();
+        for (one, maybe, list) in [
+            (vec![], None, vec![]),
+            (
+                long.clone(),
+                Some(vec![]),
+                vec![None, Some(long.clone()), Some(vec![0])],
+            ),
+            (
+                vec![255],
+                Some(long.clone()),
+                vec![Some(vec![1, 2, 3]), None],
+            ),
+        ] {
+            let derived = Derived { one, maybe, list };
+            let fast = Fast {
+                one: derived.one.clone(),
+                maybe: derived.maybe.clone(),
+                list: derived.list.clone(),
+            };
+            let a = bincode::serde::encode_to_vec(&fast, config()).expect("fast");
+            let b = bincode::serde::encode_to_vec(&derived, config()).expect("derived");
+            assert_eq!(a, b, "one wire format");
+            let (back, used): (Fast, usize) =
+                bincode::serde::decode_from_slice(&b, config()).expect("decode");
+            assert_eq!((back, used), (fast, b.len()));
+        }
+    }
+
+    #[test]
+    fn a_byte_string_longer_than_its_input_is_refused() {
+        let fast = Fast {
+            one: vec![9; 100],
+            maybe: None,
+            list: vec![Some(vec![1; 50])],
+        };
+        let bytes = bincode::serde::encode_to_vec(&fast, config()).expect("encode");
+        for cut in 0..bytes.len() {
+            assert!(
+                bincode::serde::decode_from_slice::<Fast, _>(&bytes[..cut], config()).is_err(),
+                "decoded from {cut} of {} bytes",
+                bytes.len()
+            );
+        }
+    }
+}

@@ -204,6 +204,7 @@ pub struct Hello {
     pub announcements: Vec<Signed<Announcement>>,
     /// The newest signed policy the sender holds, encoded (empty: none).
     /// Bytes, because the policy type lives in the policy crate.
+    #[serde(with = "crate::codec::bytes")]
     pub policy: Vec<u8>,
     /// The sender's membership credential, if it has one: without a valid
     /// one, peers answer nothing but hellos and ignore its gossip.
@@ -218,6 +219,7 @@ pub struct Have {
     /// Its number of pieces.
     pub pieces: u32,
     /// The whole map (bit `i` of byte `i / 8`, lowest bit first), if set.
+    #[serde(with = "crate::codec::bytes::option")]
     pub full: Option<Vec<u8>>,
     /// Pieces gained since the last update, ascending, at most
     /// [`MAX_HAVE_ADDED`].
@@ -295,7 +297,7 @@ pub enum Response {
     Manifest(Option<Signed<Manifest>>),
     /// Chunks in request order: the stored (compressed) encoding, or `None`
     /// where the responder has no verified copy or the budget ran out.
-    Chunks(Vec<Option<Vec<u8>>>),
+    Chunks(#[serde(with = "crate::codec::bytes::list")] Vec<Option<Vec<u8>>>),
     /// The responder is at its upload or queue limit; ask again later.
     Busy,
     /// The responder does not take the requester for a fleet member (no

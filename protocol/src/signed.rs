@@ -28,6 +28,7 @@ pub struct Signature {
     /// Which key made it.
     pub key_id: KeyId,
     /// The 64-byte ed25519 signature.
+    #[serde(with = "crate::codec::bytes")]
     pub bytes: Vec<u8>,
 }
 
@@ -142,6 +143,7 @@ impl<R: Role> std::str::FromStr for RoleKeys<R> {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(bound = "")]
 pub struct Signed<T> {
+    #[serde(with = "crate::codec::bytes")]
     body: Vec<u8>,
     signatures: Vec<Signature>,
     #[serde(skip)]
