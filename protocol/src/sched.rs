@@ -193,7 +193,14 @@ impl Bits {
 
     /// The set bits, in order.
     pub fn ones(&self) -> impl Iterator<Item = usize> + '_ {
-        (0..self.len).filter(|&i| self.get(i))
+        self.words.iter().enumerate().flat_map(|(w, &word)| {
+            let mut rest = word;
+            std::iter::from_fn(move || {
+                let bit = rest.trailing_zeros() as usize;
+                rest &= rest.wrapping_sub(1);
+                (bit < 64).then_some(w * 64 + bit)
+            })
+        })
     }
 }
 
@@ -278,6 +285,9 @@ pub struct Scheduler<P> {
     /// Mean piece length, at least 1.
     avg_len: f64,
     keys: Vec<u64>,
+    /// The pieces in this node's tie-break order among equally rare pieces
+    /// (a hash of node and piece, then the index), worked out once.
+    by_rank: Vec<u32>,
     have: Bits,
     /// Peers (not banned at the time they told us) that have each piece.
     avail: Vec<u32>,
@@ -404,16 +414,20 @@ impl<P: Ord + Clone> Scheduler<P> {
                 bits.set(i);
             }
         }
+        let keys: Vec<u64> = pieces
+            .iter()
+            .map(|p| u64::from_le_bytes(p.0 .0[..8].try_into().unwrap_or_default()))
+            .collect();
+        let mut by_rank: Vec<u32> = (0..n as u32).collect();
+        by_rank.sort_unstable_by_key(|&i| (mix(me.tag ^ keys[i as usize]), i));
         Scheduler {
             cfg,
             me,
             lens: pieces.iter().map(|p| p.1).collect(),
             avg_len: (pieces.iter().map(|p| f64::from(p.1)).sum::<f64>() / n.max(1) as f64)
                 .max(1.0),
-            keys: pieces
-                .iter()
-                .map(|p| u64::from_le_bytes(p.0 .0[..8].try_into().unwrap_or_default()))
-                .collect(),
+            keys,
+            by_rank,
             have: bits,
             avail: vec![0; n],
             lan_avail: vec![0; n],
@@ -693,21 +707,37 @@ impl<P: Ord + Clone> Scheduler<P> {
         if total == 0 || (total < self.cfg.batch && !self.pending.is_empty()) {
             return Vec::new();
         }
-        let mut cands: Vec<(u32, u64, u32)> = (0..self.lens.len())
-            .filter(|&i| !self.have.get(i) && self.requested[i] == 0 && self.avail[i] > 0)
-            .filter(|&i| self.pick(i, &views, any_wan, seed_only, &[]).is_some())
-            .map(|i| (self.avail[i], mix(self.me.tag ^ self.keys[i]), i as u32))
+        // Candidates: pieces `pick` does not refuse before looking at any
+        // peer, rarest first, ties in this node's rank order (a stable
+        // sort of a fixed order). `pick`, which looks at every peer, runs
+        // only on the candidates the loop reaches: a plan only takes free
+        // slots, so a piece `pick` refuses at the start it refuses later.
+        let mut cands: Vec<u32> = self
+            .by_rank
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let i = i as usize;
+                !self.have.get(i)
+                    && self.requested[i] == 0
+                    && self.avail[i] > 0
+                    && (self.lan_avail[i] > 0 || self.wan_allowed(i, any_wan, seed_only))
+            })
             .collect();
-        let eligible = !cands.is_empty();
-        cands.sort_unstable();
+        cands.sort_by_key(|&i| self.avail[i as usize]);
+        let mut eligible = false;
         let mut batches: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
         let mut left = total;
-        for &(_, _, i) in &cands {
-            let len = u64::from(self.lens[i as usize]);
-            if budget < len || left == 0 {
+        for &i in &cands {
+            if left == 0 {
                 break;
             }
             if let Some(k) = self.pick(i as usize, &views, any_wan, seed_only, &[]) {
+                eligible = true;
+                let len = u64::from(self.lens[i as usize]);
+                if budget < len {
+                    break;
+                }
                 if seed_first && !self.seed_share(i as usize) && views[k].class != Class::Lan {
                     if views[k].class == Class::Seed || cross_free < len {
                         continue;

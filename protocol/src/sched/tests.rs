@@ -43,6 +43,21 @@ fn bits_round_trip_through_bytes() {
 }
 
 #[test]
+fn ones_lists_set_bits_across_word_edges() {
+    let mut b = Bits::new(200);
+    let set = [0, 1, 62, 63, 64, 65, 127, 128, 191, 192, 199];
+    for i in set {
+        b.set(i);
+    }
+    assert_eq!(b.ones().collect::<Vec<_>>(), set);
+    b.clear(63);
+    b.clear(199);
+    let kept: Vec<usize> = set.into_iter().filter(|&i| i != 63 && i != 199).collect();
+    assert_eq!(b.ones().collect::<Vec<_>>(), kept);
+    assert_eq!(Bits::new(130).ones().count(), 0);
+}
+
+#[test]
 fn same_site_peer_is_asked_before_the_seed() {
     let mut s = sched("a", 1, 8);
     s.add_peer(0, seed_info());
