@@ -202,6 +202,14 @@ impl Bits {
             })
         })
     }
+
+    /// Word `w`'s bits that lie within the set's length.
+    fn in_range(&self, w: usize) -> u64 {
+        match self.len - w * 64 {
+            n if n >= 64 => u64::MAX,
+            n => (1 << n) - 1,
+        }
+    }
 }
 
 /// Identifies one planned request.
@@ -294,6 +302,9 @@ pub struct Scheduler<P> {
     /// Same-site peers (not banned) known to have each piece: lets a plan
     /// skip, without looking at any peer, the pieces it may not fetch yet.
     lan_avail: Vec<u32>,
+    /// The pieces whose `lan_avail` is not zero: a plan looks only at
+    /// these and at the pieces it may fetch over the WAN, a word at a time.
+    lan_has: Bits,
     /// Requests outstanding per piece.
     requested: Vec<u8>,
     peers: PeerMap<P>,
@@ -431,6 +442,7 @@ impl<P: Ord + Clone> Scheduler<P> {
             have: bits,
             avail: vec![0; n],
             lan_avail: vec![0; n],
+            lan_has: Bits::new(n),
             requested: vec![0; n],
             peers: PeerMap::default(),
             seed: None,
@@ -521,6 +533,9 @@ impl<P: Ord + Clone> Scheduler<P> {
             for i in p.have.ones() {
                 self.avail[i] -= 1;
                 self.lan_avail[i] -= lan;
+                if self.lan_avail[i] == 0 {
+                    self.lan_has.clear(i);
+                }
             }
             self.membership_changed(&p.info);
         }
@@ -538,6 +553,9 @@ impl<P: Ord + Clone> Scheduler<P> {
             if p.have.set(i as usize) {
                 self.avail[i as usize] += 1;
                 self.lan_avail[i as usize] += lan;
+                if lan == 1 {
+                    self.lan_has.set(i as usize);
+                }
                 news |= !self.have.get(i as usize);
             }
         }
@@ -554,6 +572,9 @@ impl<P: Ord + Clone> Scheduler<P> {
             for i in p.have.ones() {
                 self.avail[i] -= 1;
                 self.lan_avail[i] -= lan;
+                if self.lan_avail[i] == 0 {
+                    self.lan_has.clear(i);
+                }
             }
             p.have = Bits::new(self.lens.len());
             if !p.info.seed {
@@ -592,6 +613,9 @@ impl<P: Ord + Clone> Scheduler<P> {
                 if req.pieces.contains(&i) && p.have.clear(i as usize) {
                     self.avail[i as usize] -= 1;
                     self.lan_avail[i as usize] -= lan;
+                    if self.lan_avail[i as usize] == 0 {
+                        self.lan_has.clear(i as usize);
+                    }
                 }
             }
             let secs = (now.saturating_sub(req.sent)).as_secs_f64().max(1e-3);
@@ -677,6 +701,10 @@ impl<P: Ord + Clone> Scheduler<P> {
         if self.is_complete() {
             return Vec::new();
         }
+        debug_assert!(
+            (0..self.lens.len()).all(|i| self.lan_has.get(i) == (self.lan_avail[i] > 0)),
+            "lan_has out of step with lan_avail"
+        );
         let (mut wan_budget, mut wan_idle) = self.wan_budget(now);
         if self.mine.is_none() {
             self.mine = Some(self.compute_mine(now));
@@ -691,13 +719,13 @@ impl<P: Ord + Clone> Scheduler<P> {
         // Nothing the rules and the WAN cap allow to ask for, and no
         // endgame: skip looking at every peer.
         let wan_ok = wan_budget > 0 || wan_idle;
-        let open = |i: usize| {
-            !self.have.get(i)
-                && self.requested[i] == 0
-                && self.avail[i] > 0
-                && (self.lan_avail[i] > 0 || (wan_ok && self.wan_allowed(i, any_wan, seed_only)))
-        };
-        if !self.in_endgame() && !(0..self.lens.len()).any(open) {
+        let wanted = |&i: &usize| !self.have.get(i) && self.requested[i] == 0 && self.avail[i] > 0;
+        if !self.in_endgame()
+            && !self
+                .fetchable(wan_ok, any_wan, seed_only)
+                .ones()
+                .any(|i| wanted(&i))
+        {
             return Vec::new();
         }
         self.seed_progress.get_or_insert(now);
@@ -712,19 +740,14 @@ impl<P: Ord + Clone> Scheduler<P> {
         // sort of a fixed order). `pick`, which looks at every peer, runs
         // only on the candidates the loop reaches: a plan only takes free
         // slots, so a piece `pick` refuses at the start it refuses later.
-        let mut cands: Vec<u32> = self
+        let fetchable = self.fetchable(true, any_wan, seed_only);
+        let mut cands: Vec<usize> = self
             .by_rank
             .iter()
-            .copied()
-            .filter(|&i| {
-                let i = i as usize;
-                !self.have.get(i)
-                    && self.requested[i] == 0
-                    && self.avail[i] > 0
-                    && (self.lan_avail[i] > 0 || self.wan_allowed(i, any_wan, seed_only))
-            })
+            .map(|&i| i as usize)
+            .filter(|&i| fetchable.get(i) && wanted(&i))
             .collect();
-        cands.sort_by_key(|&i| self.avail[i as usize]);
+        cands.sort_by_key(|&i| self.avail[i]);
         let mut eligible = false;
         let mut batches: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
         let mut left = total;
@@ -732,13 +755,13 @@ impl<P: Ord + Clone> Scheduler<P> {
             if left == 0 {
                 break;
             }
-            if let Some(k) = self.pick(i as usize, &views, any_wan, seed_only, &[]) {
+            if let Some(k) = self.pick(i, &views, any_wan, seed_only, &[]) {
                 eligible = true;
-                let len = u64::from(self.lens[i as usize]);
+                let len = u64::from(self.lens[i]);
                 if budget < len {
                     break;
                 }
-                if seed_first && !self.seed_share(i as usize) && views[k].class != Class::Lan {
+                if seed_first && !self.seed_share(i) && views[k].class != Class::Lan {
                     if views[k].class == Class::Seed || cross_free < len {
                         continue;
                     }
@@ -757,7 +780,7 @@ impl<P: Ord + Clone> Scheduler<P> {
                 }
                 views[k].free -= 1;
                 left -= 1;
-                batches.entry(k).or_default().push(i);
+                batches.entry(k).or_default().push(i as u32);
                 budget -= len;
             }
         }
@@ -956,6 +979,21 @@ impl<P: Ord + Clone> Scheduler<P> {
             None
         })
         .map(|(k, _)| k)
+    }
+
+    /// The pieces a same-site peer has, and, if `wan`, those
+    /// [`Self::wan_allowed`] admits: what a plan may consider, worked out a
+    /// word of 64 pieces at a time.
+    fn fetchable(&self, wan: bool, any_wan: bool, seed_first: bool) -> Bits {
+        let mut out = self.lan_has.clone();
+        if let Some((site, seed)) = self.mine.as_ref().filter(|_| wan) {
+            for (w, word) in out.words.iter_mut().enumerate() {
+                let site = if any_wan { u64::MAX } else { site.words[w] };
+                let seed = if seed_first { seed.words[w] } else { u64::MAX };
+                *word = (*word | (site & seed)) & self.lan_has.in_range(w);
+            }
+        }
+        out
     }
 
     /// Rules 2, 5 and 9: piece `i` may come over the WAN when no same-site
