@@ -23,7 +23,7 @@ use fleetmesh_protocol::manifest::Manifest;
 use fleetmesh_protocol::{codec, ChunkId, ReleaseId, Signed};
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -174,6 +174,30 @@ impl ChunkFiles {
     /// Temp files are not listed.
     pub fn list(&self) -> Result<Vec<(ChunkId, u64, std::time::SystemTime)>, StoreError> {
         let mut out = Vec::new();
+        self.each_file(|id, entry| {
+            // Gone since it was listed (evicted, or found corrupt): skip.
+            if let Ok(meta) = entry.metadata() {
+                let written = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+                out.push((id, meta.len(), written));
+            }
+        })?;
+        Ok(out)
+    }
+
+    /// The ids of every chunk file, from the shard directories' listings
+    /// alone: one `getdents` per shard instead of a `stat` per chunk, which
+    /// for a release of 11,000 chunks took 60 ms on a quiet machine and
+    /// 400 ms on a busy one.
+    pub fn ids(&self) -> Result<HashSet<ChunkId>, StoreError> {
+        let mut out = HashSet::new();
+        self.each_file(|id, _| {
+            out.insert(id);
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `f` for every chunk file (not temp files) in the shards.
+    fn each_file(&self, mut f: impl FnMut(ChunkId, &fs::DirEntry)) -> Result<(), StoreError> {
         for shard in 0..=255u8 {
             let dir = self.chunks.join(hex::encode([shard]));
             let entries = match fs::read_dir(&dir) {
@@ -182,18 +206,12 @@ impl ChunkFiles {
             };
             for entry in entries {
                 let entry = entry.ctx("list", &dir)?;
-                let Ok(id) = entry.file_name().to_string_lossy().parse::<ChunkId>() else {
-                    continue;
-                };
-                // Gone since it was listed (evicted, or found corrupt): skip.
-                let Ok(meta) = entry.metadata() else {
-                    continue;
-                };
-                let written = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
-                out.push((id, meta.len(), written));
+                if let Ok(id) = entry.file_name().to_string_lossy().parse::<ChunkId>() {
+                    f(id, &entry);
+                }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Makes every chunk written so far durable (one `syncfs`).

@@ -776,7 +776,21 @@ impl Mesh {
 
     fn add_release(&mut self, manifest: fleetmesh_protocol::VerifiedManifest) {
         let id = manifest.id();
-        let mut release = Release::new(manifest, &self.p.files);
+        // A node lists its store once (its store holds a few releases); the
+        // seed, whose store holds every release it has published, looks up
+        // each chunk instead.
+        let files = &self.p.files;
+        let listed = match self.p.role {
+            Role::Seed => None,
+            Role::Node => files
+                .ids()
+                .inspect_err(|e| tracing::warn!("cannot list the chunk store: {e}"))
+                .ok(),
+        };
+        let mut release = Release::new(manifest, |id| match &listed {
+            Some(ids) => ids.contains(id),
+            None => files.has_chunk(id),
+        });
         if let Some(c) = self.saved_counters.remove(&id) {
             release.counters = c;
         }

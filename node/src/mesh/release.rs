@@ -49,8 +49,9 @@ pub struct Release {
 }
 
 impl Release {
-    /// A release whose present pieces are those with a chunk file.
-    pub fn new(manifest: VerifiedManifest, files: &ChunkFiles) -> Self {
+    /// A release whose present pieces are those `present` says have a
+    /// chunk file.
+    pub fn new(manifest: VerifiedManifest, present: impl Fn(&ChunkId) -> bool) -> Self {
         let pieces: std::sync::Arc<[(ChunkId, u32)]> = pieces(manifest.manifest()).into();
         let index = pieces
             .iter()
@@ -60,7 +61,7 @@ impl Release {
         let mut have = Bits::new(pieces.len());
         let mut have_log = Vec::new();
         for (i, (id, _)) in pieces.iter().enumerate() {
-            if files.has_chunk(id) {
+            if present(id) {
                 have.set(i);
                 have_log.push(i as u32);
             }
@@ -177,7 +178,9 @@ mod tests {
         store.remove_chunks(missing).expect("remove");
         let torn = found[0];
         std::fs::write(store.chunk_path(&torn), b"torn").expect("tear");
-        let mut r = Release::new(m, store.files());
+        // As a node finds them: from the store's listing.
+        let listed = store.files().ids().expect("list");
+        let mut r = Release::new(m, |id| listed.contains(id));
         assert_eq!(r.unchecked(), found);
         assert_eq!(
             verify_chunks(store.files(), &r.unchecked()).expect("check"),

@@ -34,6 +34,39 @@ fn chunks_become_visible_only_on_commit_and_dedupe() {
 }
 
 #[test]
+fn the_listing_names_committed_chunks_only() {
+    let (_dir, store) = store();
+    let writer = store.writer();
+    let kept: BTreeSet<ChunkId> = (0..40u32)
+        .map(|i| {
+            writer
+                .add_raw(&i.to_le_bytes().repeat(50), &mut enc())
+                .expect("add")
+                .id
+        })
+        .collect();
+    writer.commit().expect("commit");
+    // Staged but not committed, and a stray file: neither is a chunk.
+    let staging = store.writer();
+    let staged = staging
+        .add_raw(b"staged, not committed", &mut enc())
+        .expect("add");
+    let first = kept.iter().next().expect("a chunk");
+    fs::write(store.shard_dir(first).join("stray"), b"x").expect("stray");
+    let listed: BTreeSet<ChunkId> = store.files().ids().expect("ids").into_iter().collect();
+    assert_eq!(listed, kept);
+    assert!(!listed.contains(&staged.id));
+    let listed_with_sizes: BTreeSet<ChunkId> = store
+        .files()
+        .list()
+        .expect("list")
+        .into_iter()
+        .map(|(id, ..)| id)
+        .collect();
+    assert_eq!(listed_with_sizes, kept);
+}
+
+#[test]
 fn a_dropped_writer_leaves_nothing() {
     let (_dir, store) = store();
     let writer = store.writer();
