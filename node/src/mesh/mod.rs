@@ -43,7 +43,7 @@ use libp2p::{connection_limits, identify, identity::Keypair, kad, mdns, noise, t
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm};
 use release::{verify_chunks, Release};
 use status::{MeshStatus, ReleaseStatus, StoreStatus, MESH_STATUS_FILE};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -758,6 +758,10 @@ impl Mesh {
                 _ => {}
             }
         }
+        if found.is_empty() {
+            return;
+        }
+        let listed = self.listed_chunks();
         let now = crate::cli::unix_now();
         for path in found {
             let verified = std::fs::read(&path)
@@ -768,26 +772,35 @@ impl Mesh {
                         .map_err(|e| e.to_string())
                 });
             match verified {
-                Ok(m) => self.add_release(m),
+                Ok(m) => self.add_release(m, listed.as_ref()),
                 Err(e) => tracing::warn!(path = %path.display(), "skipping stored manifest: {e}"),
             }
         }
     }
 
-    fn add_release(&mut self, manifest: fleetmesh_protocol::VerifiedManifest) {
+    /// A node's chunk files, listed once for the releases it is about to
+    /// load (its store holds a few). `None` for the seed, whose store keeps
+    /// every release it published, and if the listing fails: each chunk is
+    /// then looked up.
+    fn listed_chunks(&self) -> Option<HashSet<ChunkId>> {
+        if self.p.role == Role::Seed {
+            return None;
+        }
+        self.p
+            .files
+            .ids()
+            .inspect_err(|e| tracing::warn!("cannot list the chunk store: {e}"))
+            .ok()
+    }
+
+    fn add_release(
+        &mut self,
+        manifest: fleetmesh_protocol::VerifiedManifest,
+        listed: Option<&HashSet<ChunkId>>,
+    ) {
         let id = manifest.id();
-        // A node lists its store once (its store holds a few releases); the
-        // seed, whose store holds every release it has published, looks up
-        // each chunk instead.
         let files = &self.p.files;
-        let listed = match self.p.role {
-            Role::Seed => None,
-            Role::Node => files
-                .ids()
-                .inspect_err(|e| tracing::warn!("cannot list the chunk store: {e}"))
-                .ok(),
-        };
-        let mut release = Release::new(manifest, |id| match &listed {
+        let mut release = Release::new(manifest, |id| match listed {
             Some(ids) => ids.contains(id),
             None => files.has_chunk(id),
         });
@@ -1860,7 +1873,8 @@ impl Mesh {
             tracing::error!("cannot save manifest: {e}");
             return;
         }
-        self.add_release(verified);
+        let listed = self.listed_chunks();
+        self.add_release(verified, listed.as_ref());
     }
 
     fn store_chunks(
