@@ -52,6 +52,13 @@
 //!    for its site, rules 2-3): the seed alone leaves part of each site's
 //!    link idle, and the sites' uplinks wholly, and a small trickle fills
 //!    that without starving the seed's flows.
+//! 10. Whole requests over the WAN: every request costs a stream, its
+//!     protocol negotiation and acknowledgements on the link, whatever it
+//!     carries. A plan fills a request it has begun to a remote peer (up to
+//!     `batch` pieces) before it starts one to another; a remote peer with
+//!     a request in flight gets the next once it has room for half a batch;
+//!     rule 9's allowance and rule 8's budget are spent once half of them
+//!     is free, not a piece at a time as responses come in.
 
 use crate::ChunkId;
 use std::collections::BTreeMap;
@@ -265,6 +272,8 @@ struct View<'a, P> {
     /// Pieces it may have in flight, and how many more this plan may ask.
     limit: usize,
     free: usize,
+    /// Pieces this plan has asked of it.
+    taken: usize,
 }
 
 #[derive(Debug)]
@@ -779,6 +788,7 @@ impl<P: Ord + Clone> Scheduler<P> {
                     }
                 }
                 views[k].free -= 1;
+                views[k].taken += 1;
                 left -= 1;
                 batches.entry(k).or_default().push(i as u32);
                 budget -= len;
@@ -848,6 +858,13 @@ impl<P: Ord + Clone> Scheduler<P> {
                         .max(self.cfg.wan_floor as f64 / 4.0);
                     ((bytes / avg).ceil() as usize).clamp(1, self.cfg.per_peer_pieces)
                 };
+                let mut free = limit.saturating_sub(p.in_flight);
+                // A remote peer busy with a request gets the next one once
+                // it has room for half a batch, not a piece at a time as
+                // its responses come in.
+                if !p.lan && p.in_flight > 0 && free < self.cfg.batch / 2 {
+                    free = 0;
+                }
                 View {
                     key,
                     class: if p.info.seed {
@@ -860,7 +877,8 @@ impl<P: Ord + Clone> Scheduler<P> {
                     have: &p.have,
                     rate: p.rate,
                     limit,
-                    free: limit.saturating_sub(p.in_flight),
+                    free,
+                    taken: 0,
                 }
             })
             .collect()
@@ -893,10 +911,16 @@ impl<P: Ord + Clone> Scheduler<P> {
     }
 
     /// Rule 9's cross-site room: its allowance less the bytes in flight to
-    /// cross-site peers.
+    /// cross-site peers, in whole requests (at least half the allowance),
+    /// not a piece at a time as responses trickle in.
     fn cross_free(&self) -> u64 {
         let in_flight = self.in_flight_to(|p| !p.lan && !p.info.seed);
-        self.cfg.seed_first_cross.saturating_sub(in_flight)
+        let free = self.cfg.seed_first_cross.saturating_sub(in_flight);
+        if free < self.cfg.seed_first_cross / 2 {
+            0
+        } else {
+            free
+        }
     }
 
     /// Bytes in flight to the peers `which` selects.
@@ -958,9 +982,17 @@ impl<P: Ord + Clone> Scheduler<P> {
             if v.free == 0 || skip.contains(&k) {
                 continue;
             }
-            // Throughput per piece in flight, counting this plan's.
+            // Throughput per piece in flight, counting this plan's. Over
+            // the WAN a request this plan has begun is filled first: every
+            // request costs a stream, its negotiation and acknowledgements
+            // on the link, so a few full ones beat many small ones.
             let busy = v.limit.saturating_sub(v.free);
-            let score = v.rate / (busy as f64 + 1.0);
+            let open = v.class != Class::Lan && v.taken % self.cfg.batch.max(1) != 0;
+            let score = if open {
+                f64::INFINITY
+            } else {
+                v.rate / (busy as f64 + 1.0)
+            };
             let slot = &mut best[v.class as usize];
             if slot.is_none_or(|(_, s)| score > s) {
                 *slot = Some((k, score));

@@ -347,6 +347,8 @@ pub struct LinkSample {
     pub seed_mbit: f64,
     /// Into each site over its WAN link, Mbit/s.
     pub site_in_mbit: Vec<f64>,
+    /// Out of each site over its WAN link, Mbit/s.
+    pub site_out_mbit: Vec<f64>,
 }
 
 /// One site's WAN link.
@@ -593,16 +595,12 @@ pub fn run(
                 let now = read_links(&lab)?.context("link counters")?;
                 let dt = prev.0.elapsed().as_secs_f64();
                 let mbit = |a: u64, b: u64| (b - a) as f64 * 8.0 / dt / 1e6;
+                let sites = || prev.1 .1.iter().zip(&now.1);
                 series.push(LinkSample {
                     t: start.elapsed().as_secs_f64(),
                     seed_mbit: mbit(prev.1 .0.tx, now.0.tx),
-                    site_in_mbit: prev
-                        .1
-                         .1
-                        .iter()
-                        .zip(&now.1)
-                        .map(|(a, b)| mbit(a.tx, b.tx))
-                        .collect(),
+                    site_in_mbit: sites().map(|(a, b)| mbit(a.tx, b.tx)).collect(),
+                    site_out_mbit: sites().map(|(a, b)| mbit(a.rx, b.rx)).collect(),
                 });
                 *prev = (Instant::now(), now);
             }

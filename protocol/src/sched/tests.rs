@@ -603,4 +603,59 @@ fn the_seed_phase_asks_other_sites_only_within_its_allowance() {
         done.pieces.len(),
         "what came back is asked again"
     );
+
+    // The allowance is spent in whole requests: a response that frees
+    // less than half of it waits for company.
+    let (mut s, _) = seed_phase(5000, n);
+    s.cfg.batch = 2;
+    let plan = s.plan(T0, u64::MAX);
+    let mut to_b: Vec<&Planned<u32>> = plan.iter().filter(|p| p.peer == 2).collect();
+    to_b.sort_by_key(|p| p.pieces.len());
+    let sizes: Vec<usize> = to_b.iter().map(|p| p.pieces.len()).collect();
+    assert_eq!(sizes, vec![1, 2, 2]);
+    s.finish(now, to_b[0].id, &to_b[0].pieces, &[]);
+    assert!(
+        cross(&s.plan(now, u64::MAX)).is_empty(),
+        "1000 of 5000 free"
+    );
+    s.finish(now, to_b[1].id, &to_b[1].pieces, &[]);
+    assert_eq!(cross(&s.plan(now, u64::MAX)).len(), 3, "3000 of 5000 free");
+}
+
+#[test]
+fn a_plan_fills_one_wan_request_before_starting_another() {
+    // Room for 16 pieces over the WAN, four remote peers with everything:
+    // one full request, not four of four.
+    let mut s = sched("a", 1, 100);
+    s.cfg.wan_floor = 16_000;
+    for peer in 2..6 {
+        s.add_peer(peer, info("b", u64::from(peer)));
+        s.peer_has(&peer, 0..100);
+    }
+    let plan = s.plan(T0, u64::MAX);
+    let sizes: Vec<usize> = plan.iter().map(|p| p.pieces.len()).collect();
+    assert_eq!(sizes, vec![Config::default().batch], "{plan:?}");
+}
+
+#[test]
+fn a_busy_remote_peer_waits_for_room_for_half_a_batch() {
+    // A same-site peer with nothing yet: its free slots must not make up
+    // the remote peer's batch.
+    let mut s = sched("a", 1, 200);
+    s.cfg.per_peer_pieces = 20;
+    s.add_peer(2, info("b", 2));
+    s.peer_has(&2, 0..200);
+    s.add_peer(3, info("a", 3));
+    let plan = s.plan(T0, u64::MAX);
+    let sizes: Vec<usize> = plan.iter().map(|p| p.pieces.len()).collect();
+    assert_eq!(sizes, vec![16, 4]);
+    let now = Duration::from_millis(100);
+    s.finish(now, plan[1].id, &plan[1].pieces, &[]);
+    assert!(
+        s.plan(now, u64::MAX).is_empty(),
+        "4 free slots wait while 16 pieces are in flight"
+    );
+    s.finish(now, plan[0].id, &plan[0].pieces, &[]);
+    let next: usize = s.plan(now, u64::MAX).iter().map(|p| p.pieces.len()).sum();
+    assert_eq!(next, 20);
 }
