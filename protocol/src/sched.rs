@@ -40,7 +40,10 @@
 //!    seconds of others at a remote uplink, where it times out, is fetched
 //!    twice and holds up the site's last pieces. Each remote peer gets at
 //!    most `wan_queue` of its own measured rate (at least a quarter of
-//!    `wan_floor`), so a slow site's peers cannot hold the whole budget.
+//!    `wan_floor`), so a slow site's peers cannot hold the whole budget;
+//!    the seed at most `seed_queue` of it: its flows cross every site's
+//!    inbound link, and what they keep queued there is dropped and sent
+//!    again, and delays the other flows' acknowledgements.
 //! 9. Seed first: while the seed is delivering pieces this node fetches from
 //!    it that no other peer has yet, the node asks cross-site peers only for
 //!    those pieces. Every site's inbound WAN link then carries the seed's
@@ -86,6 +89,9 @@ pub struct Config {
     pub wan_queue: Duration,
     /// ...and at least this many.
     pub wan_floor: u64,
+    /// In flight to the seed: this long at its measured rate (at least a
+    /// quarter of `wan_floor`).
+    pub seed_queue: Duration,
     /// Rule 9 on or off.
     pub seed_first: bool,
     /// Rule 9's allowance: bytes in flight to cross-site peers while the
@@ -105,6 +111,7 @@ impl Default for Config {
             wan_fallback_after: Duration::from_secs(10),
             wan_queue: Duration::from_secs(1),
             wan_floor: 1 << 20,
+            seed_queue: Duration::from_millis(400),
             seed_first: true,
             seed_first_cross: 128 << 10,
         }
@@ -854,8 +861,12 @@ impl<P: Ord + Clone> Scheduler<P> {
                 let limit = if p.lan {
                     self.cfg.per_peer_pieces
                 } else {
-                    let bytes = (p.rate * self.cfg.wan_queue.as_secs_f64())
-                        .max(self.cfg.wan_floor as f64 / 4.0);
+                    let queue = if p.info.seed {
+                        self.cfg.seed_queue
+                    } else {
+                        self.cfg.wan_queue
+                    };
+                    let bytes = (p.rate * queue.as_secs_f64()).max(self.cfg.wan_floor as f64 / 4.0);
                     ((bytes / avg).ceil() as usize).clamp(1, self.cfg.per_peer_pieces)
                 };
                 let mut free = limit.saturating_sub(p.in_flight);

@@ -659,3 +659,21 @@ fn a_busy_remote_peer_waits_for_room_for_half_a_batch() {
     let next: usize = s.plan(now, u64::MAX).iter().map(|p| p.pieces.len()).sum();
     assert_eq!(next, 20);
 }
+
+#[test]
+fn the_seed_holds_less_in_flight_than_a_remote_peer() {
+    // 100 kB pieces: a peer at the initial 1 MB/s gets a second of it in
+    // flight (10 pieces, also rule 8's 1 MiB budget), the seed 0.4 s (4).
+    let pieces: Vec<(ChunkId, u32)> = (0..40u64)
+        .map(|i| (ChunkId::of(&i.to_le_bytes()), 100_000))
+        .collect();
+    let asked = |seed: bool| -> usize {
+        let mut s = Scheduler::new(Config::default(), info("a", 1), &pieces, |_| false);
+        let peer = if seed { seed_info() } else { info("b", 2) };
+        s.add_peer(2, peer);
+        s.peer_has(&2, 0..40);
+        s.plan(T0, u64::MAX).iter().map(|p| p.pieces.len()).sum()
+    };
+    assert_eq!(asked(false), 10);
+    assert_eq!(asked(true), 4);
+}
