@@ -38,11 +38,7 @@ struct Fixture {
 
 fn lab_with_release(dir: &Path, size: u64) -> Fixture {
     let mut lab = Lab::new(dir, &bin("fleetmesh-seed"), &bin("fleetmesh-node")).expect("lab");
-    let image = dir.join("image");
-    let mut bytes = Vec::new();
-    fleetmesh_testnet::image::write_image(1, size, &mut bytes).expect("image");
-    std::fs::write(&image, &bytes).expect("write image");
-    let summary = lab.publish(&image, "1.0.0").expect("publish");
+    let (bytes, summary) = publish_image(&lab, dir, 1, size, "1.0.0");
     let http = local_addr();
     lab.start_seed_with(&["--http", &http.to_string()])
         .expect("seed");
@@ -56,6 +52,23 @@ fn lab_with_release(dir: &Path, size: u64) -> Fixture {
             .to_owned(),
         http,
     }
+}
+
+/// Writes generated image `seed` of `size` bytes under `dir` and publishes
+/// it as `version`; returns the image and the publish summary.
+fn publish_image(
+    lab: &Lab,
+    dir: &Path,
+    seed: u64,
+    size: u64,
+    version: &str,
+) -> (Vec<u8>, serde_json::Value) {
+    let image = dir.join(format!("image-{version}"));
+    let mut bytes = Vec::new();
+    fleetmesh_testnet::image::write_image(seed, size, &mut bytes).expect("image");
+    std::fs::write(&image, &bytes).expect("write image");
+    let summary = lab.publish(&image, version).expect("publish");
+    (bytes, summary)
 }
 
 /// An address on 127.0.0.1 for a local API.
@@ -533,7 +546,7 @@ fn an_air_gapped_site_takes_releases_from_bundles_and_shares_them() {
     std::fs::write(dir.join("cut.bundle"), cut).expect("write");
     let err = fails(&mut import(a, &dir.join("cut.bundle")));
     assert!(err.contains("cut short"), "{err}");
-    let err = fails(&mut import(a, &dir.join("image")));
+    let err = fails(&mut import(a, &dir.join("image-1.0.0")));
     assert!(err.contains("not a fleetmesh release bundle"), "{err}");
     let held = chunk_files(&lab.nodes[a].dir).len();
     let err = fails(import(a, &full).env("FLEETMESH_STORE__MAX_BYTES", "1000000"));
@@ -828,11 +841,7 @@ fn after_a_policy_key_rotation_nodes_get_their_resigned_credential_from_the_seed
             log(&format!("node{n:02}.log"))
         )
     });
-    let image = dir.path().join("image-2");
-    let mut bytes = Vec::new();
-    fleetmesh_testnet::image::write_image(2, 1 << 20, &mut bytes).expect("image");
-    std::fs::write(&image, &bytes).expect("write image");
-    lab.publish(&image, "2.0.0").expect("publish");
+    publish_image(&lab, dir.path(), 2, 1 << 20, "2.0.0");
     lab.wait_complete(&[n], "2.0.0", TIMEOUT)
         .expect("the renewed node fetches the next release");
 }
@@ -875,4 +884,29 @@ fn the_seed_takes_a_nodes_site_and_labels_from_its_credential_not_its_report() {
         Some("a"),
         "{labels:?}"
     );
+}
+
+#[test]
+fn a_restarted_node_gets_the_next_release_without_its_old_connection() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Fixture { mut lab, .. } = lab_with_release(dir.path(), 2 << 20);
+    let n = lab.add_node("a", "").expect("node");
+    lab.start_node(n, &[]).expect("start");
+    lab.wait_complete(&[n], "1.0.0", TIMEOUT).expect("v1");
+    // Killed, its QUIC connection lingers at the seed (no reset) until the
+    // restarted process's hello on a new one makes the seed close it;
+    // libp2p would otherwise send every other request to the node into it.
+    lab.kill_node(n);
+    lab.start_node(n, &[]).expect("restart");
+    let seed_log = dir.path().join("seed.log");
+    wait_until(TIMEOUT, || {
+        std::fs::read_to_string(&seed_log)
+            .ok()?
+            .contains("hello on a newer connection: closing the older one")
+            .then_some(())
+    })
+    .expect("the seed closes the dead process's connection");
+    publish_image(&lab, dir.path(), 2, 2 << 20, "2.0.0");
+    lab.wait_complete(&[n], "2.0.0", TIMEOUT)
+        .expect("v2 reaches the restarted node");
 }

@@ -38,7 +38,7 @@ use fleetmesh_protocol::{codec as wire, ChunkId, ReleaseId, RoleKeys, Signed, Tr
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
-use libp2p::swarm::{behaviour::toggle::Toggle, NetworkBehaviour, SwarmEvent};
+use libp2p::swarm::{behaviour::toggle::Toggle, ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{connection_limits, identify, identity::Keypair, kad, mdns, noise, tcp, yamux};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm};
 use release::{verify_chunks, Release};
@@ -251,6 +251,8 @@ struct Peer {
     member: Option<Membership>,
     /// When it connected (it has [`MEMBER_GRACE`] to prove membership).
     connected_at: Option<Instant>,
+    /// The connection it last said hello on.
+    hello_on: Option<ConnectionId>,
 }
 
 #[derive(Debug)]
@@ -1512,11 +1514,21 @@ impl Mesh {
     /// its old connection timed out here (QUIC has no reset: the old one
     /// lingers, so the peer never looked disconnected): it knows nothing
     /// of what was sent on that one, so its have-maps go again in full.
-    fn greeted_by(&mut self, peer: &PeerId) {
-        if let Some(state) = self.peers.get_mut(peer) {
-            state.sent.clear();
-            state.retry_full.clear();
-            state.have_in_flight = false;
+    /// And a peer says hello once per connection to us it starts with (or
+    /// when its credential changes), so a hello on a newer connection than
+    /// its last one means the older belongs to a process that is gone:
+    /// it is closed, or libp2p would keep sending every other request to
+    /// this peer into it until QUIC's idle timeout.
+    fn greeted_by(&mut self, peer: &PeerId, conn: ConnectionId) {
+        let Some(state) = self.peers.get_mut(peer) else {
+            return;
+        };
+        state.sent.clear();
+        state.retry_full.clear();
+        state.have_in_flight = false;
+        if let Some(old) = state.hello_on.replace(conn).filter(|&old| old < conn) {
+            tracing::info!(%peer, "hello on a newer connection: closing the older one");
+            self.swarm.close_connection(old);
         }
     }
 
@@ -1536,12 +1548,12 @@ impl Mesh {
         match event {
             Event::Message {
                 peer,
+                connection_id,
                 message:
                     Message::Request {
                         request, channel, ..
                     },
-                ..
-            } => self.on_request(peer, request, channel),
+            } => self.on_request(peer, connection_id, request, channel),
             Event::Message {
                 peer,
                 message:
@@ -1570,7 +1582,13 @@ impl Mesh {
         }
     }
 
-    fn on_request(&mut self, peer: PeerId, request: Request, channel: ResponseChannel<Response>) {
+    fn on_request(
+        &mut self,
+        peer: PeerId,
+        conn: ConnectionId,
+        request: Request,
+        channel: ResponseChannel<Response>,
+    ) {
         let now = self.now();
         let admitted = self
             .peers
@@ -1585,7 +1603,7 @@ impl Mesh {
             }
             Request::Hello(hello) => match self.on_hello(peer, hello) {
                 Ok(()) => {
-                    self.greeted_by(&peer);
+                    self.greeted_by(&peer, conn);
                     Response::Hello(self.hello())
                 }
                 Err(why) => match self.issued_to(&peer) {
