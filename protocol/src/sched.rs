@@ -417,6 +417,17 @@ fn site_tag(site: &str) -> u64 {
     })
 }
 
+/// Rule 10: `free` bytes of room out of `whole` are spent in whole
+/// requests, once at least half of it is free, not a piece at a time as
+/// responses come in.
+fn in_halves(free: u64, whole: u64) -> u64 {
+    if free < whole / 2 {
+        0
+    } else {
+        free
+    }
+}
+
 /// splitmix64: a cheap, well-mixed hash for rendezvous and tie-breaks.
 fn mix(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -912,26 +923,15 @@ impl<P: Ord + Clone> Scheduler<P> {
         let cap = (self.wan_rate * self.cfg.wan_queue.as_secs_f64()) as u64;
         let in_flight = self.in_flight_to(|p| !p.lan);
         let free = cap.max(self.cfg.wan_floor).saturating_sub(in_flight);
-        // Whole requests, not a piece at a time as responses trickle in.
-        let free = if free < self.cfg.wan_floor / 2 {
-            0
-        } else {
-            free
-        };
-        (free, in_flight == 0)
+        (in_halves(free, self.cfg.wan_floor), in_flight == 0)
     }
 
     /// Rule 9's cross-site room: its allowance less the bytes in flight to
-    /// cross-site peers, in whole requests (at least half the allowance),
-    /// not a piece at a time as responses trickle in.
+    /// cross-site peers.
     fn cross_free(&self) -> u64 {
         let in_flight = self.in_flight_to(|p| !p.lan && !p.info.seed);
         let free = self.cfg.seed_first_cross.saturating_sub(in_flight);
-        if free < self.cfg.seed_first_cross / 2 {
-            0
-        } else {
-            free
-        }
+        in_halves(free, self.cfg.seed_first_cross)
     }
 
     /// Bytes in flight to the peers `which` selects.
