@@ -893,19 +893,34 @@ fn a_restarted_node_gets_the_next_release_without_its_old_connection() {
     let n = lab.add_node("a", "").expect("node");
     lab.start_node(n, &[]).expect("start");
     lab.wait_complete(&[n], "1.0.0", TIMEOUT).expect("v1");
-    // Killed, its QUIC connection lingers at the seed (no reset) until the
-    // restarted process's hello on a new one makes the seed close it;
-    // libp2p would otherwise send every other request to the node into it.
+    // The node is the seed's only peer; it may have dialed it more than once.
+    let old = wait_until(TIMEOUT, || {
+        Some(lab.seed_status()?.connections).filter(|&c| c >= 1)
+    })
+    .expect("the seed's status shows its connections to the node");
+    // Killed, its QUIC connections linger at the seed (no reset) until the
+    // restarted process's hello on a new one makes the seed close them;
+    // libp2p would otherwise send requests to the node round-robin into them.
     lab.kill_node(n);
     lab.start_node(n, &[]).expect("restart");
     let seed_log = dir.path().join("seed.log");
-    wait_until(TIMEOUT, || {
-        std::fs::read_to_string(&seed_log)
-            .ok()?
-            .contains("hello on a newer connection: closing the older one")
-            .then_some(())
+    let closed: usize = wait_until(TIMEOUT, || {
+        let log = std::fs::read_to_string(&seed_log).ok()?;
+        let line = log
+            .lines()
+            .find(|l| l.contains("hello on a newer connection: closing the older ones"))?;
+        line.split_once(" n=")?
+            .1
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
     })
-    .expect("the seed closes the dead process's connection");
+    .expect("the seed closes the dead process's connections");
+    assert!(
+        closed >= old,
+        "the dead process held {old} connections; the seed closed {closed}"
+    );
     publish_image(&lab, dir.path(), 2, 2 << 20, "2.0.0");
     lab.wait_complete(&[n], "2.0.0", TIMEOUT)
         .expect("v2 reaches the restarted node");

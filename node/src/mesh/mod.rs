@@ -57,6 +57,10 @@ const MAX_SERVING_PER_PEER: usize = MAX_SERVING / 2;
 const MAX_PENDING_CONNECTIONS: u32 = 64;
 /// Connections to one peer (dials may cross, over QUIC and TCP).
 const MAX_CONNECTIONS_PER_PEER: u32 = 4;
+/// At shutdown: how long to wait for connections to close, and then for
+/// their close frames to leave.
+const GOODBYE_WAIT: Duration = Duration::from_secs(1);
+const GOODBYE_FLUSH: Duration = Duration::from_millis(50);
 /// A request waits at most this long for upload tokens; longer gets `Busy`.
 /// Requests a peer may make per second (an honest one, pulling at LAN
 /// speed, makes a few hundred); more are answered `Busy` unread.
@@ -253,6 +257,9 @@ struct Peer {
     connected_at: Option<Instant>,
     /// The connection it last said hello on.
     hello_on: Option<ConnectionId>,
+    /// Its open connections, oldest first (at most
+    /// [`MAX_CONNECTIONS_PER_PEER`]).
+    conns: Vec<ConnectionId>,
 }
 
 #[derive(Debug)]
@@ -547,10 +554,30 @@ pub async fn run(
         }
     }
     mesh.write_status();
+    mesh.say_goodbye().await;
     Ok(())
 }
 
 impl Mesh {
+    /// Closes every connection before the process ends (or restarts into
+    /// the new slot), so that peers stop sending requests into them now
+    /// and not after QUIC's idle timeout: QUIC has no reset, and a peer
+    /// would otherwise wait that long on every request it sent here.
+    async fn say_goodbye(&mut self) {
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for peer in peers {
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+        let _ = tokio::time::timeout(GOODBYE_WAIT, async {
+            while self.swarm.connected_peers().next().is_some() {
+                self.swarm.select_next_some().await;
+            }
+        })
+        .await;
+        // The connections' close frames go out on the endpoint's own task.
+        tokio::time::sleep(GOODBYE_FLUSH).await;
+    }
+
     fn new(p: Params, done_tx: mpsc::Sender<Done>) -> Result<Self, MeshError> {
         let swarm = build_swarm(&p)?;
         let me = PeerInfo {
@@ -865,30 +892,37 @@ impl Mesh {
         match event {
             SwarmEvent::ConnectionEstablished {
                 peer_id,
+                connection_id,
                 num_established,
                 ..
             } => {
-                if self.is_banned(&peer_id) || self.peers.len() >= self.p.max_peers {
+                let known = self.peers.contains_key(&peer_id);
+                if self.is_banned(&peer_id) || (!known && self.peers.len() >= self.p.max_peers) {
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                     return;
                 }
+                let state = self.peers.entry(peer_id).or_insert_with(|| Peer {
+                    connected_at: Some(Instant::now()),
+                    ..Peer::default()
+                });
+                state.conns.push(connection_id);
                 if num_established.get() == 1 {
-                    self.peers.insert(
-                        peer_id,
-                        Peer {
-                            connected_at: Some(Instant::now()),
-                            ..Peer::default()
-                        },
-                    );
                     let hello = Request::Hello(self.hello());
                     self.send(peer_id, hello, Outbound::Hello);
                 }
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                connection_id,
+                num_established,
                 ..
-            } => self.forget_peer(&peer_id),
+            } => {
+                if num_established == 0 {
+                    self.forget_peer(&peer_id);
+                } else if let Some(state) = self.peers.get_mut(&peer_id) {
+                    state.conns.retain(|&c| c != connection_id);
+                }
+            }
             SwarmEvent::NewListenAddr { address, .. } => {
                 let full = address.with(libp2p::multiaddr::Protocol::P2p(
                     *self.swarm.local_peer_id(),
@@ -1514,11 +1548,13 @@ impl Mesh {
     /// its old connection timed out here (QUIC has no reset: the old one
     /// lingers, so the peer never looked disconnected): it knows nothing
     /// of what was sent on that one, so its have-maps go again in full.
-    /// And a peer says hello once per connection to us it starts with (or
-    /// when its credential changes), so a hello on a newer connection than
-    /// its last one means the older belongs to a process that is gone:
-    /// it is closed, or libp2p would keep sending every other request to
-    /// this peer into it until QUIC's idle timeout.
+    /// And a peer says hello when it starts with its first connection to
+    /// us (or when its credential changes), so a second hello, on a newer
+    /// connection than its first, means the connections older than that
+    /// one may belong to a process that is gone (a peer can hold several,
+    /// dialed at once): they are closed, or libp2p would keep sending
+    /// requests to this peer round-robin into them until QUIC's idle
+    /// timeout. A live one among them costs only a retry.
     fn greeted_by(&mut self, peer: &PeerId, conn: ConnectionId) {
         let Some(state) = self.peers.get_mut(peer) else {
             return;
@@ -1526,9 +1562,19 @@ impl Mesh {
         state.sent.clear();
         state.retry_full.clear();
         state.have_in_flight = false;
-        if let Some(old) = state.hello_on.replace(conn).filter(|&old| old < conn) {
-            tracing::info!(%peer, "hello on a newer connection: closing the older one");
-            self.swarm.close_connection(old);
+        if state
+            .hello_on
+            .replace(conn)
+            .is_none_or(|first| first > conn)
+        {
+            return;
+        }
+        let older: Vec<ConnectionId> = state.conns.iter().copied().filter(|&c| c < conn).collect();
+        if !older.is_empty() {
+            tracing::info!(%peer, n = older.len(), "hello on a newer connection: closing the older ones");
+        }
+        for c in older {
+            self.swarm.close_connection(c);
         }
     }
 
@@ -1571,10 +1617,10 @@ impl Mesh {
                 peer,
                 request_id,
                 error,
-                ..
+                connection_id,
             } => {
                 if let Some(what) = self.outbound.remove(&request_id) {
-                    tracing::debug!(%peer, "request failed: {error}");
+                    tracing::debug!(%peer, %connection_id, "request failed: {error}");
                     self.on_failure(peer, what);
                 }
             }
@@ -2237,6 +2283,7 @@ impl Mesh {
             site: self.p.site.clone(),
             peers: self.peers.values().filter(|p| p.member.is_some()).count(),
             peer_sites,
+            connections: self.peers.values().map(|p| p.conns.len()).sum(),
             listen: self.listening.iter().map(|a| a.to_string()).collect(),
             releases: self
                 .releases

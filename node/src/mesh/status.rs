@@ -22,6 +22,9 @@ pub struct MeshStatus {
     pub peers: usize,
     /// Connected peers by site.
     pub peer_sites: BTreeMap<String, usize>,
+    /// Open connections to peers, members or not (a peer may hold several).
+    #[serde(default)]
+    pub connections: usize,
     /// Addresses it listens on, with its peer id (to bootstrap others from).
     pub listen: Vec<String>,
     /// Per release.
