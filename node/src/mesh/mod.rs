@@ -2539,25 +2539,18 @@ impl Mesh {
                 {
                     continue;
                 }
-                let have = match sent {
-                    None => Have {
-                        release: *id,
-                        pieces: r.pieces.len() as u32,
-                        full: Some(r.have.to_bytes()),
-                        added: Vec::new(),
-                    },
-                    Some(from) => Have {
-                        release: *id,
-                        pieces: r.pieces.len() as u32,
-                        full: None,
-                        added: ascending(
-                            r.have_log[from..r.have_log.len().min(from + MAX_HAVE_ADDED)].to_vec(),
-                        ),
-                    },
+                let (full, added, upto) = match sent {
+                    None => (Some(r.have.to_bytes()), Vec::new(), r.have_log.len()),
+                    Some(from) => {
+                        let upto = r.have_log.len().min(from + MAX_HAVE_ADDED);
+                        (None, ascending(r.have_log[from..upto].to_vec()), upto)
+                    }
                 };
-                let upto = match sent {
-                    None => r.have_log.len(),
-                    Some(from) => r.have_log.len().min(from + MAX_HAVE_ADDED),
+                let have = Have {
+                    release: *id,
+                    pieces: r.pieces.len() as u32,
+                    full,
+                    added,
                 };
                 sends.push((*peer, have, upto));
                 break;
