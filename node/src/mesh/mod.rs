@@ -80,8 +80,12 @@ const TICK: Duration = Duration::from_millis(50);
 const HAVE_EVERY: Duration = Duration::from_millis(100);
 /// Have-maps to peers in other sites go at most this often: each is a
 /// request over a thin WAN link, and every node of a site sends them to
-/// every node it knows elsewhere.
+/// every node it knows elsewhere...
 const HAVE_EVERY_WAN: Duration = Duration::from_secs(1);
+/// ...and to each less often when it knows more than this many of them, so
+/// that what a site receives stays about the same however many nodes the
+/// other sites have.
+const HAVE_WAN_PEERS: u32 = 8;
 /// How long a release a peer did not know is not offered to it again.
 const RETRY_FULL_HAVE: Duration = Duration::from_secs(2);
 const STATUS_EVERY: Duration = Duration::from_secs(1);
@@ -2519,6 +2523,14 @@ impl Mesh {
     /// [`HAVE_EVERY_WAN`].
     fn send_haves(&mut self) {
         let now = Instant::now();
+        let remote_peers = self
+            .peers
+            .values()
+            .filter_map(|p| p.info.as_ref())
+            .filter(|i| !i.seed && i.site != self.me.site)
+            .count() as u32;
+        let every_wan =
+            HAVE_EVERY_WAN.mul_f64((f64::from(remote_peers) / f64::from(HAVE_WAN_PEERS)).max(1.0));
         let mut sends = Vec::new();
         for (peer, state) in &self.peers {
             let Some(info) = &state.info else {
@@ -2528,7 +2540,7 @@ impl Mesh {
                 continue;
             }
             let remote = info.site != self.me.site;
-            if remote && state.have_sent_at.is_some_and(|t| now - t < HAVE_EVERY_WAN) {
+            if remote && state.have_sent_at.is_some_and(|t| now - t < every_wan) {
                 continue;
             }
             for (id, r) in &self.releases {
