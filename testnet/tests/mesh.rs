@@ -71,6 +71,14 @@ fn publish_image(
     (bytes, summary)
 }
 
+/// Adds a node in site `a`, starts it and waits until it holds v1.
+fn node_with_v1(lab: &mut Lab) -> usize {
+    let n = lab.add_node("a", "").expect("node");
+    lab.start_node(n, &[]).expect("start");
+    lab.wait_complete(&[n], "1.0.0", TIMEOUT).expect("v1");
+    n
+}
+
 /// An address on 127.0.0.1 for a local API.
 fn local_addr() -> std::net::SocketAddr {
     (std::net::Ipv4Addr::LOCALHOST, free_port().expect("port")).into()
@@ -804,10 +812,7 @@ fn slow_retrieval_a_peer_that_trickles_is_passed_over_and_the_chunks_come_from_e
 fn after_a_policy_key_rotation_nodes_get_their_resigned_credential_from_the_seed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let Fixture { mut lab, .. } = lab_with_release(dir.path(), 1 << 20);
-    let n = lab.add_node("a", "").expect("node");
-    lab.start_node(n, &[]).expect("start");
-    lab.wait_complete(&[n], "1.0.0", TIMEOUT)
-        .expect("completes");
+    let n = node_with_v1(&mut lab);
     let cred = lab.nodes[n].dir.join("member.cred");
     let before = std::fs::read(&cred).expect("credential");
     // The operator rotates the policy key with the seed stopped; the node
@@ -890,9 +895,7 @@ fn the_seed_takes_a_nodes_site_and_labels_from_its_credential_not_its_report() {
 fn a_restarted_node_gets_the_next_release_without_its_old_connection() {
     let dir = tempfile::tempdir().expect("tempdir");
     let Fixture { mut lab, .. } = lab_with_release(dir.path(), 2 << 20);
-    let n = lab.add_node("a", "").expect("node");
-    lab.start_node(n, &[]).expect("start");
-    lab.wait_complete(&[n], "1.0.0", TIMEOUT).expect("v1");
+    let n = node_with_v1(&mut lab);
     // The node is the seed's only peer; it may have dialed it more than once.
     let old = wait_until(TIMEOUT, || {
         Some(lab.seed_status()?.connections).filter(|&c| c >= 1)

@@ -1566,11 +1566,7 @@ impl Mesh {
         state.sent.clear();
         state.retry_full.clear();
         state.have_in_flight = false;
-        if state
-            .hello_on
-            .replace(conn)
-            .is_none_or(|first| first > conn)
-        {
+        if state.hello_on.replace(conn).is_none_or(|last| last > conn) {
             return;
         }
         let older: Vec<ConnectionId> = state.conns.iter().copied().filter(|&c| c < conn).collect();
