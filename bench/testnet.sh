@@ -17,6 +17,12 @@ base=/dev/shm
 [ -d "$base" ] && [ -w "$base" ] || base=${TMPDIR:-/tmp}
 work=${WORK:-$base/fleetmesh-bench.$$}
 only=",${ONLY:-sim1k,sim10k,loopback50,netns34,netns65},"
+for name in $(echo "${ONLY:-}" | tr , " "); do
+  case "$name" in
+    sim1k|sim10k|loopback50|netns34|netns65) ;;
+    *) echo "bench/testnet.sh: ONLY: unknown run \"$name\" (known: sim1k,sim10k,loopback50,netns34,netns65)" >&2; exit 2 ;;
+  esac
+done
 case "$only" in *,netns*)
   if [ "$(id -u)" -ne 0 ]; then
     echo "bench/testnet.sh: the netns runs need root; run as root or set ONLY=sim1k,sim10k,loopback50" >&2
