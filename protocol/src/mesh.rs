@@ -404,6 +404,21 @@ impl SignedBody for Report {
     const SIGNED_KIND: Kind = Kind::SignedReport;
 }
 
+/// Unchanged status reports the whole fleet sends in a second, on average.
+/// Every report reaches every node through gossip, so this, not the fleet's
+/// size, is what each node's link carries of them when nothing changes.
+pub const FLEET_REPORTS_PER_SEC: f64 = 0.5;
+/// An unchanged report is repeated no more often than this.
+pub const REPORT_EVERY_MIN_SECS: u64 = 15;
+
+/// Seconds between a node's unchanged status reports in a fleet of `nodes`
+/// reporting nodes (a change goes at once): [`REPORT_EVERY_MIN_SECS`] in a
+/// small fleet, and longer in a big one, so that the fleet together sends
+/// about [`FLEET_REPORTS_PER_SEC`] (30 nodes: 60 s; 10,000: 5.6 hours).
+pub fn report_every_secs(nodes: usize) -> u64 {
+    ((nodes as f64 / FLEET_REPORTS_PER_SEC).ceil() as u64).max(REPORT_EVERY_MIN_SECS)
+}
+
 /// A report older than this (by its own time) is not taken or relayed: a
 /// replay, or too late to matter.
 pub const REPORT_MAX_AGE_SECS: u64 = 300;

@@ -497,3 +497,21 @@ fn replayed_and_stale_status_reports_are_ignored() {
         ReportVerdict::Ahead
     );
 }
+
+/// Unchanged reports: every 15 s in a small fleet; in a big one the whole
+/// fleet sends about FLEET_REPORTS_PER_SEC, so each node receives that many
+/// whatever the fleet's size.
+#[test]
+fn unchanged_reports_thin_out_as_the_fleet_grows() {
+    use mesh::{report_every_secs, FLEET_REPORTS_PER_SEC, REPORT_EVERY_MIN_SECS};
+    assert_eq!(report_every_secs(0), REPORT_EVERY_MIN_SECS);
+    assert_eq!(report_every_secs(7), REPORT_EVERY_MIN_SECS);
+    assert_eq!(report_every_secs(30), 60);
+    for nodes in [30, 1_000, 10_000, 100_000] {
+        let fleet_rate = nodes as f64 / report_every_secs(nodes) as f64;
+        assert!(
+            fleet_rate <= FLEET_REPORTS_PER_SEC && fleet_rate > 0.99 * FLEET_REPORTS_PER_SEC,
+            "{nodes} nodes send {fleet_rate} reports a second"
+        );
+    }
+}

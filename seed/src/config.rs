@@ -163,7 +163,8 @@ impl Config {
              upload_bytes_per_sec = {}\n\
              mdns = {}\n\
              max_peers = {}\n\
-             # A node not heard from for this long shows as stale in `status`.\n\
+             # A node not heard from for this long shows as stale in `status`\n\
+             # (in a big fleet, at least three of its report repeats).\n\
              report_stale_after_secs = {}\n\n\
              [http]\n\
              # The web dashboard, /status and /metrics of `run` (docs/monitoring.md); off unless set.\n\

@@ -29,8 +29,9 @@ use fleetmesh_protocol::keys::{Node, PublicKey, Release as ReleaseRole, Root, Se
 use fleetmesh_protocol::manifest::Manifest;
 use fleetmesh_protocol::member::{Membership, Revocation};
 use fleetmesh_protocol::mesh::{
-    judge_report, Accepted, Announcement, Announcements, Have, Hello, ReleaseProgress, Report,
-    ReportEnvelope, ReportVerdict, Request, Response, MAX_BATCH, MAX_HAVE_ADDED, RESPONSE_BUDGET,
+    judge_report, report_every_secs, Accepted, Announcement, Announcements, Have, Hello,
+    ReleaseProgress, Report, ReportEnvelope, ReportVerdict, Request, Response, MAX_BATCH,
+    MAX_HAVE_ADDED, RESPONSE_BUDGET,
 };
 use fleetmesh_protocol::sched::{self, Bits, PeerInfo, Planned, RequestId, Scheduler};
 use fleetmesh_protocol::TrustState;
@@ -105,10 +106,12 @@ const MANIFEST_RETRY: Duration = Duration::from_secs(3);
 /// How long a node waits for a same-site peer to have a manifest before
 /// it asks outside its site (one node per site asks at once).
 const MANIFEST_WAIT: Duration = Duration::from_secs(2);
-/// An unchanged status report is repeated this often (a change goes at
-/// once). Every report reaches every node through gossip, so this is what
-/// an idle fleet's chatter scales with.
-const REPORT_EVERY: Duration = Duration::from_secs(15);
+/// Most distinct nodes counted from their reports (and most reports the
+/// seed holds).
+const MAX_REPORTERS: usize = 100_000;
+/// A report that gossip could not take yet (no peer subscribed) is tried
+/// again this often.
+const REPORT_RETRY: Duration = Duration::from_secs(1);
 /// How long a connected peer has to present a valid membership credential.
 const MEMBER_GRACE: Duration = Duration::from_secs(20);
 /// How long a non-member is not redialled or accepted after it was refused.
@@ -342,6 +345,13 @@ struct Mesh {
     chain_file_len: u64,
     /// Latest signed status report from each node (seed view).
     reports: BTreeMap<String, Report>,
+    /// Nodes whose reports this node has seen (at most [`MAX_REPORTERS`]):
+    /// the fleet's size, which spaces out its own unchanged reports.
+    reporters: std::collections::HashSet<PeerId>,
+    /// A report is to go out: something changed, or it is time to repeat
+    /// it, and gossip has not yet taken it (no peer subscribed yet).
+    report_due: bool,
+    report_tried: Instant,
     /// Every site named in a valid status report (at most
     /// [`sched::MAX_SITES`]): the schedulers split the seed's share by site.
     sites: std::collections::BTreeSet<String>,
@@ -624,6 +634,9 @@ impl Mesh {
             saved_counters: BTreeMap::new(),
             listening: Vec::new(),
             last_report: now,
+            reporters: std::collections::HashSet::new(),
+            report_due: true,
+            report_tried: now,
             gossip_rejected: 0,
             policy: None,
             policy_seen: None,
@@ -1216,8 +1229,11 @@ impl Mesh {
                 }
             }
         }
+        if self.reporters.len() < MAX_REPORTERS {
+            self.reporters.insert(peer);
+        }
         if self.p.role == Role::Seed
-            && (self.reports.len() < 100_000 || self.reports.contains_key(&report.node_id))
+            && (self.reports.len() < MAX_REPORTERS || self.reports.contains_key(&report.node_id))
         {
             self.reports.insert(report.node_id.clone(), report);
         }
@@ -2147,6 +2163,9 @@ impl Mesh {
                 r.complete = true;
                 r.sched = None;
                 self.evict_due = true;
+                // The seed's fleet view learns of it now, not at the next
+                // repeat, which in a big fleet is far off.
+                self.report_due = true;
                 tracing::info!(version = %info.version, release = %id, "release complete and verified");
                 self.write_status();
             }
@@ -2258,9 +2277,17 @@ impl Mesh {
             self.evict_due |= changed;
         }
         self.maybe_evict(now);
-        if self.p.role == Role::Node && (changed || now - self.last_report >= REPORT_EVERY) {
-            self.last_report = now;
-            self.publish_report();
+        let every = Duration::from_secs(report_every_secs(self.reporters.len() + 1));
+        self.report_due |= changed || now - self.last_report >= every;
+        if self.p.role == Role::Node
+            && self.report_due
+            && (changed || now - self.report_tried >= REPORT_RETRY)
+        {
+            self.report_tried = now;
+            if self.publish_report() {
+                self.last_report = now;
+                self.report_due = false;
+            }
             for bytes in self.p.chaos_gossip.clone() {
                 let topic = IdentTopic::new(TOPIC_ANNOUNCE);
                 let _ = self.swarm.behaviour_mut().gossip.publish(topic, bytes);
@@ -2359,9 +2386,11 @@ impl Mesh {
     }
 
     /// Gossips this node's progress (the seed's fleet view is built from it).
-    fn publish_report(&mut self) {
+    /// Signs and gossips this node's status report; false if gossip has no
+    /// peer to take it yet (it is tried again on the next tick).
+    fn publish_report(&mut self) -> bool {
         let Some(key) = &self.p.node_key else {
-            return;
+            return true;
         };
         let st = self.status();
         let update: serde_json::Value =
@@ -2399,15 +2428,22 @@ impl Mesh {
             key: key.public(),
             signed,
         });
-        match envelope.and_then(|e| wire::encode(&e)) {
-            Ok(bytes) => {
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .gossip
-                    .publish(IdentTopic::new(TOPIC_STATUS), bytes);
+        let bytes = match envelope.and_then(|e| wire::encode(&e)) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::warn!("cannot sign status report: {e}");
+                return true;
             }
-            Err(e) => tracing::warn!("cannot sign status report: {e}"),
+        };
+        let topic = IdentTopic::new(TOPIC_STATUS);
+        match self.swarm.behaviour_mut().gossip.publish(topic, bytes) {
+            Ok(_) => true,
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic)
+            | Err(gossipsub::PublishError::AllQueuesFull(_)) => false,
+            Err(e) => {
+                tracing::warn!("cannot gossip status report: {e}");
+                true
+            }
         }
     }
 
