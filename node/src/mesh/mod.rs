@@ -351,6 +351,7 @@ struct Mesh {
     /// A report is to go out: something changed, or it is time to repeat
     /// it, and gossip has not yet taken it (no peer subscribed yet).
     report_due: bool,
+    /// When a report was last tried.
     report_tried: Instant,
     /// Every site named in a valid status report (at most
     /// [`sched::MAX_SITES`]): the schedulers split the seed's share by site.
@@ -2385,9 +2386,9 @@ impl Mesh {
         }
     }
 
-    /// Gossips this node's progress (the seed's fleet view is built from it).
-    /// Signs and gossips this node's status report; false if gossip has no
-    /// peer to take it yet (it is tried again on the next tick).
+    /// Signs and gossips this node's status report (the seed's fleet view is
+    /// built from it); false if gossip has no peer to take it yet (the tick
+    /// tries again after [`REPORT_RETRY`]).
     fn publish_report(&mut self) -> bool {
         let Some(key) = &self.p.node_key else {
             return true;
