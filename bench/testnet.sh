@@ -16,12 +16,13 @@ out=$(realpath -m "${1:-bench/out}")
 base=/dev/shm
 [ -d "$base" ] && [ -w "$base" ] || base=${TMPDIR:-/tmp}
 work=${WORK:-$base/fleetmesh-bench.$$}
-only=",${ONLY:-sim1k,sim10k,loopback50,netns34,netns65},"
+known=sim1k,sim10k,loopback50,netns34,netns65
+only=",${ONLY:-$known},"
 for name in $(echo "${ONLY:-}" | tr , " "); do
-  case "$name" in
-    sim1k|sim10k|loopback50|netns34|netns65) ;;
-    *) echo "bench/testnet.sh: ONLY: unknown run \"$name\" (known: sim1k,sim10k,loopback50,netns34,netns65)" >&2; exit 2 ;;
-  esac
+  if [[ ",$known," != *",$name,"* ]]; then
+    echo "bench/testnet.sh: ONLY: unknown run \"$name\" (known: $known)" >&2
+    exit 2
+  fi
 done
 case "$only" in *,netns*)
   if [ "$(id -u)" -ne 0 ]; then

@@ -128,13 +128,18 @@ pub fn wave_counts(
     c
 }
 
-/// The fleet view.
+/// The fleet view. A node is stale when its last report is older than
+/// `stale_after`, or than three of its repeats if that is longer: unchanged
+/// reports thin out as the fleet grows
+/// ([`fleetmesh_protocol::mesh::report_every_secs`]).
 pub fn view(
     reports: &BTreeMap<String, Report>,
     policy: Option<&PolicyDoc>,
     now: UnixTime,
     stale_after: u64,
 ) -> FleetView {
+    let stale_after =
+        stale_after.max(3 * fleetmesh_protocol::mesh::report_every_secs(reports.len()));
     let mut v = FleetView::default();
     let mut sites: BTreeMap<String, SiteTransfer> = BTreeMap::new();
     for rep in reports.values() {

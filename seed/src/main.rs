@@ -527,15 +527,11 @@ fn read_status(seed: &Seed) -> anyhow::Result<MeshStatus> {
 /// The fleet as the policy and the nodes' reports show it.
 fn fleet_view(seed: &Seed, status: &MeshStatus) -> anyhow::Result<fleet::FleetView> {
     let policy = policy::current(seed)?.map(|(d, _)| d);
-    // Unchanged reports thin out as the fleet grows: a node is stale only
-    // after it missed three of its repeats.
-    let repeat = fleetmesh_protocol::mesh::report_every_secs(status.nodes.len());
-    let stale_after = seed.config.mesh.report_stale_after_secs.max(3 * repeat);
     Ok(fleet::view(
         &status.nodes,
         policy.as_ref(),
         cli::unix_now(),
-        stale_after,
+        seed.config.mesh.report_stale_after_secs,
     ))
 }
 

@@ -2394,11 +2394,14 @@ impl Mesh {
             return true;
         };
         let st = self.status();
-        let update: serde_json::Value =
-            std::fs::read(self.p.run_dir.join(crate::updater::STATUS_FILE))
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .unwrap_or_default();
+        // The updater's status as the tick last read it (it reads the file
+        // whenever it changes), not read again for every report or retry.
+        let update: serde_json::Value = self
+            .update_seen
+            .1
+            .as_deref()
+            .and_then(|b| serde_json::from_slice(b).ok())
+            .unwrap_or_default();
         let text = |v: &serde_json::Value| v.as_str().map(str::to_owned);
         let mut labels = self.labels.clone();
         labels.remove("node");
