@@ -1,22 +1,24 @@
 #!/usr/bin/env bash
 # The testnet's benchmark sweep, the one CI leaves out (about 15 minutes on
 # two cores): the simulator at 1,000 and 10,000 nodes, 50 nodes on loopback,
-# and, as root, the network-namespace scenarios 3 sites x 4 nodes and 6 sites
-# x 5 nodes on unequal links. Prints every figure next to its target and
+# and, as root, the network-namespace scenarios 3 sites x 4 nodes, its
+# transport floor (one node alone on the same links) and 6 sites x 5 nodes on
+# unequal links. Prints every figure next to its target and
 # writes each run's JSON report and a summary to OUT_DIR. See
 # docs/benchmarks.md.
 #
 # Usage: bench/testnet.sh [OUT_DIR]          (default: bench/out)
 #   WORK=DIR   lab directories go here (default: under /dev/shm, since chunk
 #              files on a disk that many runs have churned slow the lab down)
-#   ONLY=LIST  a comma-separated subset of sim1k,sim10k,loopback50,netns34,netns65
+#   ONLY=LIST  a comma-separated subset of sim1k,sim10k,loopback50,netns34,
+#              netns11,netns65
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$(realpath -m "${1:-bench/out}")
 base=/dev/shm
 [ -d "$base" ] && [ -w "$base" ] || base=${TMPDIR:-/tmp}
 work=${WORK:-$base/fleetmesh-bench.$$}
-known=sim1k,sim10k,loopback50,netns34,netns65
+known=sim1k,sim10k,loopback50,netns34,netns11,netns65
 only=",${ONLY:-$known},"
 for name in $(echo "${ONLY:-}" | tr , " "); do
   if [[ ",$known," != *",$name,"* ]]; then
@@ -53,7 +55,7 @@ if want loopback50; then
   step "loopback, 50 nodes in 5 sites, 64 MiB"
   "$bin" mesh-bench --nodes 50 --sites 5 --size 64MiB --work "$work/loopback50" > "$out/loopback50.json"
 fi
-for s in 34:netns-3x4 65:netns-6x5-unequal; do
+for s in 34:netns-3x4 11:netns-1x1-floor 65:netns-6x5-unequal; do
   if want "netns${s%%:*}"; then
     step "network namespaces, ${s#*:}"
     "$bin" run --netns --scenario "testnet/scenarios/${s#*:}.toml" \
@@ -83,6 +85,11 @@ if r:
     row("loopback 50 nodes: node peak RSS mean / max", f"{r['node_rss_mib_mean']:.1f} / {r['node_rss_mib_max']:.1f} MiB")
     row("loopback 50 nodes: seed egress, images verified", f"{r['seed_egress_ratio']:.3f}x, {r['images_verified']}/{r['nodes']}")
     row("loopback 50 nodes: \"WAN\" into each site, chunk bytes", ", ".join(f"{s['wan_ratio']:.3f}" for s in r["sites"]))
+floor = load("netns11")
+if floor:
+    fl = floor["links"]["site_wan"][0]["in_ratio"]
+    row("netns floor, 1 node alone: completion / T_min", f"{floor['completion_secs']:.2f} s / {floor['t_min_secs']:.1f} s = {floor['completion_over_t_min']:.3f}")
+    row("netns floor, 1 node alone: WAN in, chunk / link bytes", f"{floor['site_wan_ratio'][0][1]:.3f} / {fl:.3f}")
 for name in ("netns34", "netns65"):
     r = load(name)
     if not r:
@@ -95,6 +102,12 @@ for name in ("netns34", "netns65"):
     link = ", ".join(f"{s['site']} {s['in_ratio']:.3f}" for s in links["site_wan"])
     row(f"netns {tag}: WAN into each site, chunk bytes", chunk, "<= 1.05" if name == "netns34" else "")
     row(f"netns {tag}: WAN into each site, link bytes", link, "<= 1.05" if name == "netns34" else "")
+    # The ratios above divide by the release as stored (zstd); the image
+    # itself is larger.
+    scale = r["wire_bytes"] / r["image_bytes"]
+    row(f"netns {tag}: WAN into each site, link bytes / image", ", ".join(f"{s['site']} {s['in_ratio'] * scale:.3f}" for s in links["site_wan"]))
+    if name == "netns34" and floor:
+        row("netns 3x4 over the floor: completion, WAN link bytes", f"{r['completion_secs'] / floor['completion_secs']:.3f}, " + ", ".join(f"{s['site']} {s['in_ratio'] / fl:.3f}" for s in links["site_wan"]))
     row(f"netns {tag}: images verified", f"{r['images_verified']}/{r['honest_running']}")
 w = max(len(a) for a, _, _ in rows)
 lines = [f"{a:<{w}}  {b}" + (f"   (target {c})" if c else "") for a, b, c in rows]

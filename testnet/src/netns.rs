@@ -11,7 +11,9 @@
 //! ```
 //!
 //! Byte counts come from the interfaces' counters: what the core sent into
-//! a site's WAN link, what the seed's uplink sent. Dropping a [`Net`] deletes
+//! a site's WAN link, what the seed's uplink sent. Those links send one
+//! datagram per frame, as a real WAN does ([`wan_link`]), so the counters
+//! count every datagram's headers. Dropping a [`Net`] deletes
 //! its namespaces (with the links in them). Names carry the creating
 //! process's id, so namespaces left by a killed run are found and removed
 //! by the next one ([`remove_stale`]).
@@ -125,6 +127,18 @@ fn shape(ns: &str, dev: &str, bps: u64) -> Result<()> {
             "100ms",
         ],
     )
+}
+
+/// A WAN link's end: shaped to `bps`, and one datagram per frame. A
+/// sender hands the kernel up to 64 KiB at once (UDP and TCP segmentation
+/// offload), which a veth passes on whole and counts with one set of
+/// Ethernet, IP and UDP headers: 2.5% fewer bytes than a real link carries
+/// for a QUIC transfer. The shaper already charged each datagram's headers;
+/// with one segment per frame the device splits the batch after the shaper,
+/// and its counters see what a wire would.
+fn wan_link(ns: &str, dev: &str, bps: u64) -> Result<()> {
+    shape(ns, dev, bps)?;
+    ip(&["-n", ns, "link", "set", "dev", dev, "gso_max_segs", "1"]).map(drop)
 }
 
 /// Errors unless this process runs as root (namespaces and tc need it).
@@ -270,7 +284,7 @@ impl Net {
             "via",
             "10.200.0.1",
         ])?;
-        shape(&seed_ns, "eth0", topo.seed_bps)?;
+        wan_link(&seed_ns, "eth0", topo.seed_bps)?;
         for (s, (_, count, wan_bps)) in topo.sites.iter().enumerate() {
             let router = self.router(s);
             self.add_ns(&router)?;
@@ -313,8 +327,8 @@ impl Net {
                 &format!("10.201.{s}.2"),
             ])?;
             // Download into the site leaves the core; upload leaves the router.
-            shape(&core, &wan_dev, *wan_bps)?;
-            shape(&router, "wan", *wan_bps)?;
+            wan_link(&core, &wan_dev, *wan_bps)?;
+            wan_link(&router, "wan", *wan_bps)?;
             // The LAN: a bridge in the router, multicast flooded so that
             // mDNS works without a querier.
             ip(&["-n", &router, "link", "add", "lan", "type", "bridge"])?;
