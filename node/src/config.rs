@@ -43,8 +43,9 @@ pub struct NodeConfig {
 pub struct StoreConfig {
     /// Most bytes the chunk files may take; 0 means no cap. Over it, the
     /// node evicts releases older than the one it runs (never the active
-    /// or staged one, nor the policy's rollback target), and a download
-    /// that would not fit waits.
+    /// or staged one, nor the policy's rollback target) and a release it
+    /// rolled back from once a newer one of its channel is held; a
+    /// download that would not fit waits.
     pub max_bytes: u64,
 }
 

@@ -136,8 +136,9 @@ pub fn init(
          install_when_staged = false\n\n\
          [store]\n\
          # Most bytes the chunk store may take; 0 means no cap. Over it, releases\n\
-         # older than the running one are evicted, and a download that would not\n\
-         # fit (counted at its uncompressed size) waits.\n\
+         # older than the running one are evicted (and one that rolled back, once a\n\
+         # newer one arrives), and a download that would not fit (counted at its\n\
+         # uncompressed size) waits.\n\
          max_bytes = 0\n",
         platform = toml_str(&opts.platform),
         site = toml_str(&mesh.site),

@@ -683,23 +683,26 @@ fn release_chunks(lab: &Lab, id: &str) -> BTreeSet<ChunkId> {
     m.chunks.iter().map(|c| c.id).collect()
 }
 
+/// Publishes an incompressible image of `len` bytes as `v` (so that the
+/// release takes its size on disk); returns the release id.
+fn publish_incompressible(lab: &Lab, dir: &Path, v: &str, len: usize) -> String {
+    let mut bytes = vec![0u8; len];
+    blake3::Hasher::new()
+        .update(v.as_bytes())
+        .finalize_xof()
+        .fill(&mut bytes);
+    let image = dir.join(format!("image-{v}"));
+    std::fs::write(&image, &bytes).expect("write image");
+    let summary = lab.publish(&image, v).expect("publish");
+    summary["release_id"].as_str().expect("id").to_owned()
+}
+
 #[test]
 fn the_store_stays_under_its_cap_by_evicting_old_releases_never_the_running_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut lab =
         Lab::new(dir.path(), &bin("fleetmesh-seed"), &bin("fleetmesh-node")).expect("lab");
-    // Incompressible images, so that a release takes its size on disk.
-    let publish = |lab: &Lab, v: &str, len: usize| {
-        let mut bytes = vec![0u8; len];
-        blake3::Hasher::new()
-            .update(v.as_bytes())
-            .finalize_xof()
-            .fill(&mut bytes);
-        let image = dir.path().join(format!("image-{v}"));
-        std::fs::write(&image, &bytes).expect("write image");
-        let summary = lab.publish(&image, v).expect("publish");
-        summary["release_id"].as_str().expect("id").to_owned()
-    };
+    let publish = |lab: &Lab, v: &str, len: usize| publish_incompressible(lab, dir.path(), v, len);
     let size = 1 << 20;
     let mut ids = vec![publish(&lab, "1.0.0", size)];
     lab.start_seed().expect("seed");
@@ -767,6 +770,50 @@ fn the_store_stays_under_its_cap_by_evicting_old_releases_never_the_running_one(
         metric_sum(&metrics, "fleetmesh_store{", "evicted") >= 1.0,
         "{metrics}"
     );
+}
+
+#[test]
+fn a_release_that_rolled_back_gives_its_room_on_a_full_store_to_the_fix() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut lab =
+        Lab::new(dir.path(), &bin("fleetmesh-seed"), &bin("fleetmesh-node")).expect("lab");
+    let size = 1 << 20;
+    publish_incompressible(&lab, dir.path(), "1.0.0", size);
+    lab.start_seed().expect("seed");
+    // Room for two releases and a half, and 2.0.0 fails its health check.
+    let cap = size as u64 * 5 / 2;
+    let extra = format!(
+        "store.max_bytes = {cap}\nupdate.install_when_staged = true\n{}",
+        r#"update.health = "command"
+update.health_command = ["sh", "-c", "test \"$FLEETMESH_TARGET_VERSION\" != 2.0.0"]"#
+    );
+    let n = lab.add_node("a", &extra).expect("node");
+    lab.start_node(n, &[]).expect("start");
+    let state = |lab: &Lab, done: &dyn Fn(&fleetmesh_testnet::lab::View) -> bool, what: &str| {
+        wait_until(TIMEOUT, || {
+            done(&fleetmesh_testnet::lab::fleet(lab)[n]).then_some(())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{what}: {:?} {:?}",
+                lab.node_update(n),
+                lab.node_status(n).and_then(|s| s.store)
+            )
+        })
+    };
+    state(&lab, &|v| v.committed("1.0.0"), "1.0.0 never committed");
+    let bad = publish_incompressible(&lab, dir.path(), "2.0.0", size);
+    state(&lab, &|v| v.rolled_back("2.0.0"), "2.0.0 never rolled back");
+    // The fix needs the room 2.0.0 takes: 1.0.0 runs and cannot go.
+    publish_incompressible(&lab, dir.path(), "3.0.0", size);
+    state(&lab, &|v| v.committed("3.0.0"), "3.0.0 never committed");
+    let manifest = lab.nodes[n]
+        .dir
+        .join("releases")
+        .join(format!("{bad}.manifest"));
+    assert!(!manifest.exists(), "2.0.0 kept");
+    let store = lab.node_status(n).and_then(|s| s.store).expect("store");
+    assert!(store.evicted >= 1 && store.used_bytes <= cap, "{store:?}");
 }
 
 #[test]

@@ -6,7 +6,8 @@
 //! It lists the chunk files (off the event loop) and:
 //! - evicts, oldest version first, complete releases older than the one
 //!   that runs, except the staged one and the policy's rollback target,
-//!   and only as many as it takes to get under the cap;
+//!   and a release the node rolled back from once a newer one of its
+//!   channel is held, and only as many as it takes to get under the cap;
 //! - admits a waiting download only if the store, plus what every admitted
 //!   download still lacks, stays under the cap; otherwise the download
 //!   waits, and the status and the log say why;
@@ -56,6 +57,35 @@ pub(crate) struct Held {
     pub hold: Hold,
     /// Downloads: raw bytes of the pieces not present yet.
     pub missing: u64,
+}
+
+/// What the node needs, from the updater's status and the policy.
+#[derive(Debug)]
+pub(crate) struct Needed {
+    /// The version that runs.
+    pub running: Version,
+    /// Versions kept whatever their age: the running one, the target of an
+    /// update in progress, the policy's rollback target.
+    pub keep: BTreeSet<Version>,
+    /// The target the updater rolled back from or failed on. It is not
+    /// installed again, so it stays only until a newer release of its
+    /// channel arrives: on a tight cap it would otherwise hold the room
+    /// that newer release (the fix) needs, for ever.
+    pub abandoned: Option<Version>,
+}
+
+impl Needed {
+    /// How a pass treats a complete release; `superseded` says whether a
+    /// newer release of its channel is held (asked only when it matters).
+    pub fn hold(&self, version: &Version, superseded: impl FnOnce() -> bool) -> Hold {
+        let old = *version < self.running;
+        let dropped = self.abandoned.as_ref() == Some(version) && superseded();
+        if !self.keep.contains(version) && (old || dropped) {
+            Hold::Evictable
+        } else {
+            Hold::Keep
+        }
+    }
 }
 
 /// What a pass decided.
@@ -192,19 +222,30 @@ fn run_pass(
 }
 
 impl Mesh {
-    /// The versions a node must keep whatever their age, and the one that
-    /// runs; `None` while the updater has not said what runs.
-    fn needed_versions(&self) -> Option<(Version, BTreeSet<Version>)> {
+    /// What the updater's status says the node needs; `None` while the
+    /// updater has not said what runs.
+    fn needed_versions(&self) -> Option<Needed> {
         let status: serde_json::Value =
             serde_json::from_slice(self.update_seen.1.as_deref()?).ok()?;
         let version = |v: &serde_json::Value| v.as_str().and_then(|s| Version::parse(s).ok());
         let running = version(&status["booted_version"])?;
         let mut keep = BTreeSet::from([running.clone()]);
-        keep.extend(version(&status["update"]["target_version"]));
+        let target = version(&status["update"]["target_version"]);
+        let abandoned = matches!(
+            status["update"]["state"].as_str(),
+            Some("rolled_back" | "failed")
+        );
+        if !abandoned {
+            keep.extend(target.clone());
+        }
         if let Some((policy, _)) = &self.policy {
             keep.extend(policy.rollback_for(&self.labels).cloned());
         }
-        Some((running, keep))
+        Some(Needed {
+            running,
+            keep,
+            abandoned: target.filter(|_| abandoned),
+        })
     }
 
     /// Starts a pass if one is due and none runs.
@@ -226,15 +267,20 @@ impl Mesh {
             .releases
             .iter()
             .map(|(id, r)| {
-                let version = r.manifest().version.clone();
+                let m = r.manifest();
+                let version = m.version.clone();
+                let superseded = || {
+                    self.releases.values().any(|o| {
+                        let om = o.manifest();
+                        om.channel == m.channel && om.version > m.version
+                    })
+                };
                 let hold = match &needed {
                     _ if !r.complete => Hold::Download {
                         admitted: r.admitted,
                     },
-                    Some((running, keep)) if version < *running && !keep.contains(&version) => {
-                        Hold::Evictable
-                    }
-                    _ => Hold::Keep,
+                    Some(needed) => needed.hold(&version, superseded),
+                    None => Hold::Keep,
                 };
                 Held {
                     id: *id,
@@ -324,6 +370,27 @@ mod tests {
 
     fn sizes(chunks: &[u8]) -> HashMap<ChunkId, u64> {
         chunks.iter().map(|&c| (chunk(c), 100)).collect()
+    }
+
+    #[test]
+    fn a_rolled_back_release_goes_only_once_a_newer_one_is_held() {
+        let v = |s: &str| Version::parse(s).expect("version");
+        let needed = |abandoned: Option<&str>| Needed {
+            running: v("2.0.0"),
+            keep: BTreeSet::from([v("2.0.0"), v("1.5.0")]),
+            abandoned: abandoned.map(v),
+        };
+        let rolled_back = needed(Some("3.0.0"));
+        assert_eq!(rolled_back.hold(&v("3.0.0"), || false), Hold::Keep);
+        assert_eq!(rolled_back.hold(&v("3.0.0"), || true), Hold::Evictable);
+        // Older ones go whether or not anything newer is held; what runs and
+        // the rollback target never do.
+        assert_eq!(rolled_back.hold(&v("1.0.0"), || false), Hold::Evictable);
+        assert_eq!(rolled_back.hold(&v("2.0.0"), || true), Hold::Keep);
+        assert_eq!(rolled_back.hold(&v("1.5.0"), || true), Hold::Keep);
+        // A newer release the node has not tried stays.
+        assert_eq!(rolled_back.hold(&v("3.1.0"), || true), Hold::Keep);
+        assert_eq!(needed(None).hold(&v("3.0.0"), || true), Hold::Keep);
     }
 
     #[test]
