@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The testnet's benchmark sweep, the one CI leaves out (about 15 minutes on
+# The testnet's benchmark sweep, the one CI leaves out (about 8 minutes on
 # two cores): the simulator at 1,000 and 10,000 nodes, 50 nodes on loopback,
 # and, as root, the network-namespace scenarios 3 sites x 4 nodes, its
 # transport floor (one node alone on the same links) and 6 sites x 5 nodes on
