@@ -17,6 +17,7 @@
 pub mod codec;
 mod evict;
 pub mod release;
+mod reporters;
 pub mod status;
 
 use crate::api::{Metrics, PeerClass};
@@ -29,9 +30,8 @@ use fleetmesh_protocol::keys::{Node, PublicKey, Release as ReleaseRole, Root, Se
 use fleetmesh_protocol::manifest::Manifest;
 use fleetmesh_protocol::member::{Membership, Revocation};
 use fleetmesh_protocol::mesh::{
-    judge_report, report_every_secs, Accepted, Announcement, Announcements, Have, Hello,
-    ReleaseProgress, Report, ReportEnvelope, ReportVerdict, Request, Response, MAX_BATCH,
-    MAX_HAVE_ADDED, RESPONSE_BUDGET,
+    judge_report, Accepted, Announcement, Announcements, Have, Hello, ReleaseProgress, Report,
+    ReportEnvelope, ReportVerdict, Request, Response, MAX_BATCH, MAX_HAVE_ADDED, RESPONSE_BUDGET,
 };
 use fleetmesh_protocol::sched::{self, Bits, PeerInfo, Planned, RequestId, Scheduler};
 use fleetmesh_protocol::TrustState;
@@ -106,9 +106,7 @@ const MANIFEST_RETRY: Duration = Duration::from_secs(3);
 /// How long a node waits for a same-site peer to have a manifest before
 /// it asks outside its site (one node per site asks at once).
 const MANIFEST_WAIT: Duration = Duration::from_secs(2);
-/// Most distinct nodes counted from their reports (and most reports the
-/// seed holds).
-const MAX_REPORTERS: usize = 100_000;
+use reporters::{Reporters, MAX_REPORTERS};
 /// A report that gossip could not take yet (no peer subscribed) is tried
 /// again this often.
 const REPORT_RETRY: Duration = Duration::from_secs(1);
@@ -345,9 +343,9 @@ struct Mesh {
     chain_file_len: u64,
     /// Latest signed status report from each node (seed view).
     reports: BTreeMap<String, Report>,
-    /// Nodes whose reports this node has seen (at most [`MAX_REPORTERS`]):
-    /// the fleet's size, which spaces out its own unchanged reports.
-    reporters: std::collections::HashSet<PeerId>,
+    /// Nodes whose reports this node has heard lately: the fleet's size,
+    /// which spaces out its own unchanged reports.
+    reporters: Reporters<PeerId>,
     /// A report is to go out: something changed, or it is time to repeat
     /// it, and gossip has not yet taken it (no peer subscribed yet).
     report_due: bool,
@@ -635,7 +633,7 @@ impl Mesh {
             saved_counters: BTreeMap::new(),
             listening: Vec::new(),
             last_report: now,
-            reporters: std::collections::HashSet::new(),
+            reporters: Reporters::new(now),
             report_due: true,
             report_tried: now,
             gossip_rejected: 0,
@@ -1230,9 +1228,7 @@ impl Mesh {
                 }
             }
         }
-        if self.reporters.len() < MAX_REPORTERS {
-            self.reporters.insert(peer);
-        }
+        self.reporters.heard(peer, Instant::now());
         if self.p.role == Role::Seed
             && (self.reports.len() < MAX_REPORTERS || self.reports.contains_key(&report.node_id))
         {
@@ -2278,7 +2274,7 @@ impl Mesh {
             self.evict_due |= changed;
         }
         self.maybe_evict(now);
-        let every = Duration::from_secs(report_every_secs(self.reporters.len() + 1));
+        let every = self.reporters.every(now);
         self.report_due |= changed || now - self.last_report >= every;
         if self.p.role == Role::Node
             && self.report_due
