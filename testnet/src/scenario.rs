@@ -458,10 +458,10 @@ pub fn run(
         }
         let net = Net::create(&s.topology())?;
         say(&format!(
-            "{} namespaces: seed, core router, {} site routers, {} nodes",
+            "{} namespaces: seed, core router, {}, {}",
             net.namespaces().len(),
-            s.site.len(),
-            net.nodes.len()
+            count(s.site.len(), "site router"),
+            count(net.nodes.len(), "node")
         ));
         Some(net)
     } else {
@@ -501,7 +501,11 @@ pub fn run(
             lab.start_node(i, &[])?;
         }
         lab.wait_connected(Duration::from_secs(60))?;
-        say(&format!("{n} nodes in {sites} sites connected"));
+        say(&format!(
+            "{} in {} connected",
+            count(n, "node"),
+            count(sites, "site")
+        ));
         if s.settle_secs > 0 {
             say(&format!("settling for {} s", s.settle_secs));
             let settle = Instant::now() + Duration::from_secs(s.settle_secs);
@@ -847,4 +851,9 @@ fn follow_releases(
         out.push(o);
     }
     Ok(out)
+}
+
+/// `n` and the noun, plural unless `n` is 1: "1 node", "12 nodes".
+fn count(n: usize, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }
