@@ -43,6 +43,7 @@ use libp2p::swarm::{behaviour::toggle::Toggle, ConnectionId, NetworkBehaviour, S
 use libp2p::{connection_limits, identify, identity::Keypair, kad, mdns, noise, tcp, yamux};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm};
 use release::{verify_chunks, Release};
+use reporters::{Reporters, MAX_REPORTERS};
 use status::{MeshStatus, ReleaseStatus, StoreStatus, MESH_STATUS_FILE};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
@@ -106,7 +107,6 @@ const MANIFEST_RETRY: Duration = Duration::from_secs(3);
 /// How long a node waits for a same-site peer to have a manifest before
 /// it asks outside its site (one node per site asks at once).
 const MANIFEST_WAIT: Duration = Duration::from_secs(2);
-use reporters::{Reporters, MAX_REPORTERS};
 /// A report that gossip could not take yet (no peer subscribed) is tried
 /// again this often.
 const REPORT_RETRY: Duration = Duration::from_secs(1);
