@@ -9,7 +9,9 @@ use fleetmesh_policy::rollout::{Rollout, RolloutState, Wave, WaveTarget};
 use fleetmesh_protocol::codec::{self, Message, HEADER_LEN};
 use fleetmesh_protocol::keys::{Node, SecretKey};
 use fleetmesh_protocol::member::{Membership, Revocation};
-use fleetmesh_protocol::mesh::{Announcement, Have, Hello, Report, ReportEnvelope, Request};
+use fleetmesh_protocol::mesh::{
+    Announcement, Have, Hello, ManifestParts, Report, ReportEnvelope, Request,
+};
 use fleetmesh_protocol::{
     chunk, ChunkId, ChunkParams, ChunkRef, ImageHash, Manifest, Signed, UnixTime,
 };
@@ -60,7 +62,16 @@ fn main() {
     let signed_manifest = Signed::sign(&manifest, &[&f.release]).expect("signs");
     let id = signed_manifest.release_id();
     let announcement = Signed::sign(
-        &Announcement::of(id, &manifest, UnixTime(NOW.0 - 5)),
+        &Announcement {
+            release_id: id,
+            version: manifest.version.clone(),
+            channel: manifest.channel.clone(),
+            platforms: manifest.platforms.clone(),
+            image_len: manifest.image_len,
+            manifest: ManifestParts::of(&codec::encode(&signed_manifest).expect("encodes")),
+            issued_at: UnixTime(NOW.0 - 5),
+            expires_at: manifest.expires_at,
+        },
         &[&f.release],
     )
     .expect("signs");

@@ -70,6 +70,7 @@ pub struct Metrics {
     registry: Mutex<Registry>,
     chunk_bytes_in: Family<Labels, Counter>,
     chunk_bytes_out: Family<Labels, Counter>,
+    manifest_bytes_out: Family<Labels, Counter>,
     chunks_verified: Counter,
     chunks_rejected: Counter,
     peers_refused: Counter,
@@ -86,6 +87,7 @@ impl Default for Metrics {
             registry: Mutex::new(Registry::with_prefix("fleetmesh")),
             chunk_bytes_in: Family::default(),
             chunk_bytes_out: Family::default(),
+            manifest_bytes_out: Family::default(),
             chunks_verified: Counter::default(),
             chunks_rejected: Counter::default(),
             peers_refused: Counter::default(),
@@ -106,6 +108,11 @@ impl Default for Metrics {
                 "chunk_bytes_sent",
                 "Chunk bytes sent to peers, by where the peer is",
                 m.chunk_bytes_out.clone(),
+            );
+            r.register(
+                "manifest_bytes_sent",
+                "Manifest bytes sent to peers (parts of encoded signed manifests), by where the peer is",
+                m.manifest_bytes_out.clone(),
             );
             r.register(
                 "chunks_verified",
@@ -178,6 +185,13 @@ impl Metrics {
     /// Chunk bytes sent to a peer of `class`.
     pub fn sent(&self, class: PeerClass, bytes: u64) {
         self.chunk_bytes_out
+            .get_or_create(&class.labels())
+            .inc_by(bytes);
+    }
+
+    /// Manifest bytes sent to a peer of `class`.
+    pub fn sent_manifest(&self, class: PeerClass, bytes: u64) {
+        self.manifest_bytes_out
             .get_or_create(&class.labels())
             .inc_by(bytes);
     }

@@ -9,7 +9,7 @@
 
 use crate::codec::{Kind, Message};
 use crate::keys::{Node, PublicKey, Release};
-use crate::manifest::{is_valid_name, Manifest, MAX_CHUNKS, MAX_PLATFORMS};
+use crate::manifest::{is_valid_name, Manifest, VerifiedManifest, MAX_CHUNKS, MAX_PLATFORMS};
 use crate::member::Membership;
 use crate::signed::RoleKeys;
 use crate::signed::{Signed, SignedBody};
@@ -44,6 +44,9 @@ pub struct Announcement {
     pub platforms: Vec<String>,
     /// Image length in bytes.
     pub image_len: u64,
+    /// How the signed manifest's encoding is cut into parts for fetching,
+    /// and each part's hash.
+    pub manifest: ManifestParts,
     /// When this announcement was signed.
     pub issued_at: UnixTime,
     /// After this, nodes ignore it.
@@ -53,7 +56,7 @@ pub struct Announcement {
 impl Message for Announcement {
     const KIND: Kind = Kind::Announcement;
     const WHAT: &'static str = "announcement";
-    const MAX_BYTES: usize = 4096;
+    const MAX_BYTES: usize = 4096 + MAX_MANIFEST_PARTS * 33;
 }
 
 impl SignedBody for Announcement {
@@ -63,16 +66,18 @@ impl SignedBody for Announcement {
 
 impl Announcement {
     /// The announcement of a verified manifest, valid for as long as it.
-    pub fn of(id: ReleaseId, manifest: &Manifest, now: UnixTime) -> Self {
-        Announcement {
-            release_id: id,
+    pub fn of(release: &VerifiedManifest, now: UnixTime) -> Result<Self> {
+        let manifest = release.manifest();
+        Ok(Announcement {
+            release_id: release.id(),
             version: manifest.version.clone(),
             channel: manifest.channel.clone(),
             platforms: manifest.platforms.clone(),
             image_len: manifest.image_len,
+            manifest: ManifestParts::of(&crate::codec::encode(release.signed())?),
             issued_at: now,
             expires_at: manifest.expires_at,
-        }
+        })
     }
 
     fn validate(&self) -> Result<()> {
@@ -86,8 +91,99 @@ impl Announcement {
         if self.expires_at <= self.issued_at {
             return bad("expires before it is issued".into());
         }
+        self.manifest.validate()
+    }
+}
+
+/// Most parts a signed manifest is cut into (see [`ManifestParts`]).
+pub const MAX_MANIFEST_PARTS: usize = 64;
+/// The shortest part: a manifest under this travels as one.
+pub const MIN_MANIFEST_PART: u32 = 64 << 10;
+
+/// A signed manifest's encoding cut into parts of `part_len` bytes (the
+/// last one shorter), with each part's blake3. The announcement carries
+/// this, so a node can take some parts from the seed and the rest from
+/// other sites, and check each one as it arrives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestParts {
+    /// Bytes in each part but the last.
+    pub part_len: u32,
+    /// Each part's blake3, in order.
+    pub ids: Vec<ChunkId>,
+}
+
+impl ManifestParts {
+    /// The parts of an encoded signed manifest: [`MIN_MANIFEST_PART`] long,
+    /// or longer when that would make more than [`MAX_MANIFEST_PARTS`].
+    pub fn of(encoded: &[u8]) -> Self {
+        let part_len = encoded
+            .len()
+            .div_ceil(MAX_MANIFEST_PARTS)
+            .max(MIN_MANIFEST_PART as usize);
+        ManifestParts {
+            part_len: u32::try_from(part_len).unwrap_or(u32::MAX),
+            ids: encoded.chunks(part_len).map(ChunkId::of).collect(),
+        }
+    }
+
+    /// Part `i` of `encoded`, the signed manifest these parts describe.
+    pub fn part<'a>(&self, encoded: &'a [u8], i: usize) -> Option<&'a [u8]> {
+        encoded.chunks(self.part_len as usize).nth(i)
+    }
+
+    /// Whether `bytes` is part `i`: its length and its hash.
+    pub fn check(&self, i: usize, bytes: &[u8]) -> bool {
+        let len_ok = if i + 1 == self.ids.len() {
+            (1..=self.part_len as usize).contains(&bytes.len())
+        } else {
+            bytes.len() == self.part_len as usize
+        };
+        len_ok && self.ids.get(i) == Some(&ChunkId::of(bytes))
+    }
+
+    fn validate(&self) -> Result<()> {
+        let n = self.ids.len();
+        let max_len = <Signed<Manifest> as Message>::MAX_BYTES;
+        if n == 0 || n > MAX_MANIFEST_PARTS {
+            return Err(Error::invalid(
+                Announcement::WHAT,
+                format!("{n} manifest parts, not 1-{MAX_MANIFEST_PARTS}"),
+            ));
+        }
+        if self.part_len < MIN_MANIFEST_PART || (n - 1) * self.part_len as usize >= max_len {
+            return Err(Error::invalid(
+                Announcement::WHAT,
+                format!("manifest parts of {} bytes", self.part_len),
+            ));
+        }
         Ok(())
     }
+}
+
+/// Which of `sites` fetches part `part` of a release's manifest (of
+/// `parts`) from the seed; the others take it from that site. Sites are
+/// ranked by a hash of their name and the release id, so the work moves
+/// between releases, and the first `parts` of them share the parts in
+/// turn. Every node that knows the same sites picks the same one.
+pub fn manifest_part_site<'a>(
+    release: &ReleaseId,
+    sites: &[&'a str],
+    part: usize,
+    parts: usize,
+) -> Option<&'a str> {
+    let mut ranked: Vec<(blake3::Hash, &str)> = sites
+        .iter()
+        .map(|s| {
+            let mut h = blake3::Hasher::new();
+            h.update(&release.0);
+            h.update(s.as_bytes());
+            (h.finalize(), *s)
+        })
+        .collect();
+    ranked.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()).then(a.1.cmp(b.1)));
+    ranked.dedup_by(|a, b| a.1 == b.1);
+    let fetchers = ranked.len().min(parts);
+    (fetchers > 0).then(|| ranked[part % fetchers].1)
 }
 
 impl Signed<Announcement> {
@@ -182,8 +278,14 @@ pub enum Request {
     /// Which pieces of a release the sender has (pieces are the manifest's
     /// distinct chunk ids in first-appearance order).
     Have(Have),
-    /// The signed manifest of a release.
-    Manifest(ReleaseId),
+    /// One part of a release's encoded signed manifest
+    /// ([`Announcement::manifest`]).
+    ManifestPart {
+        /// The release.
+        release: ReleaseId,
+        /// The part's index.
+        part: u32,
+    },
     /// Chunks of a release by piece index, at most [`MAX_BATCH`]: the
     /// responder finds their ids in its manifest.
     Chunks {
@@ -293,8 +395,8 @@ pub enum Response {
         /// Send the full map again later.
         need_full: bool,
     },
-    /// The signed manifest, if the responder has it.
-    Manifest(Option<Signed<Manifest>>),
+    /// The manifest part, if the responder has it.
+    ManifestPart(#[serde(with = "crate::codec::bytes::option")] Option<Vec<u8>>),
     /// Chunks in request order: the stored (compressed) encoding, or `None`
     /// where the responder has no verified copy or the budget ran out.
     Chunks(#[serde(with = "crate::codec::bytes::list")] Vec<Option<Vec<u8>>>),

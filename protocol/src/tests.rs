@@ -207,6 +207,7 @@ fn announcement(version: u64, id: u8, expires: u64) -> mesh::Announcement {
         channel: "stable".into(),
         platforms: vec!["generic".into()],
         image_len: 1,
+        manifest: mesh::ManifestParts::of(&[id]),
         issued_at: UnixTime(100),
         expires_at: UnixTime(expires),
     }
@@ -252,6 +253,91 @@ fn announcements_refuse_forged_old_expired_and_conflicting() {
         known.accept(&sign(&v3), &f.trust, now).expect("newer"),
         Accepted::New(v3)
     );
+}
+
+/// A signed manifest is cut into parts that each check on their own, and
+/// put back together they are the manifest; the announcement of the
+/// largest manifest stays within its limit.
+#[test]
+fn manifest_parts_check_one_by_one_and_rebuild_the_manifest() {
+    use mesh::{ManifestParts, MAX_MANIFEST_PARTS, MIN_MANIFEST_PART};
+    let f = fixture(3);
+    let signed = Signed::sign(&manifest(20_000), &[&f.release]).expect("signs");
+    let bytes = codec::encode(&signed).expect("encodes");
+    let parts = ManifestParts::of(&bytes);
+    assert_eq!(parts.part_len, MIN_MANIFEST_PART);
+    assert_eq!(
+        parts.ids.len(),
+        bytes.len().div_ceil(MIN_MANIFEST_PART as usize)
+    );
+    assert!(parts.ids.len() > 2, "{} parts", parts.ids.len());
+    let mut rebuilt = Vec::new();
+    for i in 0..parts.ids.len() {
+        let part = parts.part(&bytes, i).expect("part");
+        assert!(parts.check(i, part), "part {i}");
+        assert!(
+            !parts.check((i + 1) % parts.ids.len(), part),
+            "part {i} elsewhere"
+        );
+        let mut bad = part.to_vec();
+        bad[0] ^= 1;
+        assert!(!parts.check(i, &bad), "altered part {i}");
+        rebuilt.extend_from_slice(part);
+    }
+    assert!(parts.part(&bytes, parts.ids.len()).is_none());
+    assert_eq!(
+        codec::decode::<Signed<Manifest>>(&rebuilt).expect("decodes"),
+        signed
+    );
+
+    // Past 64 parts of the shortest length, parts grow instead.
+    let big = vec![7u8; 100 * MIN_MANIFEST_PART as usize];
+    let parts = ManifestParts::of(&big);
+    assert_eq!(parts.ids.len(), MAX_MANIFEST_PARTS);
+    assert!(parts.check(63, parts.part(&big, 63).expect("last")));
+
+    // The largest manifest's announcement encodes within its limit, and
+    // one with too many parts does not verify.
+    let largest = vec![0u8; <Signed<Manifest> as Message>::MAX_BYTES];
+    let mut a = announcement(1, 1, 5000);
+    a.manifest = ManifestParts::of(&largest);
+    let signed_a = Signed::sign(&a, &[&f.release]).expect("signs");
+    codec::encode(&signed_a).expect("largest announcement encodes");
+    signed_a
+        .verify_announcement(&f.trust, UnixTime(200))
+        .expect("verifies");
+    a.manifest.ids.push(ChunkId([0; 32]));
+    let too_many = Signed::sign(&a, &[&f.release]).expect("signs");
+    assert!(too_many
+        .verify_announcement(&f.trust, UnixTime(200))
+        .is_err());
+}
+
+/// The sites share a manifest's parts: each named site fetches some, the
+/// same site whatever order the sites are listed in, and with more sites
+/// than parts only as many sites as parts fetch.
+#[test]
+fn manifest_parts_are_shared_out_among_sites() {
+    let release = ReleaseId([5; 32]);
+    let sites = ["north", "east", "south"];
+    let site_of = |sites: &[&'static str], part| {
+        mesh::manifest_part_site(&release, sites, part, 8).expect("a site")
+    };
+    let mut per_site = std::collections::BTreeMap::new();
+    for part in 0..8 {
+        let site = site_of(&sites, part);
+        *per_site.entry(site).or_insert(0) += 1;
+        assert_eq!(site_of(&["south", "north", "east", "north"], part), site);
+    }
+    assert_eq!(per_site.len(), 3, "{per_site:?}");
+    assert!(per_site.values().all(|&n| n == 2 || n == 3), "{per_site:?}");
+    let many: Vec<String> = (0..100).map(|i| format!("site-{i}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let fetchers: std::collections::BTreeSet<&str> = (0..8)
+        .map(|part| mesh::manifest_part_site(&release, &many, part, 8).expect("a site"))
+        .collect();
+    assert_eq!(fetchers.len(), 8);
+    assert_eq!(mesh::manifest_part_site(&release, &[], 0, 8), None);
 }
 
 #[test]

@@ -84,7 +84,7 @@ pub fn export(
         .filter(|id| seen.insert(*id) && !base.contains(id))
         .collect();
     let announcement = Signed::sign(
-        &Announcement::of(release.id(), release.manifest(), now),
+        &Announcement::of(&release, now)?,
         &seed.release_keys()?.iter().collect::<Vec<_>>(),
     )?;
     let head = Head {

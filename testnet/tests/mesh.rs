@@ -8,7 +8,7 @@ use fleetmesh_node::keyfile;
 use fleetmesh_node::ChunkFiles;
 use fleetmesh_protocol::keys::{Release, SecretKey};
 use fleetmesh_protocol::manifest::Manifest;
-use fleetmesh_protocol::mesh::Announcement;
+use fleetmesh_protocol::mesh::{Announcement, ManifestParts};
 use fleetmesh_protocol::{codec, ChunkId, ImageHash, ReleaseId, Signed, UnixTime};
 use fleetmesh_testnet::lab::{free_port, http_get, wait_until, Lab};
 use fleetmesh_testnet::meshbench::{self, node_image_hash, BenchConfig};
@@ -140,6 +140,52 @@ fn six_nodes_in_two_sites_get_the_image_and_spare_the_seed_and_the_wan() {
     assert!(
         (crossed as f64) <= limit,
         "{crossed} bytes crossed between sites, limit {limit}"
+    );
+}
+
+/// Three sites share the manifest's parts: each takes its share from the
+/// seed and the rest from the others, so the seed sends the manifest
+/// about once, not once a site.
+#[test]
+fn three_sites_share_the_manifest_and_the_seed_sends_it_about_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut lab =
+        Lab::new(dir.path(), &bin("fleetmesh-seed"), &bin("fleetmesh-node")).expect("lab");
+    let http = local_addr();
+    lab.start_seed_with(&["--http", &http.to_string()])
+        .expect("seed");
+    let nodes: Vec<usize> = ["a", "a", "b", "b", "c", "c"]
+        .iter()
+        .map(|site| lab.add_node(site, "").expect("node"))
+        .collect();
+    for &i in &nodes {
+        lab.start_node(i, &[]).expect("start");
+    }
+    lab.wait_connected(TIMEOUT).expect("connected");
+    // 64 MiB in 8 KiB chunks: a manifest of four parts.
+    publish_image(&lab, dir.path(), 5, 64 << 20, "1.0.0");
+    lab.wait_complete(&nodes, "1.0.0", TIMEOUT)
+        .expect("complete");
+    let manifest = std::fs::read_dir(lab.seed_dir.join("releases"))
+        .expect("releases")
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with(".manifest"))
+        .and_then(|e| e.metadata().ok())
+        .expect("a manifest")
+        .len();
+    let parts = fleetmesh_protocol::mesh::ManifestParts::of(&vec![0; manifest as usize]);
+    assert!(
+        parts.ids.len() >= 3,
+        "{manifest} bytes, {} parts",
+        parts.ids.len()
+    );
+    let (code, metrics) = http_get(http, "/metrics").expect("GET /metrics");
+    assert_eq!(code, 200, "{metrics}");
+    let sent = metric_sum(&metrics, "fleetmesh_manifest_bytes_sent_total", "");
+    eprintln!("the seed sent {sent} manifest bytes of a {manifest}-byte manifest");
+    assert!(
+        sent >= manifest as f64 && sent <= 1.5 * manifest as f64,
+        "the seed sent {sent} manifest bytes of a {manifest}-byte manifest to 3 sites"
     );
 }
 
@@ -345,6 +391,7 @@ fn signed_announcement(
         channel: "stable".into(),
         platforms: vec!["generic".into()],
         image_len: 1 << 20,
+        manifest: ManifestParts::of(&[id]),
         issued_at: UnixTime(now.0.saturating_sub(7200)),
         expires_at: expires,
     };

@@ -30,8 +30,9 @@ use fleetmesh_protocol::keys::{Node, PublicKey, Release as ReleaseRole, Root, Se
 use fleetmesh_protocol::manifest::Manifest;
 use fleetmesh_protocol::member::{Membership, Revocation};
 use fleetmesh_protocol::mesh::{
-    judge_report, Accepted, Announcement, Announcements, Have, Hello, ReleaseProgress, Report,
-    ReportEnvelope, ReportVerdict, Request, Response, MAX_BATCH, MAX_HAVE_ADDED, RESPONSE_BUDGET,
+    judge_report, manifest_part_site, Accepted, Announcement, Announcements, Have, Hello,
+    ManifestParts, ReleaseProgress, Report, ReportEnvelope, ReportVerdict, Request, Response,
+    MAX_BATCH, MAX_HAVE_ADDED, RESPONSE_BUDGET,
 };
 use fleetmesh_protocol::sched::{self, Bits, PeerInfo, Planned, RequestId, Scheduler};
 use fleetmesh_protocol::TrustState;
@@ -103,10 +104,22 @@ const FEW_PEERS: usize = 8;
 /// How often a node with no member peers dials its bootstrap peers again
 /// (and one with few looks for more).
 const REDIAL_EVERY: Duration = Duration::from_secs(10);
+/// A manifest part asked for and not answered in this long is asked for
+/// again.
 const MANIFEST_RETRY: Duration = Duration::from_secs(3);
 /// How long a node waits for a same-site peer to have a manifest before
 /// it asks outside its site (one node per site asks at once).
 const MANIFEST_WAIT: Duration = Duration::from_secs(2);
+/// A peer that did not have a manifest part is asked again after this.
+const MANIFEST_PART_RETRY: Duration = Duration::from_millis(100);
+/// A node asked for a manifest part that it is fetching itself holds the
+/// request up to this long, and answers it as soon as the part comes.
+const MANIFEST_PART_HOLD: Duration = Duration::from_millis(500);
+/// Most requests for manifest parts a node holds per release.
+const MAX_HELD_PARTS: usize = 256;
+/// How long a site waits for another site to fetch its share of a
+/// manifest's parts before it asks the seed for them itself.
+const MANIFEST_PART_WAIT: Duration = Duration::from_secs(1);
 /// A report that gossip could not take yet (no peer subscribed) is tried
 /// again this often.
 const REPORT_RETRY: Duration = Duration::from_secs(1);
@@ -274,7 +287,7 @@ enum Outbound {
         release: ReleaseId,
         upto: usize,
     },
-    Manifest(ReleaseId),
+    ManifestPart(ReleaseId, u32),
     /// The pieces asked for, kept so that a response arriving after the
     /// scheduler gave up on it is still stored.
     Chunks {
@@ -385,14 +398,40 @@ struct Mesh {
 struct Wanted {
     /// When it was first announced to this node.
     since: Instant,
-    /// When its manifest was last asked for, if a request is out.
-    asked: Option<Instant>,
+    /// The manifest's parts as announced.
+    parts: ManifestParts,
+    /// What this node has of each part.
+    got: Vec<Part>,
+    /// Requests for parts it is fetching itself, held until they come:
+    /// part, when asked, by whom.
+    held: Vec<(usize, Instant, PeerId, ResponseChannel<Response>)>,
     /// Peers that sent a have-map for it: they hold its manifest.
     holders: BTreeSet<PeerId>,
     /// Their maps, applied when the manifest loads: asking a peer to send
     /// its map again costs [`RETRY_FULL_HAVE`], and the seed's map would
     /// arrive that long after the manifest.
     early: HashMap<PeerId, Bits>,
+}
+
+/// One part of a wanted manifest.
+#[derive(Debug)]
+enum Part {
+    /// Not held: ask for it from this instant on.
+    Want(Instant),
+    /// Asked for at this instant.
+    Asked(Instant),
+    /// Held and checked against its announced hash.
+    Got(Vec<u8>),
+}
+
+impl Part {
+    fn due(&self, now: Instant) -> bool {
+        match self {
+            Part::Want(from) => now >= *from,
+            Part::Asked(at) => now - *at >= MANIFEST_RETRY,
+            Part::Got(_) => false,
+        }
+    }
 }
 
 /// The peer id of a node key.
@@ -880,8 +919,13 @@ impl Mesh {
             pieces = release.pieces.len(),
             "release loaded"
         );
-        let early = self.wanted.remove(&id).map(|w| w.early).unwrap_or_default();
+        let (early, held) = self
+            .wanted
+            .remove(&id)
+            .map(|w| (w.early, w.held))
+            .unwrap_or_default();
         self.releases.insert(id, release);
+        self.answer_held(id, held);
         let peers: Vec<PeerId> = self.peers.keys().copied().collect();
         for peer in peers {
             if let Some(state) = self.peers.get_mut(&peer) {
@@ -1183,9 +1227,12 @@ impl Mesh {
             && a.platforms.contains(&self.p.platform)
             && (self.p.channels.is_empty() || self.p.channels.contains(&a.channel));
         if matches && !self.releases.contains_key(&a.release_id) {
+            let now = Instant::now();
             self.wanted.entry(a.release_id).or_insert(Wanted {
-                since: Instant::now(),
-                asked: None,
+                since: now,
+                got: a.manifest.ids.iter().map(|_| Part::Want(now)).collect(),
+                parts: a.manifest,
+                held: Vec::new(),
                 holders: BTreeSet::new(),
                 early: HashMap::new(),
             });
@@ -1685,8 +1732,8 @@ impl Mesh {
             Request::Have(have) => Response::HaveAck {
                 need_full: self.on_have(peer, have),
             },
-            Request::Manifest(id) => {
-                Response::Manifest(self.releases.get(&id).map(|r| r.signed().clone()))
+            Request::ManifestPart { release, part } => {
+                return self.serve_manifest_part(peer, release, part as usize, channel)
             }
             Request::Chunks { release, pieces } => {
                 return self.serve_chunks(peer, release, &pieces, channel)
@@ -1872,13 +1919,11 @@ impl Mesh {
                     }
                 }
             }
-            (Outbound::Manifest(id), Response::Manifest(Some(signed))) => {
-                self.on_manifest(peer, id, signed)
+            (Outbound::ManifestPart(id, part), Response::ManifestPart(Some(bytes))) => {
+                self.on_manifest_part(peer, id, part as usize, bytes)
             }
-            (Outbound::Manifest(id), _) => {
-                if let Some(w) = self.wanted.get_mut(&id) {
-                    w.asked = None;
-                }
+            (what @ Outbound::ManifestPart(..), Response::ManifestPart(None)) => {
+                self.on_failure(peer, what)
             }
             (
                 Outbound::Chunks {
@@ -1916,12 +1961,127 @@ impl Mesh {
                     state.sent.remove(&release);
                 }
             }
-            Outbound::Manifest(id) => {
-                if let Some(w) = self.wanted.get_mut(&id) {
-                    w.asked = None;
+            Outbound::ManifestPart(id, part) => {
+                let Some(w) = self.wanted.get_mut(&id) else {
+                    return;
+                };
+                // Soon while the sites share the parts out, then seldom.
+                let now = Instant::now();
+                let after = if now - w.since < MANIFEST_WAIT {
+                    MANIFEST_PART_RETRY
+                } else {
+                    MANIFEST_RETRY
+                };
+                if let Some(p) = w.got.get_mut(part as usize) {
+                    if !matches!(p, Part::Got(_)) {
+                        *p = Part::Want(now + after);
+                    }
                 }
             }
             Outbound::Hello => {}
+        }
+    }
+
+    /// Answers a request for a manifest part: with the part if this node
+    /// has it (from a loaded release's manifest, or among the parts it is
+    /// gathering), later if it is fetching that part itself, else none.
+    fn serve_manifest_part(
+        &mut self,
+        peer: PeerId,
+        release: ReleaseId,
+        part: usize,
+        channel: ResponseChannel<Response>,
+    ) {
+        let bytes = match self.releases.get_mut(&release) {
+            Some(r) => r.manifest_part(part),
+            None => match self.wanted.get_mut(&release) {
+                Some(w) => match w.got.get(part) {
+                    Some(Part::Got(bytes)) => Some(bytes.clone()),
+                    Some(Part::Asked(_)) if w.held.len() < MAX_HELD_PARTS => {
+                        w.held.push((part, Instant::now(), peer, channel));
+                        return;
+                    }
+                    _ => None,
+                },
+                None => None,
+            },
+        };
+        self.answer_part(peer, channel, bytes);
+    }
+
+    fn answer_part(
+        &mut self,
+        peer: PeerId,
+        channel: ResponseChannel<Response>,
+        bytes: Option<Vec<u8>>,
+    ) {
+        let sent = bytes.as_ref().map_or(0, Vec::len) as u64;
+        self.p.metrics.sent_manifest(self.class_of(&peer), sent);
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .exchange
+            .send_response(channel, Response::ManifestPart(bytes));
+    }
+
+    /// Answers held requests for parts of `release` with what this node
+    /// has of them now.
+    fn answer_held(
+        &mut self,
+        release: ReleaseId,
+        held: Vec<(usize, Instant, PeerId, ResponseChannel<Response>)>,
+    ) {
+        for (part, _, peer, channel) in held {
+            let bytes = match self.releases.get_mut(&release) {
+                Some(r) => r.manifest_part(part),
+                None => match self.wanted.get(&release).and_then(|w| w.got.get(part)) {
+                    Some(Part::Got(bytes)) => Some(bytes.clone()),
+                    _ => None,
+                },
+            };
+            self.answer_part(peer, channel, bytes);
+        }
+    }
+
+    /// Takes a manifest part checked against its announced hash; with the
+    /// last one, decodes and loads the manifest.
+    fn on_manifest_part(&mut self, peer: PeerId, id: ReleaseId, part: usize, bytes: Vec<u8>) {
+        let Some(w) = self.wanted.get_mut(&id) else {
+            return;
+        };
+        if part >= w.got.len() || matches!(w.got[part], Part::Got(_)) {
+            return;
+        }
+        if !w.parts.check(part, &bytes) {
+            w.got[part] = Part::Want(Instant::now());
+            self.strike(peer, "manifest part does not match its announced hash");
+            return;
+        }
+        w.got[part] = Part::Got(bytes);
+        let (ready, held) = std::mem::take(&mut w.held)
+            .into_iter()
+            .partition(|h| h.0 == part);
+        w.held = held;
+        self.answer_held(id, ready);
+        let Some(w) = self.wanted.get(&id) else {
+            return;
+        };
+        let mut encoded = Vec::new();
+        for p in &w.got {
+            match p {
+                Part::Got(b) => encoded.extend_from_slice(b),
+                _ => return,
+            }
+        }
+        match wire::decode::<Signed<Manifest>>(&encoded) {
+            Ok(signed) => self.on_manifest(peer, id, signed),
+            Err(e) => tracing::error!(release = %id, "announced manifest parts do not decode: {e}"),
+        }
+        // Still wanted: it did not load, so its parts were wrong as
+        // announced; fetch them again later rather than keep them.
+        if let Some(w) = self.wanted.get_mut(&id) {
+            let later = Instant::now() + MANIFEST_RETRY;
+            w.got.iter_mut().for_each(|p| *p = Part::Want(later));
         }
     }
 
@@ -2493,60 +2653,118 @@ impl Mesh {
         }
     }
 
-    /// Asks a peer for each wanted manifest. One node per site (by
-    /// rendezvous on the release id) asks outside the site at once; the
-    /// others wait up to [`MANIFEST_WAIT`] for a same-site peer to have it,
-    /// so that a site pulls the manifest over its WAN about once.
+    /// Asks peers for the parts of each wanted manifest, and answers the
+    /// requests for parts held longer than [`MANIFEST_PART_HOLD`]. A
+    /// same-site peer that holds the manifest is asked for all of them.
+    /// Otherwise one node per site (by rendezvous on the release id) asks
+    /// outside the site at once, and for up to [`MANIFEST_WAIT`] the others
+    /// ask it, which answers each part as it comes: a site pulls the
+    /// manifest over its WAN about once. Outside the site: a peer that
+    /// holds the manifest; else the parts are shared out among the sites
+    /// ([`manifest_part_site`]), each site takes its share from the seed
+    /// and the rest from the node that fetches for the site whose share it
+    /// is, or after [`MANIFEST_PART_WAIT`] from the seed too. So the seed
+    /// sends a manifest about once, not once a site.
     fn fetch_manifests(&mut self) {
         let now = Instant::now();
-        let due: Vec<(ReleaseId, Instant, BTreeSet<PeerId>)> = self
-            .wanted
+        let mut expired = Vec::new();
+        for (id, w) in &mut self.wanted {
+            let (old, held) = std::mem::take(&mut w.held)
+                .into_iter()
+                .partition(|h| now - h.1 >= MANIFEST_PART_HOLD);
+            w.held = held;
+            expired.push((*id, old));
+        }
+        for (id, old) in expired {
+            self.answer_held(id, old);
+        }
+        let same_site = |p: &Peer| {
+            p.info
+                .as_ref()
+                .is_some_and(|i| i.site == self.me.site && !i.seed)
+        };
+        let seed = self
+            .peers
             .iter()
-            .filter(|(_, w)| w.asked.is_none_or(|t| now - t >= MANIFEST_RETRY))
-            .map(|(id, w)| (*id, w.since, w.holders.clone()))
-            .collect();
-        for (id, since, holders) in due {
-            let same_site = |p: &Peer| {
-                p.info
-                    .as_ref()
-                    .is_some_and(|i| i.site == self.me.site && !i.seed)
-            };
+            .find(|(_, p)| p.info.as_ref().is_some_and(|i| i.seed))
+            .or_else(|| self.peers.iter().next())
+            .map(|(k, _)| *k);
+        let mut sends = Vec::new();
+        for (id, w) in &self.wanted {
+            let due: Vec<usize> = (0..w.got.len()).filter(|&i| w.got[i].due(now)).collect();
+            if due.is_empty() {
+                continue;
+            }
+            let key = u64::from_le_bytes(id.0[..8].try_into().unwrap_or_default());
             let local = self
                 .peers
                 .iter()
-                .find(|(k, p)| same_site(p) && holders.contains(k))
+                .find(|(k, p)| same_site(p) && w.holders.contains(k))
                 .map(|(k, _)| *k);
-            let key = u64::from_le_bytes(id.0[..8].try_into().unwrap_or_default());
             let chosen = self
                 .peers
                 .values()
                 .filter(|p| same_site(p))
                 .filter_map(|p| p.info.as_ref())
                 .all(|i| i.tag ^ key < self.me.tag ^ key);
-            let remote = || {
+            let waits = !chosen && now - w.since < MANIFEST_WAIT;
+            let holder = local.or_else(|| {
                 self.peers
                     .iter()
-                    .find(|(k, _)| holders.contains(k))
-                    .or_else(|| {
-                        self.peers
-                            .iter()
-                            .find(|(_, p)| p.info.as_ref().is_some_and(|i| i.seed))
+                    .find(|(k, p)| {
+                        w.holders.contains(k) && !p.info.as_ref().is_some_and(|i| i.seed)
                     })
-                    .or_else(|| self.peers.iter().next())
+                    .map(|(k, _)| *k)
+            });
+            let mut sites: Vec<&str> = self
+                .peers
+                .values()
+                .filter_map(|p| p.info.as_ref())
+                .filter(|i| !i.seed)
+                .map(|i| i.site.as_str())
+                .chain([self.me.site.as_str()])
+                .collect();
+            sites.sort_unstable();
+            sites.dedup();
+            // The node of `site` that fetches for it, as that site picks it.
+            let fetcher = |site: &str| {
+                self.peers
+                    .iter()
+                    .filter_map(|(k, p)| Some((k, p.info.as_ref()?)))
+                    .filter(|(_, i)| i.site == site && !i.seed)
+                    .max_by_key(|(_, i)| i.tag ^ key)
                     .map(|(k, _)| *k)
             };
-            let holder = local.or_else(|| {
-                (chosen || now - since >= MANIFEST_WAIT)
-                    .then(remote)
-                    .flatten()
-            });
-            let Some(peer) = holder else {
-                continue;
-            };
-            if let Some(w) = self.wanted.get_mut(&id) {
-                w.asked = Some(now);
+            for part in due {
+                let from = holder.or_else(|| {
+                    if waits {
+                        return fetcher(&self.me.site);
+                    }
+                    match manifest_part_site(id, &sites, part, w.got.len()) {
+                        Some(site)
+                            if site != self.me.site && now - w.since < MANIFEST_PART_WAIT =>
+                        {
+                            fetcher(site)
+                        }
+                        _ => None,
+                    }
+                    .or(seed)
+                });
+                if let Some(peer) = from {
+                    sends.push((peer, *id, part));
+                }
             }
-            self.send(peer, Request::Manifest(id), Outbound::Manifest(id));
+        }
+        for (peer, id, part) in sends {
+            if let Some(p) = self.wanted.get_mut(&id).and_then(|w| w.got.get_mut(part)) {
+                *p = Part::Asked(now);
+            }
+            let part = part as u32;
+            self.send(
+                peer,
+                Request::ManifestPart { release: id, part },
+                Outbound::ManifestPart(id, part),
+            );
         }
     }
 
@@ -2632,8 +2850,8 @@ impl Mesh {
         }
         let mut messages = Vec::new();
         for r in newest.values() {
-            let a = Announcement::of(r.id(), r.manifest(), now);
-            match Signed::sign(&a, &keys).and_then(|s| Ok((wire::encode(&s)?, s))) {
+            let signed = Announcement::of(&r.manifest, now).and_then(|a| Signed::sign(&a, &keys));
+            match signed.and_then(|s| Ok((wire::encode(&s)?, s))) {
                 Ok(m) => messages.push(m),
                 Err(e) => tracing::error!("cannot sign announcement: {e}"),
             }

@@ -4,7 +4,7 @@
 
 use crate::store::{ChunkFiles, StoreError};
 use fleetmesh_protocol::manifest::Manifest;
-use fleetmesh_protocol::mesh::pieces;
+use fleetmesh_protocol::mesh::{pieces, ManifestParts};
 use fleetmesh_protocol::sched::{Bits, Scheduler};
 use fleetmesh_protocol::{ChunkId, ReleaseId, Signed, VerifiedManifest};
 use libp2p::PeerId;
@@ -46,6 +46,9 @@ pub struct Release {
     /// False while a download waits for room under the store's cap.
     pub(crate) admitted: bool,
     pub(crate) counters: Counters,
+    /// The signed manifest's encoding and its parts, made when a peer
+    /// first asks for a part.
+    encoded: Option<(Vec<u8>, ManifestParts)>,
 }
 
 impl Release {
@@ -78,6 +81,7 @@ impl Release {
             verifying: false,
             admitted: true,
             counters: Counters::default(),
+            encoded: None,
         }
     }
 
@@ -91,9 +95,20 @@ impl Release {
         self.manifest.manifest()
     }
 
-    /// The signed manifest, to serve.
+    /// The signed manifest, to store.
     pub fn signed(&self) -> &Signed<Manifest> {
         self.manifest.signed()
+    }
+
+    /// Part `i` of the encoded signed manifest, to serve.
+    pub fn manifest_part(&mut self, i: usize) -> Option<Vec<u8>> {
+        if self.encoded.is_none() {
+            let bytes = fleetmesh_protocol::codec::encode(self.manifest.signed()).ok()?;
+            let parts = ManifestParts::of(&bytes);
+            self.encoded = Some((bytes, parts));
+        }
+        let (bytes, parts) = self.encoded.as_ref()?;
+        parts.part(bytes, i).map(<[u8]>::to_vec)
     }
 
     /// The piece index of a chunk id.
