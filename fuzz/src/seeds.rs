@@ -10,7 +10,7 @@ use fleetmesh_protocol::codec::{self, Message, HEADER_LEN};
 use fleetmesh_protocol::keys::{Node, SecretKey};
 use fleetmesh_protocol::member::{Membership, Revocation};
 use fleetmesh_protocol::mesh::{
-    Announcement, Have, Hello, ManifestParts, Report, ReportEnvelope, Request,
+    Announcement, Have, Hello, ManifestParts, Report, ReportEnvelope, Request, Response,
 };
 use fleetmesh_protocol::{
     chunk, ChunkId, ChunkParams, ChunkRef, ImageHash, Manifest, Signed, UnixTime,
@@ -174,6 +174,12 @@ fn main() {
         full: Some(vec![0b11]),
         added: vec![1],
     });
+    let part = Request::ManifestPart {
+        release: id,
+        part: 0,
+    };
+    let part_bytes = codec::encode(&signed_manifest).expect("encodes");
+    let part_response = Response::ManifestPart(Some(part_bytes[..64].to_vec()));
 
     // The seeds must verify, or the verify targets start at a refusal.
     signed_manifest
@@ -206,6 +212,12 @@ fn main() {
         ),
         (Kind::Request, body(&hello), "hello"),
         (Kind::Request, body(&have), "have"),
+        (Kind::Request, body(&part), "manifest-part"),
+        (
+            Kind::Response,
+            body(&part_response),
+            "manifest-part-response",
+        ),
         (Kind::Policy, body(&policy), "policy"),
         (Kind::SignedPolicy, body(&signed_policy), "signed-policy"),
         (Kind::ReportEnvelope, body(&envelope), "report"),

@@ -2,10 +2,11 @@
 //! (gossip) and the exchange protocol (trust chain, manifests, have-maps and
 //! chunks, peer to peer).
 //!
-//! An announcement is a small signed pointer: the full manifest is fetched by
-//! its release id from any peer and verified on its own signatures, so a
-//! relay never has to be trusted. Every message has a size limit that the
-//! codec checks before decoding.
+//! An announcement is a small signed pointer: the manifest is fetched in
+//! parts from any peers, each part checked against a hash the announcement
+//! carries, and the whole verified on its own signatures, so a relay never
+//! has to be trusted. Every message has a size limit that the codec checks
+//! before decoding.
 
 use crate::codec::{Kind, Message};
 use crate::keys::{Node, PublicKey, Release};
