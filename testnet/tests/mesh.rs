@@ -145,7 +145,9 @@ fn six_nodes_in_two_sites_get_the_image_and_spare_the_seed_and_the_wan() {
 
 /// Three sites share the manifest's parts: each takes its share from the
 /// seed and the rest from the others, so the seed sends the manifest
-/// about once, not once a site.
+/// about once, not once a site. A site that comes later takes it over its
+/// WAN about once too, from the nodes that hold it: one of its nodes
+/// fetches, the others take it from that one.
 #[test]
 fn three_sites_share_the_manifest_and_the_seed_sends_it_about_once() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -154,12 +156,16 @@ fn three_sites_share_the_manifest_and_the_seed_sends_it_about_once() {
     let http = local_addr();
     lab.start_seed_with(&["--http", &http.to_string()])
         .expect("seed");
+    let mut apis = vec![http];
     let nodes: Vec<usize> = ["a", "a", "b", "b", "c", "c"]
         .iter()
         .map(|site| lab.add_node(site, "").expect("node"))
         .collect();
     for &i in &nodes {
-        lab.start_node(i, &[]).expect("start");
+        let api = local_addr();
+        apis.push(api);
+        lab.start_node(i, &["--api", &api.to_string()])
+            .expect("start");
     }
     lab.wait_connected(TIMEOUT).expect("connected");
     // 64 MiB in 8 KiB chunks: a manifest of four parts.
@@ -172,20 +178,48 @@ fn three_sites_share_the_manifest_and_the_seed_sends_it_about_once() {
         .find(|e| e.file_name().to_string_lossy().ends_with(".manifest"))
         .and_then(|e| e.metadata().ok())
         .expect("a manifest")
-        .len();
+        .len() as f64;
     let parts = fleetmesh_protocol::mesh::ManifestParts::of(&vec![0; manifest as usize]);
     assert!(
         parts.ids.len() >= 3,
         "{manifest} bytes, {} parts",
         parts.ids.len()
     );
-    let (code, metrics) = http_get(http, "/metrics").expect("GET /metrics");
-    assert_eq!(code, 200, "{metrics}");
-    let sent = metric_sum(&metrics, "fleetmesh_manifest_bytes_sent_total", "");
-    eprintln!("the seed sent {sent} manifest bytes of a {manifest}-byte manifest");
+    // Manifest bytes sent by the seed, and by the nodes to other sites.
+    let sent = |apis: &[std::net::SocketAddr]| -> (f64, f64) {
+        let mut out = (0.0, 0.0);
+        for (n, api) in apis.iter().enumerate() {
+            let (code, metrics) = http_get(*api, "/metrics").expect("GET /metrics");
+            assert_eq!(code, 200, "{metrics}");
+            let prefix = "fleetmesh_manifest_bytes_sent_total";
+            match n {
+                0 => out.0 += metric_sum(&metrics, prefix, ""),
+                _ => out.1 += metric_sum(&metrics, prefix, "cross_site"),
+            }
+        }
+        out
+    };
+    let (seed, between) = sent(&apis);
+    eprintln!("the seed sent {seed} manifest bytes, the sites {between} to each other, of a {manifest}-byte manifest");
     assert!(
-        sent >= manifest as f64 && sent <= 1.5 * manifest as f64,
-        "the seed sent {sent} manifest bytes of a {manifest}-byte manifest to 3 sites"
+        seed >= manifest && seed <= 1.5 * manifest,
+        "the seed sent {seed} manifest bytes of a {manifest}-byte manifest to 3 sites"
+    );
+
+    let late: Vec<usize> = (0..3)
+        .map(|_| lab.add_node("d", "").expect("node"))
+        .collect();
+    for &i in &late {
+        lab.start_node(i, &[]).expect("start");
+    }
+    lab.wait_complete(&late, "1.0.0", TIMEOUT)
+        .expect("late site complete");
+    let (seed_after, between_after) = sent(&apis);
+    let into_d = seed_after - seed + between_after - between;
+    eprintln!("site d took {into_d} manifest bytes from outside");
+    assert!(
+        into_d >= manifest && into_d <= 1.5 * manifest,
+        "site d's 3 nodes took {into_d} manifest bytes from outside, of a {manifest}-byte manifest"
     );
 }
 

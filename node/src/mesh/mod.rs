@@ -120,6 +120,10 @@ const MAX_HELD_PARTS: usize = 256;
 /// How long a site waits for another site to fetch its share of a
 /// manifest's parts before it asks the seed for them itself.
 const MANIFEST_PART_WAIT: Duration = Duration::from_secs(1);
+/// A node this young that knows no other node of its site may not have
+/// found them yet (a site that boots at once): it does not take itself for
+/// its site's fetching node, and its [`MANIFEST_WAIT`] starts after this.
+const FIND_SITE: Duration = Duration::from_secs(4);
 /// A report that gossip could not take yet (no peer subscribed) is tried
 /// again this often.
 const REPORT_RETRY: Duration = Duration::from_secs(1);
@@ -422,6 +426,14 @@ enum Part {
     Asked(Instant),
     /// Held and checked against its announced hash.
     Got(Vec<u8>),
+}
+
+impl Wanted {
+    /// Until when a node that does not fetch for its site waits for the
+    /// one that does, in a mesh started at `start`.
+    fn patient_until(&self, start: Instant) -> Instant {
+        self.since.max(start + FIND_SITE) + MANIFEST_WAIT
+    }
 }
 
 impl Part {
@@ -1967,7 +1979,7 @@ impl Mesh {
                 };
                 // Soon while the sites share the parts out, then seldom.
                 let now = Instant::now();
-                let after = if now - w.since < MANIFEST_WAIT {
+                let after = if now < w.patient_until(self.start) {
                     MANIFEST_PART_RETRY
                 } else {
                     MANIFEST_RETRY
@@ -2659,7 +2671,9 @@ impl Mesh {
     /// Otherwise one node per site (by rendezvous on the release id) asks
     /// outside the site at once, and for up to [`MANIFEST_WAIT`] the others
     /// ask it, which answers each part as it comes: a site pulls the
-    /// manifest over its WAN about once. Outside the site: a peer that
+    /// manifest over its WAN about once. A node younger than
+    /// [`FIND_SITE`] that knows no node of its site yet waits to find
+    /// them, so that a site booting at once does not fetch it once a node. Outside the site: a peer that
     /// holds the manifest; else the parts are shared out among the sites
     /// ([`manifest_part_site`]), each site takes its share from the seed
     /// and the rest from the node that fetches for the site whose share it
@@ -2689,6 +2703,7 @@ impl Mesh {
             .find(|(_, p)| p.info.as_ref().is_some_and(|i| i.seed))
             .or_else(|| self.peers.iter().next())
             .map(|(k, _)| *k);
+        let site_known = self.peers.values().any(same_site);
         let mut sends = Vec::new();
         for (id, w) in &self.wanted {
             let due: Vec<usize> = (0..w.got.len()).filter(|&i| w.got[i].due(now)).collect();
@@ -2701,21 +2716,19 @@ impl Mesh {
                 .iter()
                 .find(|(k, p)| same_site(p) && w.holders.contains(k))
                 .map(|(k, _)| *k);
-            let chosen = self
+            let chosen = (site_known || now - self.start >= FIND_SITE)
+                && self
+                    .peers
+                    .values()
+                    .filter(|p| same_site(p))
+                    .filter_map(|p| p.info.as_ref())
+                    .all(|i| i.tag ^ key < self.me.tag ^ key);
+            let waits = !chosen && now < w.patient_until(self.start);
+            let remote_holder = self
                 .peers
-                .values()
-                .filter(|p| same_site(p))
-                .filter_map(|p| p.info.as_ref())
-                .all(|i| i.tag ^ key < self.me.tag ^ key);
-            let waits = !chosen && now - w.since < MANIFEST_WAIT;
-            let holder = local.or_else(|| {
-                self.peers
-                    .iter()
-                    .find(|(k, p)| {
-                        w.holders.contains(k) && !p.info.as_ref().is_some_and(|i| i.seed)
-                    })
-                    .map(|(k, _)| *k)
-            });
+                .iter()
+                .find(|(k, p)| w.holders.contains(k) && !p.info.as_ref().is_some_and(|i| i.seed))
+                .map(|(k, _)| *k);
             let mut sites: Vec<&str> = self
                 .peers
                 .values()
@@ -2736,9 +2749,12 @@ impl Mesh {
                     .map(|(k, _)| *k)
             };
             for part in due {
-                let from = holder.or_else(|| {
+                let from = local.or_else(|| {
                     if waits {
                         return fetcher(&self.me.site);
+                    }
+                    if remote_holder.is_some() {
+                        return remote_holder;
                     }
                     match manifest_part_site(id, &sites, part, w.got.len()) {
                         Some(site)
