@@ -120,9 +120,10 @@ const MAX_HELD_PARTS: usize = 256;
 /// How long a site waits for another site to fetch its share of a
 /// manifest's parts before it asks the seed for them itself.
 const MANIFEST_PART_WAIT: Duration = Duration::from_secs(1);
-/// A node this young that knows no other node of its site may not have
-/// found them yet (a site that boots at once): it does not take itself for
-/// its site's fetching node, and its [`MANIFEST_WAIT`] starts after this.
+/// A node this young may not have found all of its site yet (when a site
+/// boots at once, each node knows one or two others after a second): it
+/// does not take itself for its site's fetching node, and its
+/// [`MANIFEST_WAIT`] and [`MANIFEST_PART_WAIT`] count from then.
 const FIND_SITE: Duration = Duration::from_secs(4);
 /// A report that gossip could not take yet (no peer subscribed) is tried
 /// again this often.
@@ -429,10 +430,10 @@ enum Part {
 }
 
 impl Wanted {
-    /// Until when a node that does not fetch for its site waits for the
-    /// one that does, in a mesh started at `start`.
-    fn patient_until(&self, start: Instant) -> Instant {
-        self.since.max(start + FIND_SITE) + MANIFEST_WAIT
+    /// How long its manifest has been wanted, not counting a mesh's first
+    /// [`FIND_SITE`] (the mesh started at `start`).
+    fn waited(&self, start: Instant, now: Instant) -> Duration {
+        now.saturating_duration_since(self.since.max(start + FIND_SITE))
     }
 }
 
@@ -1979,7 +1980,7 @@ impl Mesh {
                 };
                 // Soon while the sites share the parts out, then seldom.
                 let now = Instant::now();
-                let after = if now < w.patient_until(self.start) {
+                let after = if w.waited(self.start, now) < MANIFEST_WAIT {
                     MANIFEST_PART_RETRY
                 } else {
                     MANIFEST_RETRY
@@ -2671,14 +2672,14 @@ impl Mesh {
     /// Otherwise one node per site (by rendezvous on the release id) asks
     /// outside the site at once, and for up to [`MANIFEST_WAIT`] the others
     /// ask it, which answers each part as it comes: a site pulls the
-    /// manifest over its WAN about once. A node younger than
-    /// [`FIND_SITE`] that knows no node of its site yet waits to find
-    /// them, so that a site booting at once does not fetch it once a node. Outside the site: a peer that
-    /// holds the manifest; else the parts are shared out among the sites
-    /// ([`manifest_part_site`]), each site takes its share from the seed
-    /// and the rest from the node that fetches for the site whose share it
-    /// is, or after [`MANIFEST_PART_WAIT`] from the seed too. So the seed
-    /// sends a manifest about once, not once a site.
+    /// manifest over its WAN about once. A node younger than [`FIND_SITE`]
+    /// does not fetch for its site: it may not know all of it yet, and a
+    /// site that boots at once would fetch it once a node. Outside the
+    /// site: a peer that holds the manifest; else the parts are shared out
+    /// among the sites ([`manifest_part_site`]), each site takes its share
+    /// from the seed and the rest from the node that fetches for the site
+    /// whose share it is, or after [`MANIFEST_PART_WAIT`] from the seed
+    /// too. So the seed sends a manifest about once, not once a site.
     fn fetch_manifests(&mut self) {
         let now = Instant::now();
         let mut expired = Vec::new();
@@ -2703,7 +2704,6 @@ impl Mesh {
             .find(|(_, p)| p.info.as_ref().is_some_and(|i| i.seed))
             .or_else(|| self.peers.iter().next())
             .map(|(k, _)| *k);
-        let site_known = self.peers.values().any(same_site);
         let mut sends = Vec::new();
         for (id, w) in &self.wanted {
             let due: Vec<usize> = (0..w.got.len()).filter(|&i| w.got[i].due(now)).collect();
@@ -2716,14 +2716,15 @@ impl Mesh {
                 .iter()
                 .find(|(k, p)| same_site(p) && w.holders.contains(k))
                 .map(|(k, _)| *k);
-            let chosen = (site_known || now - self.start >= FIND_SITE)
+            let chosen = now - self.start >= FIND_SITE
                 && self
                     .peers
                     .values()
                     .filter(|p| same_site(p))
                     .filter_map(|p| p.info.as_ref())
                     .all(|i| i.tag ^ key < self.me.tag ^ key);
-            let waits = !chosen && now < w.patient_until(self.start);
+            let waited = w.waited(self.start, now);
+            let waits = !chosen && waited < MANIFEST_WAIT;
             let remote_holder = self
                 .peers
                 .iter()
@@ -2757,9 +2758,7 @@ impl Mesh {
                         return remote_holder;
                     }
                     match manifest_part_site(id, &sites, part, w.got.len()) {
-                        Some(site)
-                            if site != self.me.site && now - w.since < MANIFEST_PART_WAIT =>
-                        {
+                        Some(site) if site != self.me.site && waited < MANIFEST_PART_WAIT => {
                             fetcher(site)
                         }
                         _ => None,
