@@ -219,8 +219,11 @@ pub fn run(cfg: &DemoConfig, say: &mut dyn FnMut(&str)) -> Result<DemoReport> {
     let mut distribution = Vec::new();
     let mut checks = Vec::new();
     let mut release = |lab: &Lab, n: usize, say: &mut dyn FnMut(&str)| -> Result<()> {
-        // Nodes restart to boot a new slot: let them find each other again.
+        // Nodes restart to boot a new slot: let them find each other again,
+        // and publish to a settled fleet: a node in its first seconds
+        // leaves fetching for its site to the others (docs/mesh.md).
         lab.wait_connected(Duration::from_secs(120))?;
+        std::thread::sleep(fleetmesh_node::mesh::FIND_SITE);
         let (p, t) = timed(|| lab.publish(&images[n], VERSIONS[n]))?;
         say(&format!(
             "published v{} in {t:.2} s: {} new chunks, {} new bytes",

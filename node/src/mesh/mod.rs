@@ -124,7 +124,7 @@ const MANIFEST_PART_WAIT: Duration = Duration::from_secs(1);
 /// boots at once, each node knows one or two others after a second): it
 /// does not take itself for its site's fetching node, and its
 /// [`MANIFEST_WAIT`] and [`MANIFEST_PART_WAIT`] count from then.
-const FIND_SITE: Duration = Duration::from_secs(4);
+pub const FIND_SITE: Duration = Duration::from_secs(4);
 /// A report that gossip could not take yet (no peer subscribed) is tried
 /// again this often.
 const REPORT_RETRY: Duration = Duration::from_secs(1);
