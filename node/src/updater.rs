@@ -268,8 +268,21 @@ impl<'s> Updater<'s> {
         now: UnixTime,
         version: Option<&semver::Version>,
     ) -> Result<Next, UpdaterError> {
-        if let State::Staged(t) | State::WaitingForWindow(t) = self.machine.state() {
-            // Already staged: ask again whether it may install now.
+        let staged = match self.machine.state() {
+            State::Staged(t) | State::WaitingForWindow(t) => Some(t.version.clone()),
+            _ => None,
+        };
+        let newer = staged.as_ref().filter(|_| version.is_none()).and_then(|v| {
+            let releases = self.verified_releases(now).ok()?;
+            releases
+                .into_iter()
+                .any(|m| m.manifest().version > *v)
+                .then_some(())
+        });
+        if let (Some(_), None, State::Staged(t) | State::WaitingForWindow(t)) =
+            (&staged, newer, self.machine.state())
+        {
+            // Already staged, nothing newer: ask again whether it may install now.
             let (target, release) = (t.version.clone(), t.release);
             let image_len = self.image_len(&release)?;
             let allowed = version == Some(&target) || self.may_install(&target, image_len, now)?;
@@ -278,7 +291,7 @@ impl<'s> Updater<'s> {
             self.write_status(now)?;
             return Ok(next);
         }
-        if !self.machine.state().at_rest() {
+        if !self.machine.state().at_rest() && newer.is_none() {
             return Ok(Next::Idle);
         }
         let running = self
@@ -309,6 +322,12 @@ impl<'s> Updater<'s> {
             running,
             downgrade_allowed,
         });
+        if self.machine.state().target().map(|t| t.release) != Some(release.id()) {
+            // Not taken (a staged release stays unless this is newer).
+            let next = self.execute(actions, now)?;
+            self.write_status(now)?;
+            return Ok(next);
+        }
         let (target, image_len) = (m.version.clone(), m.image_len);
         let allowed = version.is_some() || self.may_install(&target, image_len, now)?;
         actions.extend(self.machine.handle(Event::InstallAllowed(allowed)));

@@ -359,7 +359,13 @@ impl Machine {
         let Some(booted) = self.booted else {
             return Vec::new();
         };
-        if !self.state.at_rest() || self.state.target().is_some_and(|t| t.release == release) {
+        // A staged release not yet installed gives way to a newer one (the
+        // fix for a release whose rollout halted): no slot was touched.
+        let superseded = matches!(&self.state,
+            State::Staged(t) | State::WaitingForWindow(t) if version > t.version);
+        if !(self.state.at_rest() || superseded)
+            || self.state.target().is_some_and(|t| t.release == release)
+        {
             return Vec::new();
         }
         let target = Target {

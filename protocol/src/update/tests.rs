@@ -535,3 +535,43 @@ fn a_release_that_no_longer_verifies_fails_without_retries() {
         "{a:?}"
     );
 }
+
+/// A release waiting for its window (its rollout halted, say) gives way
+/// to a newer one, the fix, before anything is installed; an older or the
+/// same one does not replace it.
+#[test]
+fn a_waiting_release_gives_way_to_a_newer_one_not_an_older() {
+    let mut m = Machine::new(State::Idle);
+    m.handle(boot(Slot::A, None));
+    m.handle(staged("2.0.0"));
+    m.handle(Event::InstallAllowed(false));
+    assert_eq!(m.state(), &State::WaitingForWindow(target()));
+    let other = |version: &str, id: u8| Event::Staged {
+        release: ReleaseId([id; 32]),
+        version: v(version),
+        image_hash: ImageHash([id; 32]),
+        running: v("1.0.0"),
+        downgrade_allowed: false,
+    };
+    assert!(m.handle(other("1.5.0", 3)).is_empty(), "older");
+    assert!(m.handle(staged("2.0.0")).is_empty(), "the same");
+    let fix = Target {
+        release: ReleaseId([9; 32]),
+        version: v("2.0.1"),
+        image_hash: ImageHash([9; 32]),
+        slot: Slot::B,
+    };
+    assert_eq!(
+        m.handle(other("2.0.1", 9)),
+        vec![Action::Journal(State::Staged(fix.clone()))]
+    );
+    let a = m.handle(Event::InstallAllowed(true));
+    assert_eq!(
+        m.state(),
+        &State::Installing {
+            target: fix,
+            attempt: 1
+        },
+        "{a:?}"
+    );
+}
