@@ -2005,21 +2005,26 @@ impl Mesh {
         part: usize,
         channel: ResponseChannel<Response>,
     ) {
-        let bytes = match self.releases.get_mut(&release) {
-            Some(r) => r.manifest_part(part),
-            None => match self.wanted.get_mut(&release) {
-                Some(w) => match w.got.get(part) {
-                    Some(Part::Got(bytes)) => Some(bytes.clone()),
-                    Some(Part::Asked(_)) if w.held.len() < MAX_HELD_PARTS => {
-                        w.held.push((part, Instant::now(), peer, channel));
-                        return;
-                    }
-                    _ => None,
-                },
-                None => None,
-            },
-        };
+        if let Some(w) = self.wanted.get_mut(&release) {
+            if matches!(w.got.get(part), Some(Part::Asked(_))) && w.held.len() < MAX_HELD_PARTS {
+                w.held.push((part, Instant::now(), peer, channel));
+                return;
+            }
+        }
+        let bytes = self.manifest_part(release, part);
         self.answer_part(peer, channel, bytes);
+    }
+
+    /// Part `part` of a release's encoded manifest, if this node has it:
+    /// from a loaded release's manifest, or among the parts it gathers.
+    fn manifest_part(&mut self, release: ReleaseId, part: usize) -> Option<Vec<u8>> {
+        if let Some(r) = self.releases.get_mut(&release) {
+            return r.manifest_part(part);
+        }
+        match self.wanted.get(&release)?.got.get(part)? {
+            Part::Got(bytes) => Some(bytes.clone()),
+            _ => None,
+        }
     }
 
     fn answer_part(
@@ -2045,13 +2050,7 @@ impl Mesh {
         held: Vec<(usize, Instant, PeerId, ResponseChannel<Response>)>,
     ) {
         for (part, _, peer, channel) in held {
-            let bytes = match self.releases.get_mut(&release) {
-                Some(r) => r.manifest_part(part),
-                None => match self.wanted.get(&release).and_then(|w| w.got.get(part)) {
-                    Some(Part::Got(bytes)) => Some(bytes.clone()),
-                    _ => None,
-                },
-            };
+            let bytes = self.manifest_part(release, part);
             self.answer_part(peer, channel, bytes);
         }
     }
