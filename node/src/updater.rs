@@ -269,21 +269,23 @@ impl<'s> Updater<'s> {
         version: Option<&semver::Version>,
     ) -> Result<Next, UpdaterError> {
         let staged = match self.machine.state() {
-            State::Staged(t) | State::WaitingForWindow(t) => Some(t.version.clone()),
+            State::Staged(t) | State::WaitingForWindow(t) => Some((t.version.clone(), t.release)),
             _ => None,
         };
-        let newer = staged.as_ref().filter(|_| version.is_none()).and_then(|v| {
-            let releases = self.verified_releases(now).ok()?;
-            releases
-                .into_iter()
-                .any(|m| m.manifest().version > *v)
-                .then_some(())
-        });
-        if let (Some(_), None, State::Staged(t) | State::WaitingForWindow(t)) =
-            (&staged, newer, self.machine.state())
-        {
+        if staged.is_none() && !self.machine.state().at_rest() {
+            return Ok(Next::Idle);
+        }
+        // One read of the store decides both whether a newer release replaces
+        // the staged one and which release to stage.
+        let releases = match (&staged, version) {
+            (Some(_), Some(_)) => Vec::new(),
+            _ => self.verified_releases(now)?,
+        };
+        let newer = staged
+            .as_ref()
+            .is_some_and(|(v, _)| releases.iter().any(|m| m.manifest().version > *v));
+        if let Some((target, release)) = staged.filter(|_| !newer) {
             // Already staged, nothing newer: ask again whether it may install now.
-            let (target, release) = (t.version.clone(), t.release);
             let image_len = self.image_len(&release)?;
             let allowed = version == Some(&target) || self.may_install(&target, image_len, now)?;
             let actions = self.machine.handle(Event::InstallAllowed(allowed));
@@ -291,13 +293,9 @@ impl<'s> Updater<'s> {
             self.write_status(now)?;
             return Ok(next);
         }
-        if !self.machine.state().at_rest() && newer.is_none() {
-            return Ok(Next::Idle);
-        }
         let running = self
             .running_version(now)?
             .unwrap_or(semver::Version::new(0, 0, 0));
-        let releases = self.verified_releases(now)?;
         // An emergency rollback the policy grants this node's group.
         let rollback = self.gate.as_ref().and_then(|g| {
             let to = g.policy.rollback_for(&g.labels)?;
