@@ -19,6 +19,7 @@ use crate::trust::{TrustChain, TrustState};
 use crate::{ChunkId, Error, ReleaseId, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 /// Most chunk ids in one request.
 pub const MAX_BATCH: usize = 64;
@@ -161,30 +162,164 @@ impl ManifestParts {
     }
 }
 
-/// Which of `sites` fetches part `part` of a release's manifest (of
-/// `parts`) from the seed; the others take it from that site. Sites are
-/// ranked by a hash of their name and the release id, so the work moves
-/// between releases, and the first `parts` of them share the parts in
-/// turn. Every node that knows the same sites picks the same one.
-pub fn manifest_part_site<'a>(
-    release: &ReleaseId,
-    sites: &[&'a str],
-    part: usize,
-    parts: usize,
-) -> Option<&'a str> {
-    let mut ranked: Vec<(blake3::Hash, &str)> = sites
-        .iter()
-        .map(|s| {
-            let mut h = blake3::Hasher::new();
-            h.update(&release.0);
-            h.update(s.as_bytes());
-            (h.finalize(), *s)
-        })
-        .collect();
-    ranked.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()).then(a.1.cmp(b.1)));
-    ranked.dedup_by(|a, b| a.1 == b.1);
-    let fetchers = ranked.len().min(parts);
-    (fetchers > 0).then(|| ranked[part % fetchers].1)
+/// How high `site` ranks for part `part` of a release's manifest. A node
+/// takes a part it lacks from a site that ranks higher for it, so parts
+/// climb towards the sites that rank highest, and a site that knows of
+/// none ranking higher fetches the part from the seed. The ranks move
+/// between parts and releases, so sites share that work.
+pub fn part_rank(release: &ReleaseId, site: &str, part: usize) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(&release.0);
+    h.update(&(part as u64).to_le_bytes());
+    h.update(site.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&h.finalize().as_bytes()[..8]);
+    u64::from_le_bytes(first)
+}
+
+/// A node this young may not have found all of its site yet (when a site
+/// boots at once, each node knows one or two others after a second): it
+/// does not take itself for its site's fetching node, and its
+/// [`MANIFEST_WAIT`] and [`MANIFEST_PART_WAIT`] count from then.
+pub const FIND_SITE: Duration = Duration::from_secs(4);
+/// How long a node waits for a same-site peer to have a manifest before
+/// it asks outside its site (one node per site asks at once).
+pub const MANIFEST_WAIT: Duration = Duration::from_secs(2);
+/// How long a site waits for another site to fetch its share of a
+/// manifest's parts before it asks the seed for them itself.
+pub const MANIFEST_PART_WAIT: Duration = Duration::from_secs(1);
+/// How long a node waits at most for its site's fetching node while that
+/// node says it is still fetching the parts (a seed whose uplink is
+/// queued with chunks can take seconds to send one).
+pub const MANIFEST_WAIT_FETCHING: Duration = Duration::from_secs(10);
+
+/// How long a manifest has been wanted (for `wanted_for`) by a node whose
+/// mesh has run for `up`, not counting the node's first [`FIND_SITE`].
+pub fn manifest_waited(up: Duration, wanted_for: Duration) -> Duration {
+    wanted_for.min(up.saturating_sub(FIND_SITE))
+}
+
+/// A peer as a node sees it when it picks where to ask for manifest parts.
+#[derive(Clone, Copy, Debug)]
+pub struct PartPeer<'a, P> {
+    /// How the caller names the peer.
+    pub id: P,
+    /// The site it says it is in.
+    pub site: &'a str,
+    /// Its rendezvous tag.
+    pub tag: u64,
+    /// It is the seed.
+    pub seed: bool,
+    /// It sent a have-map for the release, so it holds the manifest.
+    pub holder: bool,
+    /// It said lately that it is fetching the parts asked of it.
+    pub fetching: bool,
+}
+
+/// Where a node asks for the parts of one manifest it wants, decided from
+/// what it knows of its peers. Pure, so that the node and the simulator
+/// make the same choices.
+///
+/// A same-site peer that holds the manifest is asked for every part.
+/// Otherwise one node per site (the highest `tag ^ key` among the site's
+/// nodes this one knows, `key` from the release id) asks outside the site
+/// at once, and for up to [`MANIFEST_WAIT`] the others ask it, or as long as
+/// it says it is fetching them (up to [`MANIFEST_WAIT_FETCHING`]): a slow
+/// seed must not send a whole site outside, one node per part. Outside the
+/// site: a peer that holds the manifest; else, for each part, a node in the
+/// peer site that ranks highest for it ([`part_rank`]) if that ranks above
+/// this node's site: that node gathers the manifest too, holds the request
+/// and passes the part on as it comes. A site that knows of none ranking
+/// higher asks the seed, and so does one whose higher site has neither
+/// answered within [`MANIFEST_PART_WAIT`] nor said it is fetching. The
+/// requests climb the ranks, so they never go round in a circle, and the
+/// seed sends each part once for each site that knows of no higher one:
+/// once when every site knows every other.
+#[derive(Clone, Debug)]
+pub struct PartFetch<'a, P> {
+    /// The release whose manifest is wanted.
+    pub release: ReleaseId,
+    /// This node's site.
+    pub site: &'a str,
+    /// This node's rendezvous tag.
+    pub tag: u64,
+    /// How long this node's mesh has run.
+    pub up: Duration,
+    /// How long this node has wanted the manifest.
+    pub wanted_for: Duration,
+    /// Its peers.
+    pub peers: Vec<PartPeer<'a, P>>,
+}
+
+impl<P: Copy> PartFetch<'_, P> {
+    /// How long the manifest has been wanted, not counting the node's
+    /// first [`FIND_SITE`].
+    pub fn waited(&self) -> Duration {
+        manifest_waited(self.up, self.wanted_for)
+    }
+
+    /// The peer matching `pick` with the highest `tag ^ key`: the choice
+    /// moves between releases, and every node that knows it makes it.
+    fn best(&self, pick: impl Fn(&PartPeer<'_, P>) -> bool) -> Option<&PartPeer<'_, P>> {
+        let key = u64::from_le_bytes(self.release.0[..8].try_into().unwrap_or_default());
+        self.peers
+            .iter()
+            .filter(|p| pick(p))
+            .max_by_key(|p| p.tag ^ key)
+    }
+
+    /// Whom to ask for each of `due` (part numbers).
+    pub fn sources(&self, due: &[usize]) -> Vec<(P, usize)> {
+        let key = u64::from_le_bytes(self.release.0[..8].try_into().unwrap_or_default());
+        let waited = self.waited();
+        let id = |p: Option<&PartPeer<'_, P>>| p.map(|p| p.id);
+        let local = id(self.best(|p| p.site == self.site && !p.seed && p.holder));
+        let site_fetcher = self.best(|p| p.site == self.site && !p.seed);
+        let chosen =
+            self.up >= FIND_SITE && site_fetcher.is_none_or(|p| p.tag ^ key < self.tag ^ key);
+        let waits = !chosen
+            && (waited < MANIFEST_WAIT
+                || (waited < MANIFEST_WAIT_FETCHING && site_fetcher.is_some_and(|p| p.fetching)));
+        let remote_holder = id(self.best(|p| p.holder && !p.seed));
+        let seed = id(self.best(|p| p.seed).or_else(|| self.best(|_| true)));
+        let mut sites: Vec<&str> = self
+            .peers
+            .iter()
+            .filter(|p| !p.seed && p.site != self.site)
+            .map(|p| p.site)
+            .collect();
+        sites.sort_unstable();
+        sites.dedup();
+        due.iter()
+            .filter_map(|&part| {
+                let from = local.or_else(|| {
+                    if waits {
+                        return id(site_fetcher);
+                    }
+                    if remote_holder.is_some() {
+                        return remote_holder;
+                    }
+                    let rank = |site: &str| part_rank(&self.release, site, part);
+                    let higher = sites
+                        .iter()
+                        .map(|s| (rank(s), *s))
+                        .max()
+                        .filter(|(r, _)| *r > rank(self.site))
+                        .and_then(|(_, site)| self.best(|p| p.site == site && !p.seed));
+                    match higher {
+                        Some(p)
+                            if waited < MANIFEST_PART_WAIT
+                                || (waited < MANIFEST_WAIT_FETCHING && p.fetching) =>
+                        {
+                            Some(p.id)
+                        }
+                        _ => seed,
+                    }
+                });
+                from.map(|peer| (peer, part))
+            })
+            .collect()
+    }
 }
 
 impl Signed<Announcement> {
@@ -418,6 +553,9 @@ pub enum Response {
         /// The credential.
         member: Signed<Membership>,
     },
+    /// The responder is fetching that manifest part itself and does not
+    /// have it yet: ask again soon.
+    ManifestPartLater,
 }
 
 impl Message for Request {

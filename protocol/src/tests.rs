@@ -313,31 +313,123 @@ fn manifest_parts_check_one_by_one_and_rebuild_the_manifest() {
         .is_err());
 }
 
-/// The sites share a manifest's parts: each named site fetches some, the
-/// same site whatever order the sites are listed in, and with more sites
-/// than parts only as many sites as parts fetch.
+/// Sites rank differently for each part, so the sites that rank highest,
+/// which fetch parts from the seed, differ from part to part.
 #[test]
-fn manifest_parts_are_shared_out_among_sites() {
+fn sites_rank_differently_for_each_part() {
     let release = ReleaseId([5; 32]);
-    let sites = ["north", "east", "south"];
-    let site_of = |sites: &[&'static str], part| {
-        mesh::manifest_part_site(&release, sites, part, 8).expect("a site")
+    let sites: Vec<String> = (0..100).map(|i| format!("site-{i}")).collect();
+    let top = |part| {
+        sites
+            .iter()
+            .max_by_key(|s| mesh::part_rank(&release, s, part))
+            .expect("a site")
     };
-    let mut per_site = std::collections::BTreeMap::new();
-    for part in 0..8 {
-        let site = site_of(&sites, part);
-        *per_site.entry(site).or_insert(0) += 1;
-        assert_eq!(site_of(&["south", "north", "east", "north"], part), site);
-    }
-    assert_eq!(per_site.len(), 3, "{per_site:?}");
-    assert!(per_site.values().all(|&n| n == 2 || n == 3), "{per_site:?}");
-    let many: Vec<String> = (0..100).map(|i| format!("site-{i}")).collect();
-    let many: Vec<&str> = many.iter().map(String::as_str).collect();
-    let fetchers: std::collections::BTreeSet<&str> = (0..8)
-        .map(|part| mesh::manifest_part_site(&release, &many, part, 8).expect("a site"))
+    let tops: std::collections::BTreeSet<&String> = (0..8).map(top).collect();
+    assert!(tops.len() >= 6, "{tops:?}");
+    assert_eq!(
+        mesh::part_rank(&release, "a", 3),
+        mesh::part_rank(&release, "a", 3)
+    );
+    assert_ne!(
+        mesh::part_rank(&release, "a", 3),
+        mesh::part_rank(&ReleaseId([6; 32]), "a", 3)
+    );
+}
+
+/// Where a node asks for manifest parts, rule by rule: a same-site holder
+/// first; else the site's fetching node (the highest tag) asks outside at
+/// once and the others wait for it; outside, a holder, else a node in a
+/// higher-ranked site for the part, else the seed.
+#[test]
+fn manifest_parts_come_from_the_site_then_higher_sites_then_the_seed() {
+    use mesh::{
+        part_rank, PartFetch, PartPeer, FIND_SITE, MANIFEST_PART_WAIT, MANIFEST_WAIT,
+        MANIFEST_WAIT_FETCHING,
+    };
+    use std::time::Duration;
+    let release = ReleaseId([0; 32]);
+    let peer = |id: u32, site: &'static str, tag: u64| PartPeer {
+        id,
+        site,
+        tag,
+        seed: id == 0,
+        holder: id == 0,
+        fetching: false,
+    };
+    // Seed 0; site a: this node (tag 5) and node 1 (tag 9); site b: nodes
+    // 2 (tag 3) and 3 (tag 7), so 3 fetches for b.
+    let peers = vec![
+        peer(0, "seed", 1),
+        peer(1, "a", 9),
+        peer(2, "b", 3),
+        peer(3, "b", 7),
+    ];
+    let up = FIND_SITE + Duration::from_secs(60);
+    let fetch = |tag: u64, wanted_for: Duration, peers: Vec<PartPeer<'static, u32>>| PartFetch {
+        release,
+        site: "a",
+        tag,
+        up,
+        wanted_for,
+        peers,
+    };
+    let parts: Vec<usize> = (0..8).collect();
+    let by_part = |f: &PartFetch<'_, u32>| -> Vec<u32> {
+        let got = f.sources(&parts);
+        assert_eq!(got.iter().map(|s| s.1).collect::<Vec<_>>(), parts);
+        got.into_iter().map(|s| s.0).collect()
+    };
+    // Not the site's fetching node: ask node 1, until MANIFEST_WAIT ...
+    assert_eq!(by_part(&fetch(5, Duration::ZERO, peers.clone())), [1; 8]);
+    let late = fetch(5, MANIFEST_WAIT, peers.clone());
+    assert!(by_part(&late).iter().all(|&p| p == 0 || p == 3));
+    // ... or while node 1 says it is fetching them, up to
+    // MANIFEST_WAIT_FETCHING.
+    let mut busy = peers.clone();
+    busy[1].fetching = true;
+    assert_eq!(by_part(&fetch(5, MANIFEST_WAIT, busy.clone())), [1; 8]);
+    let given_up = fetch(5, MANIFEST_WAIT_FETCHING, busy);
+    assert!(by_part(&given_up).iter().all(|&p| p == 0 || p == 3));
+    // The fetching node: the parts for which b ranks higher from node 3,
+    // the others from the seed.
+    let want: Vec<u32> = parts
+        .iter()
+        .map(|&part| {
+            if part_rank(&release, "b", part) > part_rank(&release, "a", part) {
+                3
+            } else {
+                0
+            }
+        })
         .collect();
-    assert_eq!(fetchers.len(), 8);
-    assert_eq!(mesh::manifest_part_site(&release, &[], 0, 8), None);
+    assert!(want.contains(&0) && want.contains(&3), "{want:?}");
+    assert_eq!(by_part(&fetch(10, Duration::ZERO, peers.clone())), want);
+    // From the seed once b has had MANIFEST_PART_WAIT, unless it says it
+    // is fetching them.
+    assert_eq!(
+        by_part(&fetch(10, MANIFEST_PART_WAIT, peers.clone())),
+        [0; 8]
+    );
+    let mut fetching = peers.clone();
+    fetching[3].fetching = true;
+    assert_eq!(by_part(&fetch(10, MANIFEST_PART_WAIT, fetching)), want);
+    // A young node is never its site's fetching node, and its waits count
+    // from the end of FIND_SITE.
+    let mut young = fetch(10, Duration::from_secs(60), peers.clone());
+    young.up = FIND_SITE / 2;
+    assert_eq!(young.waited(), Duration::ZERO);
+    assert_eq!(by_part(&young), [1; 8]);
+    // A holder outside the site beats the ranks; one inside beats all.
+    let mut held = peers.clone();
+    held[2].holder = true;
+    assert_eq!(by_part(&fetch(10, Duration::ZERO, held.clone())), [2; 8]);
+    held[1].holder = true;
+    assert_eq!(by_part(&fetch(5, Duration::ZERO, held)), [1; 8]);
+    // Nobody to ask: no requests.
+    assert!(fetch(5, MANIFEST_WAIT, Vec::new())
+        .sources(&parts)
+        .is_empty());
 }
 
 #[test]

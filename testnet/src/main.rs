@@ -102,10 +102,10 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
-    /// Simulate the mesh's scheduler for many nodes (discrete-event, one
-    /// thread, seeded); print completion against the topology's lower bound,
-    /// seed and WAN bytes, and the trace hash as JSON. Exits non-zero if a
-    /// node did not complete or an invariant broke.
+    /// Simulate the mesh's manifest fetching and scheduler for many nodes
+    /// (discrete-event, one thread, seeded); print completion against the
+    /// topology's lower bound, seed and WAN bytes, and the trace hash as
+    /// JSON. Exits non-zero if a node did not complete or an invariant broke.
     Sim {
         /// Edge nodes.
         #[arg(long, default_value_t = 1000)]
@@ -141,6 +141,10 @@ enum Cmd {
         /// Nodes that serve corrupt pieces.
         #[arg(long, default_value_t = 0)]
         corrupt: usize,
+        /// Every node starts with the release's manifest instead of
+        /// gathering its parts first.
+        #[arg(long)]
+        no_manifest: bool,
     },
     /// Measure delta ratio and per-chunk costs for several average chunk sizes.
     ChunkSweep {
@@ -291,6 +295,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             crashes,
             partitions,
             corrupt,
+            no_manifest,
         } => {
             let mut cfg = fleetmesh_testnet::sim::SimConfig::new(nodes, sites, seed);
             cfg.image_bytes = size;
@@ -309,6 +314,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             cfg.crashes = crashes;
             cfg.partitions = partitions;
             cfg.corrupt = corrupt;
+            cfg.manifests = !no_manifest;
             let report = fleetmesh_testnet::sim::run(&cfg).map_err(anyhow::Error::msg)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             if !report.passed() {

@@ -11,17 +11,29 @@
 //! fail verification. Have-maps travel on a 100 ms tick, as the node sends
 //! them, and nodes plan on the tick after something changed for them.
 //!
+//! The release is announced to every node at the start, and each node
+//! first gathers its manifest in parts as the node does: it asks where
+//! [`fleetmesh_protocol::mesh::PartFetch`] says, a peer fetching a part
+//! itself holds the request until the part comes, and the node schedules
+//! pieces once it has every part. Parts' bytes cross the same links.
+//!
 //! Invariants checked as it runs: nothing unverified is stored; a node
 //! never fetches a piece over its site's WAN while a same-site copy it has
 //! heard of exists; every node completes.
 
+use fleetmesh_node::mesh::{
+    MANIFEST_PART_HOLD, MANIFEST_PART_RETRY, MANIFEST_RETRY, MAX_HELD_PARTS,
+};
+use fleetmesh_protocol::mesh::{
+    manifest_waited, PartFetch, PartPeer, MANIFEST_WAIT, MAX_MANIFEST_PARTS, MIN_MANIFEST_PART,
+};
 use fleetmesh_protocol::sched::{Config, PeerInfo, RequestId, Scheduler};
-use fleetmesh_protocol::ChunkId;
+use fleetmesh_protocol::{ChunkId, ReleaseId};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use serde::Serialize;
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::time::{Duration, Instant};
 
 /// Have-maps and plans run on this tick, as in the node.
@@ -45,6 +57,11 @@ pub struct SimConfig {
     pub image_bytes: u64,
     /// Piece (chunk) size.
     pub piece_bytes: u32,
+    /// The signed manifest's size / the image's.
+    pub manifest_share: f64,
+    /// Nodes gather the manifest before they fetch pieces (else every node
+    /// starts with it).
+    pub manifests: bool,
     /// Each site's WAN link, bytes/s each way.
     pub wan_bps: f64,
     /// The seed's uplink, bytes/s.
@@ -79,6 +96,10 @@ impl SimConfig {
             seed,
             image_bytes: 64 << 20,
             piece_bytes: 1 << 20,
+            // As measured: 515,753 bytes for the 3x4 lab's release of
+            // 63.6 MB on the wire, at 8 KiB average chunks.
+            manifest_share: 0.008,
+            manifests: true,
             wan_bps: 20e6 / 8.0,
             seed_bps: 50e6 / 8.0,
             lan_bps: 1e9 / 8.0,
@@ -91,6 +112,17 @@ impl SimConfig {
             corrupt: 0,
             max_time: Duration::from_secs(3600),
         }
+    }
+
+    /// The manifest's parts' lengths, cut as the seed cuts them.
+    pub fn manifest_parts(&self) -> Vec<u32> {
+        let len = ((self.image_bytes as f64 * self.manifest_share) as u64).max(1);
+        let part = len
+            .div_ceil(MAX_MANIFEST_PARTS as u64)
+            .max(u64::from(MIN_MANIFEST_PART));
+        (0..len.div_ceil(part))
+            .map(|i| part.min(len - i * part) as u32)
+            .collect()
     }
 
     /// The lower bound: every site must receive the image over its WAN,
@@ -124,8 +156,17 @@ pub struct SimReport {
     pub t_min_secs: f64,
     /// completion / T_min.
     pub ratio: f64,
-    /// Seed egress / image.
+    /// Seed egress / image (chunks).
     pub seed_egress: f64,
+    /// The manifest's bytes and parts.
+    pub manifest_bytes: u64,
+    pub manifest_parts: usize,
+    /// Simulated seconds until the last node had the manifest.
+    pub manifest_secs: f64,
+    /// Manifest bytes the seed sent / the manifest.
+    pub seed_manifest: f64,
+    /// Most manifest bytes any site pulled over its WAN / the manifest.
+    pub wan_manifest_max: f64,
     /// Most bytes any site pulled over its WAN / image.
     pub wan_max: f64,
     /// Mean over sites of bytes over the WAN / image.
@@ -189,14 +230,60 @@ struct Node {
     life: u32,
     up_since: u64,
     corrupt: bool,
+    /// When its mesh last started (None: long before the release).
+    booted: Option<u64>,
+    /// The manifest's parts while the node gathers them.
+    gather: Option<Gather>,
+    /// When it had the whole manifest (the seed: from the start).
+    loaded_at: Option<u64>,
+    /// Requests for parts it is fetching itself: part, since, requester,
+    /// the requester's life.
+    held: Vec<(usize, u64, u32, u32)>,
     /// Microseconds at which each piece was stored (u64::MAX: not held).
     got_at: Vec<u64>,
     dirty: bool,
     done_at: Option<u64>,
 }
 
+/// A manifest a node gathers: since when, and each part.
+struct Gather {
+    since: u64,
+    parts: Vec<Part>,
+    /// Peers that answered "later", and when.
+    fetching: HashMap<u32, u64>,
+}
+
+/// One manifest part, as the node tracks it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Part {
+    /// Ask for it from this instant on.
+    Want(u64),
+    /// Asked for at this instant.
+    Asked(u64),
+    Got,
+}
+
+/// How a peer answers a request for a manifest part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Answer {
+    /// With the part: its bytes have crossed the links.
+    Part,
+    /// It gathers the manifest itself and does not have the part yet.
+    Later,
+    /// It does not have the part.
+    Missing,
+}
+
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Event {
+    /// The answer to a request for a manifest part.
+    Part {
+        node: u32,
+        life: u32,
+        peer: u32,
+        part: u32,
+        answer: Answer,
+    },
     Deliver {
         node: u32,
         life: u32,
@@ -216,6 +303,10 @@ struct Sim {
     cfg: SimConfig,
     tags: Vec<u64>,
     pieces: Vec<(ChunkId, u32)>,
+    release: ReleaseId,
+    parts: Vec<u32>,
+    /// Site names by site ("seed" last, for the seed).
+    site_names: Vec<String>,
     nodes: Vec<Node>,
     /// Pieces each node gained since the last tick, for have-maps.
     fresh: Vec<Vec<u32>>,
@@ -228,6 +319,8 @@ struct Sim {
     now: u64,
     seed_egress: u64,
     wan_in: Vec<u64>,
+    seed_manifest: u64,
+    wan_manifest: Vec<u64>,
     trace: blake3::Hasher,
     report: Counters,
     progress: Vec<(f64, f64, f64)>,
@@ -269,6 +362,12 @@ pub fn run(cfg: &SimConfig) -> Result<SimReport, String> {
     if cfg.piece_bytes == 0 || cfg.image_bytes < u64::from(cfg.piece_bytes) {
         return Err("the image must hold at least one piece".into());
     }
+    if !(cfg.manifest_share > 0.0 && cfg.manifest_share < 1.0) {
+        return Err(format!(
+            "manifest share {} must be in (0, 1)",
+            cfg.manifest_share
+        ));
+    }
     if !(0.0..1.0).contains(&cfg.drop) {
         return Err(format!("--drop {} must be in [0, 1)", cfg.drop));
     }
@@ -280,6 +379,8 @@ pub fn run(cfg: &SimConfig) -> Result<SimReport, String> {
     let done: Vec<u64> = sim.nodes[1..].iter().filter_map(|n| n.done_at).collect();
     let completion = done.iter().copied().max().unwrap_or(0) as f64 / 1e6;
     let t_min = cfg.t_min();
+    let manifest_bytes: u64 = sim.parts.iter().map(|&p| u64::from(p)).sum();
+    let m = manifest_bytes as f64;
     Ok(SimReport {
         nodes: cfg.nodes,
         sites: cfg.sites,
@@ -289,6 +390,16 @@ pub fn run(cfg: &SimConfig) -> Result<SimReport, String> {
         t_min_secs: t_min,
         ratio: completion / t_min,
         seed_egress: sim.seed_egress as f64 / f,
+        manifest_bytes,
+        manifest_parts: sim.parts.len(),
+        manifest_secs: sim.nodes[1..]
+            .iter()
+            .filter_map(|n| n.loaded_at)
+            .max()
+            .unwrap_or(0) as f64
+            / 1e6,
+        seed_manifest: sim.seed_manifest as f64 / m,
+        wan_manifest_max: sim.wan_manifest.iter().copied().max().unwrap_or(0) as f64 / m,
         wan_max: sim.wan_in.iter().copied().max().unwrap_or(0) as f64 / f,
         wan_mean: sim.wan_in.iter().sum::<u64>() as f64 / f / cfg.sites as f64,
         completed: done.len(),
@@ -361,14 +472,25 @@ impl Sim {
                 life: 0,
                 up_since: 0,
                 corrupt: false,
+                booted: None,
+                gather: None,
+                loaded_at: (k == 0).then_some(0),
+                held: Vec::new(),
                 got_at: vec![if k == 0 { 0 } else { u64::MAX }; count],
                 dirty: true,
                 done_at: None,
             });
         }
         nodes[0].peers = (1..=n as u32).collect();
+        let mut release = ReleaseId([0; 32]);
+        rng.fill_bytes(&mut release.0);
+        let mut site_names: Vec<String> = (0..cfg.sites).map(|s| format!("s{s}")).collect();
+        site_names.push("seed".into());
         let mut sim = Sim {
             pieces,
+            release,
+            parts: cfg.manifest_parts(),
+            site_names,
             fresh: vec![Vec::new(); nodes.len()],
             nodes,
             wan_up: vec![Link::default(); cfg.sites],
@@ -379,6 +501,8 @@ impl Sim {
             now: 0,
             seed_egress: 0,
             wan_in: vec![0; cfg.sites],
+            seed_manifest: 0,
+            wan_manifest: vec![0; cfg.sites],
             trace: blake3::Hasher::new(),
             report: Counters::default(),
             progress: Vec::new(),
@@ -387,7 +511,11 @@ impl Sim {
             cfg,
         };
         for k in 1..=n {
-            sim.start(k);
+            if sim.cfg.manifests {
+                sim.want(k);
+            } else {
+                sim.start(k);
+            }
         }
         sim.schedule_faults();
         sim
@@ -402,8 +530,25 @@ impl Sim {
         info(self.nodes[k].site, k == 0, self.tags[k])
     }
 
-    /// A node (re)starts: a fresh scheduler over the pieces it holds, told
-    /// what its live peers hold (as hello's have-maps do); they learn of it.
+    fn site_name(&self, k: usize) -> &str {
+        &self.site_names[self.nodes[k].site.min(self.cfg.sites)]
+    }
+
+    /// A node (re)starts without the manifest: it gathers its parts.
+    fn want(&mut self, k: usize) {
+        let node = &mut self.nodes[k];
+        node.gather = Some(Gather {
+            since: self.now,
+            parts: vec![Part::Want(self.now); self.parts.len()],
+            fetching: HashMap::new(),
+        });
+        node.alive = true;
+        node.up_since = self.now;
+    }
+
+    /// A node (re)starts with the manifest: a fresh scheduler over the
+    /// pieces it holds, told what its live peers hold (as hello's have-maps
+    /// do); they learn of it.
     fn start(&mut self, k: usize) {
         // The WAN floor is 16 of the node's 64 KiB chunks; with the
         // simulator's coarser pieces it is kept at two pieces, so that a
@@ -443,6 +588,8 @@ impl Sim {
         }
         let node = &mut self.nodes[k];
         node.done_at = node.done_at.or(s.is_complete().then_some(self.now));
+        node.gather = None;
+        node.loaded_at = node.loaded_at.or(Some(self.now));
         node.sched = Some(s);
         node.alive = true;
         node.up_since = self.now;
@@ -522,6 +669,13 @@ impl Sim {
 
     fn handle(&mut self, e: Event) {
         match e {
+            Event::Part {
+                node,
+                life,
+                peer,
+                part,
+                answer,
+            } => self.on_part(node as usize, life, peer, part as usize, answer),
             Event::Deliver {
                 node,
                 life,
@@ -549,6 +703,10 @@ impl Sim {
                 self.nodes[k].alive = false;
                 self.nodes[k].life += 1;
                 self.nodes[k].sched = None;
+                // Parts gathered and requests held are in memory only; a
+                // loaded manifest is on disk.
+                self.nodes[k].gather = None;
+                self.nodes[k].held.clear();
                 self.fresh[k].clear();
                 for j in self.nodes[k].peers.clone() {
                     if let Some(s) = self.nodes[j as usize].sched.as_mut() {
@@ -558,8 +716,14 @@ impl Sim {
                 }
             }
             Event::Restart(k) => {
-                if !self.nodes[k as usize].alive {
-                    self.start(k as usize);
+                let k = k as usize;
+                if !self.nodes[k].alive {
+                    self.nodes[k].booted = Some(self.now);
+                    if self.nodes[k].loaded_at.is_some() {
+                        self.start(k);
+                    } else {
+                        self.want(k);
+                    }
                 }
             }
             Event::Cut(site) => self.cut[site] = true,
@@ -569,6 +733,7 @@ impl Sim {
 
     /// Every 100 ms: have-maps go out, requests time out, nodes plan.
     fn tick(&mut self) {
+        self.fetch_manifests();
         let now = Duration::from_micros(self.now);
         // Receiver by receiver, so that each scheduler takes all its news
         // while it is in cache (peer lists are symmetric: a node hears from
@@ -615,27 +780,61 @@ impl Sim {
         a != 0 && b != 0 && self.nodes[a].site == self.nodes[b].site
     }
 
-    /// Node `k` asks `peer` for `pieces`: the response crosses the links on
-    /// its path, or is lost.
-    fn send(&mut self, k: usize, peer: usize, id: RequestId, pieces: &[u32], bytes: u64) {
+    /// Whether a request from `k` reaches `peer` and its answer comes
+    /// back: not across a cut WAN, not dropped, not to a dead node.
+    fn reachable(&mut self, k: usize, peer: usize) -> bool {
         let lan = self.same_site(k, peer);
-        if !lan {
-            self.check_wan_fetch(k, pieces);
-        }
         let site = self.nodes[k].site;
         let cut = !lan && (self.cut[site] || (peer != 0 && self.cut[self.nodes[peer].site]));
         let dropped =
             self.cfg.drop > 0.0 && (self.rng.next_u64() as f64 / u64::MAX as f64) < self.cfg.drop;
         if cut || dropped || !self.nodes[peer].alive {
             self.report.lost += 1;
-            return;
+            return false;
         }
-        let latency = if lan {
+        true
+    }
+
+    /// One-way latency between two nodes, in microseconds.
+    fn latency(&self, k: usize, peer: usize) -> u64 {
+        if self.same_site(k, peer) {
             self.cfg.lan_latency
         } else {
             self.cfg.wan_latency
         }
-        .as_micros() as u64;
+        .as_micros() as u64
+    }
+
+    /// `bytes` from `from` to `to`, leaving at `at`: they occupy every link
+    /// on the path; returns when the last has passed them.
+    fn carry(&mut self, from: usize, to: usize, at: u64, bytes: u64) -> u64 {
+        let up_bps = if from == 0 {
+            self.cfg.seed_bps
+        } else {
+            self.cfg.lan_bps
+        };
+        let mut end = self.nodes[from].up.carry(at, bytes, up_bps);
+        if !self.same_site(from, to) {
+            if from != 0 {
+                let site = self.nodes[from].site;
+                end = end.max(self.wan_up[site].carry(at, bytes, self.cfg.wan_bps));
+            }
+            let site = self.nodes[to].site;
+            end = end.max(self.wan_down[site].carry(at, bytes, self.cfg.wan_bps));
+        }
+        end.max(self.nodes[to].down.carry(at, bytes, self.cfg.lan_bps))
+    }
+
+    /// Node `k` asks `peer` for `pieces`: the response crosses the links on
+    /// its path, or is lost.
+    fn send(&mut self, k: usize, peer: usize, id: RequestId, pieces: &[u32], bytes: u64) {
+        if !self.same_site(k, peer) {
+            self.check_wan_fetch(k, pieces);
+        }
+        if !self.reachable(k, peer) {
+            return;
+        }
+        let latency = self.latency(k, peer);
         let at = self.now + latency;
         let life = self.nodes[k].life;
         // The node's own limits: Busy past MAX_SERVING responses or
@@ -657,20 +856,7 @@ impl Sim {
             return;
         }
         self.nodes[peer].serving += 1;
-        let up_bps = if peer == 0 {
-            self.cfg.seed_bps
-        } else {
-            self.cfg.lan_bps
-        };
-        let mut end = self.nodes[peer].up.carry(at, bytes, up_bps);
-        if !lan {
-            if peer != 0 {
-                let from = self.nodes[peer].site;
-                end = end.max(self.wan_up[from].carry(at, bytes, self.cfg.wan_bps));
-            }
-            end = end.max(self.wan_down[site].carry(at, bytes, self.cfg.wan_bps));
-        }
-        end = end.max(self.nodes[k].down.carry(at, bytes, self.cfg.lan_bps));
+        let end = self.carry(peer, k, at, bytes);
         self.push(
             end + latency,
             Event::Deliver {
@@ -682,6 +868,185 @@ impl Sim {
                 pieces: pieces.to_vec(),
             },
         );
+    }
+
+    /// Every tick: requests for manifest parts held too long are answered
+    /// without the part, and each gathering node asks for the parts due,
+    /// where [`PartFetch`] says.
+    fn fetch_manifests(&mut self) {
+        let now = self.now;
+        let hold = MANIFEST_PART_HOLD.as_micros() as u64;
+        for j in 0..self.nodes.len() {
+            if self.nodes[j].held.is_empty() {
+                continue;
+            }
+            let (old, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.nodes[j].held)
+                .into_iter()
+                .partition(|h| now - h.1 >= hold);
+            self.nodes[j].held = keep;
+            for (part, _, k, life) in old {
+                self.answer_part(j, k as usize, life, part, now);
+            }
+        }
+        let heard = now.saturating_sub(TICK_US);
+        let wait = MANIFEST_WAIT.as_micros() as u64;
+        let mut asks = Vec::new();
+        for (k, node) in self.nodes.iter().enumerate().skip(1) {
+            let Some(g) = node.gather.as_ref().filter(|_| node.alive) else {
+                continue;
+            };
+            let due: Vec<usize> = (0..g.parts.len())
+                .filter(|&i| match g.parts[i] {
+                    Part::Want(from) => now >= from,
+                    Part::Asked(at) => now - at >= MANIFEST_RETRY.as_micros() as u64,
+                    Part::Got => false,
+                })
+                .collect();
+            if due.is_empty() {
+                continue;
+            }
+            let peers = node
+                .peers
+                .iter()
+                .map(|&j| (j, &self.nodes[j as usize]))
+                .filter(|(_, o)| o.alive)
+                .map(|(j, o)| PartPeer {
+                    id: j,
+                    site: self.site_name(j as usize),
+                    tag: self.tags[j as usize],
+                    seed: j == 0,
+                    // Its have-map has come: it loaded the manifest a tick ago.
+                    holder: o.loaded_at.is_some_and(|t| t <= heard),
+                    fetching: g.fetching.get(&j).is_some_and(|&t| now - t < wait),
+                })
+                .collect();
+            let fetch = PartFetch {
+                release: self.release,
+                site: self.site_name(k),
+                tag: self.tags[k],
+                up: node
+                    .booted
+                    .map_or(Duration::MAX, |b| Duration::from_micros(now - b)),
+                wanted_for: Duration::from_micros(now - g.since),
+                peers,
+            };
+            asks.extend(
+                fetch
+                    .sources(&due)
+                    .into_iter()
+                    .map(|(peer, part)| (k, peer as usize, part)),
+            );
+        }
+        for (k, peer, part) in asks {
+            if let Some(g) = self.nodes[k].gather.as_mut() {
+                g.parts[part] = Part::Asked(now);
+            }
+            self.ask_part(k, peer, part);
+        }
+    }
+
+    /// Node `k` asks `peer` for a manifest part: the peer answers with it,
+    /// holds the request while it fetches the part itself, or answers
+    /// without it.
+    fn ask_part(&mut self, k: usize, peer: usize, part: usize) {
+        if !self.reachable(k, peer) {
+            return;
+        }
+        let at = self.now + self.latency(k, peer);
+        let life = self.nodes[k].life;
+        let server = &mut self.nodes[peer];
+        let fetching = server
+            .gather
+            .as_ref()
+            .is_some_and(|g| matches!(g.parts[part], Part::Asked(_)));
+        if fetching && server.held.len() < MAX_HELD_PARTS {
+            server.held.push((part, at, k as u32, life));
+            return;
+        }
+        self.answer_part(peer, k, life, part, at);
+    }
+
+    /// `server` answers `k`'s request for a part, from `at`: with the part
+    /// if it has it (its bytes cross the links), later if it gathers the
+    /// manifest itself, else without.
+    fn answer_part(&mut self, server: usize, k: usize, life: u32, part: usize, at: u64) {
+        let gather = self.nodes[server].gather.as_ref();
+        let answer = if self.nodes[server].loaded_at.is_some()
+            || gather.is_some_and(|g| g.parts[part] == Part::Got)
+        {
+            Answer::Part
+        } else if gather.is_some() {
+            Answer::Later
+        } else {
+            Answer::Missing
+        };
+        let mut end = at;
+        if answer == Answer::Part {
+            let bytes = u64::from(self.parts[part]);
+            end = self.carry(server, k, at, bytes);
+            if server == 0 {
+                self.seed_manifest += bytes;
+            }
+            if !self.same_site(server, k) {
+                self.wan_manifest[self.nodes[k].site] += bytes;
+            }
+        }
+        self.push(
+            end + self.latency(k, server),
+            Event::Part {
+                node: k as u32,
+                life,
+                peer: server as u32,
+                part: part as u32,
+                answer,
+            },
+        );
+    }
+
+    /// A part (or its absence) reaches node `k`; with the last part the
+    /// node loads the manifest and starts scheduling pieces.
+    fn on_part(&mut self, k: usize, life: u32, peer: u32, part: usize, answer: Answer) {
+        let now = self.now;
+        let node = &mut self.nodes[k];
+        if !node.alive || node.life != life {
+            self.report.lost += 1;
+            return;
+        }
+        let up = node
+            .booted
+            .map_or(Duration::MAX, |b| Duration::from_micros(now - b));
+        let Some(g) = node.gather.as_mut().filter(|g| g.parts[part] != Part::Got) else {
+            return;
+        };
+        if answer == Answer::Later {
+            g.fetching.insert(peer, now);
+        }
+        if answer != Answer::Part {
+            let waited = manifest_waited(up, Duration::from_micros(now - g.since));
+            let after = if answer == Answer::Later || waited < MANIFEST_WAIT {
+                MANIFEST_PART_RETRY
+            } else {
+                MANIFEST_RETRY
+            };
+            g.parts[part] = Part::Want(now + after.as_micros() as u64);
+            return;
+        }
+        g.parts[part] = Part::Got;
+        let complete = g.parts.iter().all(|p| *p == Part::Got);
+        self.trace.update(&now.to_le_bytes());
+        self.trace.update(&(k as u32).to_le_bytes());
+        self.trace.update(&peer.to_le_bytes());
+        self.trace.update(&(part as u32 | 1 << 31).to_le_bytes());
+        let (ready, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.nodes[k].held)
+            .into_iter()
+            .partition(|h| h.0 == part);
+        self.nodes[k].held = keep;
+        for (_, _, r, rlife) in ready {
+            self.answer_part(k, r as usize, rlife, part, now);
+        }
+        if complete {
+            self.start(k);
+        }
     }
 
     /// A WAN fetch while a same-site copy exists that the node has heard of
@@ -791,6 +1156,28 @@ mod tests {
         assert!(a.seed_egress <= 1.1, "seed sent {}", a.seed_egress);
         assert!(a.wan_max <= 1.1, "a site pulled {}", a.wan_max);
         assert!(a.ratio >= 1.0 && a.ratio < 2.0, "{} x T_min", a.ratio);
+    }
+
+    /// Each site's fetching node gathers the manifest's parts from sites
+    /// that rank higher for them, the rest of the site from it: the seed
+    /// sends each part about once, and no site pulls a part twice.
+    #[test]
+    fn the_seed_sends_the_manifest_about_once_and_each_site_pulls_it_once() {
+        let mut cfg = SimConfig::new(200, 8, 5);
+        cfg.image_bytes = 8 << 20;
+        cfg.piece_bytes = 256 << 10;
+        cfg.manifest_share = 0.05;
+        cfg.wan_peers = 8;
+        let r = run(&cfg).expect("run");
+        assert!(r.passed(), "{r:?}");
+        assert!(r.manifest_parts >= 6, "{} parts", r.manifest_parts);
+        assert!(r.seed_manifest <= 1.5, "the seed sent {}", r.seed_manifest);
+        assert!(
+            r.wan_manifest_max <= 1.0,
+            "a site pulled {}",
+            r.wan_manifest_max
+        );
+        assert!(r.manifest_secs > 0.0 && r.manifest_secs < 3.0, "{r:?}");
     }
 
     #[test]

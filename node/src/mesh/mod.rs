@@ -29,10 +29,11 @@ use fleetmesh_protocol::bucket::TokenBucket;
 use fleetmesh_protocol::keys::{Node, PublicKey, Release as ReleaseRole, Root, SecretKey};
 use fleetmesh_protocol::manifest::Manifest;
 use fleetmesh_protocol::member::{Membership, Revocation};
+pub use fleetmesh_protocol::mesh::FIND_SITE;
 use fleetmesh_protocol::mesh::{
-    judge_report, manifest_part_site, Accepted, Announcement, Announcements, Have, Hello,
-    ManifestParts, ReleaseProgress, Report, ReportEnvelope, ReportVerdict, Request, Response,
-    MAX_BATCH, MAX_HAVE_ADDED, RESPONSE_BUDGET,
+    judge_report, manifest_waited, Accepted, Announcement, Announcements, Have, Hello,
+    ManifestParts, PartFetch, PartPeer, ReleaseProgress, Report, ReportEnvelope, ReportVerdict,
+    Request, Response, MANIFEST_WAIT, MAX_BATCH, MAX_HAVE_ADDED, RESPONSE_BUDGET,
 };
 use fleetmesh_protocol::sched::{self, Bits, PeerInfo, Planned, RequestId, Scheduler};
 use fleetmesh_protocol::TrustState;
@@ -106,25 +107,14 @@ const FEW_PEERS: usize = 8;
 const REDIAL_EVERY: Duration = Duration::from_secs(10);
 /// A manifest part asked for and not answered in this long is asked for
 /// again.
-const MANIFEST_RETRY: Duration = Duration::from_secs(3);
-/// How long a node waits for a same-site peer to have a manifest before
-/// it asks outside its site (one node per site asks at once).
-const MANIFEST_WAIT: Duration = Duration::from_secs(2);
+pub const MANIFEST_RETRY: Duration = Duration::from_secs(3);
 /// A peer that did not have a manifest part is asked again after this.
-const MANIFEST_PART_RETRY: Duration = Duration::from_millis(100);
+pub const MANIFEST_PART_RETRY: Duration = Duration::from_millis(100);
 /// A node asked for a manifest part that it is fetching itself holds the
 /// request up to this long, and answers it as soon as the part comes.
-const MANIFEST_PART_HOLD: Duration = Duration::from_millis(500);
+pub const MANIFEST_PART_HOLD: Duration = Duration::from_millis(500);
 /// Most requests for manifest parts a node holds per release.
-const MAX_HELD_PARTS: usize = 256;
-/// How long a site waits for another site to fetch its share of a
-/// manifest's parts before it asks the seed for them itself.
-const MANIFEST_PART_WAIT: Duration = Duration::from_secs(1);
-/// A node this young may not have found all of its site yet (when a site
-/// boots at once, each node knows one or two others after a second): it
-/// does not take itself for its site's fetching node, and its
-/// [`MANIFEST_WAIT`] and [`MANIFEST_PART_WAIT`] count from then.
-pub const FIND_SITE: Duration = Duration::from_secs(4);
+pub const MAX_HELD_PARTS: usize = 256;
 /// A report that gossip could not take yet (no peer subscribed) is tried
 /// again this often.
 const REPORT_RETRY: Duration = Duration::from_secs(1);
@@ -412,6 +402,9 @@ struct Wanted {
     held: Vec<(usize, Instant, PeerId, ResponseChannel<Response>)>,
     /// Peers that sent a have-map for it: they hold its manifest.
     holders: BTreeSet<PeerId>,
+    /// Peers that last answered a part request with "later": they gather
+    /// the manifest too. When.
+    fetching: HashMap<PeerId, Instant>,
     /// Their maps, applied when the manifest loads: asking a peer to send
     /// its map again costs [`RETRY_FULL_HAVE`], and the seed's map would
     /// arrive that long after the manifest.
@@ -433,7 +426,7 @@ impl Wanted {
     /// How long its manifest has been wanted, not counting a mesh's first
     /// [`FIND_SITE`] (the mesh started at `start`).
     fn waited(&self, start: Instant, now: Instant) -> Duration {
-        now.saturating_duration_since(self.since.max(start + FIND_SITE))
+        manifest_waited(now - start, now - self.since)
     }
 }
 
@@ -1247,6 +1240,7 @@ impl Mesh {
                 parts: a.manifest,
                 held: Vec::new(),
                 holders: BTreeSet::new(),
+                fetching: HashMap::new(),
                 early: HashMap::new(),
             });
         }
@@ -1938,6 +1932,15 @@ impl Mesh {
             (what @ Outbound::ManifestPart(..), Response::ManifestPart(None)) => {
                 self.on_failure(peer, what)
             }
+            (Outbound::ManifestPart(id, part), Response::ManifestPartLater) => {
+                let now = Instant::now();
+                if let Some(w) = self.wanted.get_mut(&id) {
+                    w.fetching.insert(peer, now);
+                    if let Some(p @ Part::Asked(_)) = w.got.get_mut(part as usize) {
+                        *p = Part::Want(now + MANIFEST_PART_RETRY);
+                    }
+                }
+            }
             (
                 Outbound::Chunks {
                     release,
@@ -2011,8 +2014,7 @@ impl Mesh {
                 return;
             }
         }
-        let bytes = self.manifest_part(release, part);
-        self.answer_part(peer, channel, bytes);
+        self.answer_part(peer, channel, release, part);
     }
 
     /// Part `part` of a release's encoded manifest, if this node has it:
@@ -2027,19 +2029,27 @@ impl Mesh {
         }
     }
 
+    /// Answers with part `part` of `release`'s manifest if this node has
+    /// it; else later if it is gathering that manifest itself, else none.
     fn answer_part(
         &mut self,
         peer: PeerId,
         channel: ResponseChannel<Response>,
-        bytes: Option<Vec<u8>>,
+        release: ReleaseId,
+        part: usize,
     ) {
+        let bytes = self.manifest_part(release, part);
         let sent = bytes.as_ref().map_or(0, Vec::len) as u64;
         self.p.metrics.sent_manifest(self.class_of(&peer), sent);
+        let response = match bytes {
+            None if self.wanted.contains_key(&release) => Response::ManifestPartLater,
+            bytes => Response::ManifestPart(bytes),
+        };
         let _ = self
             .swarm
             .behaviour_mut()
             .exchange
-            .send_response(channel, Response::ManifestPart(bytes));
+            .send_response(channel, response);
     }
 
     /// Answers held requests for parts of `release` with what this node
@@ -2050,8 +2060,7 @@ impl Mesh {
         held: Vec<(usize, Instant, PeerId, ResponseChannel<Response>)>,
     ) {
         for (part, _, peer, channel) in held {
-            let bytes = self.manifest_part(release, part);
-            self.answer_part(peer, channel, bytes);
+            self.answer_part(peer, channel, release, part);
         }
     }
 
@@ -2665,24 +2674,15 @@ impl Mesh {
         }
     }
 
-    /// Asks peers for the parts of each wanted manifest, and answers the
-    /// requests for parts held longer than [`MANIFEST_PART_HOLD`]. A
-    /// same-site peer that holds the manifest is asked for all of them.
-    /// Otherwise one node per site (by rendezvous on the release id) asks
-    /// outside the site at once, and for up to [`MANIFEST_WAIT`] the others
-    /// ask it, which answers each part as it comes: a site pulls the
-    /// manifest over its WAN about once. A node younger than [`FIND_SITE`]
-    /// does not fetch for its site: it may not know all of it yet, and a
-    /// site that boots at once would fetch it once a node. Outside the
-    /// site: a peer that holds the manifest; else the parts are shared out
-    /// among the sites ([`manifest_part_site`]), each site takes its share
-    /// from the seed and the rest from the node that fetches for the site
-    /// whose share it is, or after [`MANIFEST_PART_WAIT`] from the seed
-    /// too. So the seed sends a manifest about once, not once a site.
+    /// Asks peers for the parts of each wanted manifest, where
+    /// [`PartFetch`] says, and answers the requests for parts held longer
+    /// than [`MANIFEST_PART_HOLD`]. So a site pulls a manifest over its WAN
+    /// about once, and the seed sends it about once, not once a site.
     fn fetch_manifests(&mut self) {
         let now = Instant::now();
         let mut expired = Vec::new();
         for (id, w) in &mut self.wanted {
+            w.fetching.retain(|_, t| now - *t < MANIFEST_WAIT);
             let (old, held) = std::mem::take(&mut w.held)
                 .into_iter()
                 .partition(|h| now - h.1 >= MANIFEST_PART_HOLD);
@@ -2692,82 +2692,42 @@ impl Mesh {
         for (id, old) in expired {
             self.answer_held(id, old);
         }
-        let same_site = |p: &Peer| {
-            p.info
-                .as_ref()
-                .is_some_and(|i| i.site == self.me.site && !i.seed)
-        };
-        let seed = self
-            .peers
-            .iter()
-            .find(|(_, p)| p.info.as_ref().is_some_and(|i| i.seed))
-            .or_else(|| self.peers.iter().next())
-            .map(|(k, _)| *k);
+        let (up, tag) = (now - self.start, self.me.tag);
         let mut sends = Vec::new();
         for (id, w) in &self.wanted {
             let due: Vec<usize> = (0..w.got.len()).filter(|&i| w.got[i].due(now)).collect();
             if due.is_empty() {
                 continue;
             }
-            let key = u64::from_le_bytes(id.0[..8].try_into().unwrap_or_default());
-            let local = self
+            let peers = self
                 .peers
                 .iter()
-                .find(|(k, p)| same_site(p) && w.holders.contains(k))
-                .map(|(k, _)| *k);
-            let chosen = now - self.start >= FIND_SITE
-                && self
-                    .peers
-                    .values()
-                    .filter(|p| same_site(p))
-                    .filter_map(|p| p.info.as_ref())
-                    .all(|i| i.tag ^ key < self.me.tag ^ key);
-            let waited = w.waited(self.start, now);
-            let waits = !chosen && waited < MANIFEST_WAIT;
-            let remote_holder = self
-                .peers
-                .iter()
-                .find(|(k, p)| w.holders.contains(k) && !p.info.as_ref().is_some_and(|i| i.seed))
-                .map(|(k, _)| *k);
-            let mut sites: Vec<&str> = self
-                .peers
-                .values()
-                .filter_map(|p| p.info.as_ref())
-                .filter(|i| !i.seed)
-                .map(|i| i.site.as_str())
-                .chain([self.me.site.as_str()])
+                .filter_map(|(k, p)| {
+                    let i = p.info.as_ref()?;
+                    Some(PartPeer {
+                        id: *k,
+                        site: &i.site,
+                        tag: i.tag,
+                        seed: i.seed,
+                        holder: w.holders.contains(k),
+                        fetching: w.fetching.get(k).is_some_and(|&t| now - t < MANIFEST_WAIT),
+                    })
+                })
                 .collect();
-            sites.sort_unstable();
-            sites.dedup();
-            // The node of `site` that fetches for it, as that site picks it.
-            let fetcher = |site: &str| {
-                self.peers
-                    .iter()
-                    .filter_map(|(k, p)| Some((k, p.info.as_ref()?)))
-                    .filter(|(_, i)| i.site == site && !i.seed)
-                    .max_by_key(|(_, i)| i.tag ^ key)
-                    .map(|(k, _)| *k)
+            let fetch = PartFetch {
+                release: *id,
+                site: &self.me.site,
+                tag,
+                up,
+                wanted_for: now - w.since,
+                peers,
             };
-            for part in due {
-                let from = local.or_else(|| {
-                    if waits {
-                        return fetcher(&self.me.site);
-                    }
-                    if remote_holder.is_some() {
-                        return remote_holder;
-                    }
-                    match manifest_part_site(id, &sites, part, w.got.len()) {
-                        Some(site) if site != self.me.site && waited < MANIFEST_PART_WAIT => {
-                            fetcher(site)
-                        }
-                        _ => None,
-                    }
-                    .or(seed)
-                });
-                if let Some(peer) = from {
-                    sends.push((peer, *id, part));
-                }
-            }
+            sends.extend(
+                fetch
+                    .sources(&due)
+                    .into_iter()
+                    .map(|(peer, part)| (peer, *id, part)),
+            );
         }
         for (peer, id, part) in sends {
             if let Some(p) = self.wanted.get_mut(&id).and_then(|w| w.got.get_mut(part)) {
