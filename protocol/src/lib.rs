@@ -13,6 +13,7 @@ pub mod chunk;
 pub mod chunking;
 pub mod codec;
 mod error;
+pub mod gather;
 mod hash;
 pub mod keys;
 pub mod manifest;

@@ -322,18 +322,18 @@ fn sites_rank_differently_for_each_part() {
     let top = |part| {
         sites
             .iter()
-            .max_by_key(|s| mesh::part_rank(&release, s, part))
+            .max_by_key(|s| crate::gather::part_rank(&release, s, part))
             .expect("a site")
     };
     let tops: std::collections::BTreeSet<&String> = (0..8).map(top).collect();
     assert!(tops.len() >= 6, "{tops:?}");
     assert_eq!(
-        mesh::part_rank(&release, "a", 3),
-        mesh::part_rank(&release, "a", 3)
+        crate::gather::part_rank(&release, "a", 3),
+        crate::gather::part_rank(&release, "a", 3)
     );
     assert_ne!(
-        mesh::part_rank(&release, "a", 3),
-        mesh::part_rank(&ReleaseId([6; 32]), "a", 3)
+        crate::gather::part_rank(&release, "a", 3),
+        crate::gather::part_rank(&ReleaseId([6; 32]), "a", 3)
     );
 }
 
@@ -343,7 +343,7 @@ fn sites_rank_differently_for_each_part() {
 /// higher-ranked site for the part, else the seed.
 #[test]
 fn manifest_parts_come_from_the_site_then_higher_sites_then_the_seed() {
-    use mesh::{
+    use crate::gather::{
         part_rank, PartFetch, PartPeer, FIND_SITE, MANIFEST_PART_WAIT, MANIFEST_WAIT,
         MANIFEST_WAIT_FETCHING,
     };

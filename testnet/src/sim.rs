@@ -13,27 +13,24 @@
 //!
 //! The release is announced to every node at the start, and each node
 //! first gathers its manifest in parts as the node does: it asks where
-//! [`fleetmesh_protocol::mesh::PartFetch`] says, a peer fetching a part
-//! itself holds the request until the part comes, and the node schedules
-//! pieces once it has every part. Parts' bytes cross the same links.
+//! [`fleetmesh_protocol::gather::PartFetch`] says, a peer fetching a part
+//! itself holds the request until the part comes (the node's own
+//! [`fleetmesh_protocol::gather::Gather`]), and the node schedules pieces
+//! once it has every part. Parts' bytes cross the same links.
 //!
 //! Invariants checked as it runs: nothing unverified is stored; a node
 //! never fetches a piece over its site's WAN while a same-site copy it has
 //! heard of exists; every node completes.
 
-use fleetmesh_node::mesh::{
-    MANIFEST_PART_HOLD, MANIFEST_PART_RETRY, MANIFEST_RETRY, MAX_HELD_PARTS,
-};
-use fleetmesh_protocol::mesh::{
-    manifest_waited, PartFetch, PartPeer, MANIFEST_WAIT, MAX_MANIFEST_PARTS, MIN_MANIFEST_PART,
-};
+use fleetmesh_protocol::gather::{manifest_waited, Gather, PartFetch, PartPeer};
+use fleetmesh_protocol::mesh::{MAX_MANIFEST_PARTS, MIN_MANIFEST_PART};
 use fleetmesh_protocol::sched::{Config, PeerInfo, RequestId, Scheduler};
 use fleetmesh_protocol::{ChunkId, ReleaseId};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use serde::Serialize;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::time::{Duration, Instant};
 
 /// Have-maps and plans run on this tick, as in the node.
@@ -232,35 +229,15 @@ struct Node {
     corrupt: bool,
     /// When its mesh last started (None: long before the release).
     booted: Option<u64>,
-    /// The manifest's parts while the node gathers them.
-    gather: Option<Gather>,
+    /// The manifest's parts while the node gathers them, with the
+    /// requests it holds (requester, the requester's life).
+    gather: Option<Gather<u32, (u32, u32)>>,
     /// When it had the whole manifest (the seed: from the start).
     loaded_at: Option<u64>,
-    /// Requests for parts it is fetching itself: part, since, requester,
-    /// the requester's life.
-    held: Vec<(usize, u64, u32, u32)>,
     /// Microseconds at which each piece was stored (u64::MAX: not held).
     got_at: Vec<u64>,
     dirty: bool,
     done_at: Option<u64>,
-}
-
-/// A manifest a node gathers: since when, and each part.
-struct Gather {
-    since: u64,
-    parts: Vec<Part>,
-    /// Peers that answered "later", and when.
-    fetching: HashMap<u32, u64>,
-}
-
-/// One manifest part, as the node tracks it.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Part {
-    /// Ask for it from this instant on.
-    Want(u64),
-    /// Asked for at this instant.
-    Asked(u64),
-    Got,
 }
 
 /// How a peer answers a request for a manifest part.
@@ -475,7 +452,6 @@ impl Sim {
                 booted: None,
                 gather: None,
                 loaded_at: (k == 0).then_some(0),
-                held: Vec::new(),
                 got_at: vec![if k == 0 { 0 } else { u64::MAX }; count],
                 dirty: true,
                 done_at: None,
@@ -537,11 +513,10 @@ impl Sim {
     /// A node (re)starts without the manifest: it gathers its parts.
     fn want(&mut self, k: usize) {
         let node = &mut self.nodes[k];
-        node.gather = Some(Gather {
-            since: self.now,
-            parts: vec![Part::Want(self.now); self.parts.len()],
-            fetching: HashMap::new(),
-        });
+        node.gather = Some(Gather::new(
+            self.parts.len(),
+            Duration::from_micros(self.now),
+        ));
         node.alive = true;
         node.up_since = self.now;
     }
@@ -706,7 +681,6 @@ impl Sim {
                 // Parts gathered and requests held are in memory only; a
                 // loaded manifest is on disk.
                 self.nodes[k].gather = None;
-                self.nodes[k].held.clear();
                 self.fresh[k].clear();
                 for j in self.nodes[k].peers.clone() {
                     if let Some(s) = self.nodes[j as usize].sched.as_mut() {
@@ -871,37 +845,25 @@ impl Sim {
     }
 
     /// Every tick: requests for manifest parts held too long are answered
-    /// without the part, and each gathering node asks for the parts due,
-    /// where [`PartFetch`] says.
+    /// ("later"), and each gathering node asks for the parts due, where
+    /// [`PartFetch`] says.
     fn fetch_manifests(&mut self) {
-        let now = self.now;
-        let hold = MANIFEST_PART_HOLD.as_micros() as u64;
+        let now = Duration::from_micros(self.now);
         for j in 0..self.nodes.len() {
-            if self.nodes[j].held.is_empty() {
+            let Some(g) = self.nodes[j].gather.as_mut() else {
                 continue;
-            }
-            let (old, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.nodes[j].held)
-                .into_iter()
-                .partition(|h| now - h.1 >= hold);
-            self.nodes[j].held = keep;
-            for (part, _, k, life) in old {
-                self.answer_part(j, k as usize, life, part, now);
+            };
+            for (part, (k, life)) in g.expired(now) {
+                self.answer_part(j, k as usize, life, part, self.now);
             }
         }
-        let heard = now.saturating_sub(TICK_US);
-        let wait = MANIFEST_WAIT.as_micros() as u64;
+        let heard = self.now.saturating_sub(TICK_US);
         let mut asks = Vec::new();
         for (k, node) in self.nodes.iter().enumerate().skip(1) {
             let Some(g) = node.gather.as_ref().filter(|_| node.alive) else {
                 continue;
             };
-            let due: Vec<usize> = (0..g.parts.len())
-                .filter(|&i| match g.parts[i] {
-                    Part::Want(from) => now >= from,
-                    Part::Asked(at) => now - at >= MANIFEST_RETRY.as_micros() as u64,
-                    Part::Got => false,
-                })
-                .collect();
+            let due = g.due(now);
             if due.is_empty() {
                 continue;
             }
@@ -917,17 +879,15 @@ impl Sim {
                     seed: j == 0,
                     // Its have-map has come: it loaded the manifest a tick ago.
                     holder: o.loaded_at.is_some_and(|t| t <= heard),
-                    fetching: g.fetching.get(&j).is_some_and(|&t| now - t < wait),
+                    fetching: g.is_fetching(&j, now),
                 })
                 .collect();
             let fetch = PartFetch {
                 release: self.release,
                 site: self.site_name(k),
                 tag: self.tags[k],
-                up: node
-                    .booted
-                    .map_or(Duration::MAX, |b| Duration::from_micros(now - b)),
-                wanted_for: Duration::from_micros(now - g.since),
+                up: self.up(k),
+                wanted_for: g.wanted_for(now),
                 peers,
             };
             asks.extend(
@@ -939,10 +899,18 @@ impl Sim {
         }
         for (k, peer, part) in asks {
             if let Some(g) = self.nodes[k].gather.as_mut() {
-                g.parts[part] = Part::Asked(now);
+                g.asked(part, now);
             }
             self.ask_part(k, peer, part);
         }
+    }
+
+    /// How long node `k`'s mesh has run (a node up before the release: for
+    /// ever).
+    fn up(&self, k: usize) -> Duration {
+        self.nodes[k]
+            .booted
+            .map_or(Duration::MAX, |b| Duration::from_micros(self.now - b))
     }
 
     /// Node `k` asks `peer` for a manifest part: the peer answers with it,
@@ -953,17 +921,14 @@ impl Sim {
             return;
         }
         let at = self.now + self.latency(k, peer);
-        let life = self.nodes[k].life;
-        let server = &mut self.nodes[peer];
-        let fetching = server
-            .gather
-            .as_ref()
-            .is_some_and(|g| matches!(g.parts[part], Part::Asked(_)));
-        if fetching && server.held.len() < MAX_HELD_PARTS {
-            server.held.push((part, at, k as u32, life));
-            return;
+        let request = (k as u32, self.nodes[k].life);
+        let unheld = match self.nodes[peer].gather.as_mut() {
+            Some(g) => g.hold(part, Duration::from_micros(at), request),
+            None => Some(request),
+        };
+        if let Some((k, life)) = unheld {
+            self.answer_part(peer, k as usize, life, part, at);
         }
-        self.answer_part(peer, k, life, part, at);
     }
 
     /// `server` answers `k`'s request for a part, from `at`: with the part
@@ -971,15 +936,14 @@ impl Sim {
     /// manifest itself, else without.
     fn answer_part(&mut self, server: usize, k: usize, life: u32, part: usize, at: u64) {
         let gather = self.nodes[server].gather.as_ref();
-        let answer = if self.nodes[server].loaded_at.is_some()
-            || gather.is_some_and(|g| g.parts[part] == Part::Got)
-        {
-            Answer::Part
-        } else if gather.is_some() {
-            Answer::Later
-        } else {
-            Answer::Missing
-        };
+        let answer =
+            if self.nodes[server].loaded_at.is_some() || gather.is_some_and(|g| g.has(part)) {
+                Answer::Part
+            } else if gather.is_some() {
+                Answer::Later
+            } else {
+                Answer::Missing
+            };
         let mut end = at;
         if answer == Answer::Part {
             let bytes = u64::from(self.parts[part]);
@@ -1006,43 +970,32 @@ impl Sim {
     /// A part (or its absence) reaches node `k`; with the last part the
     /// node loads the manifest and starts scheduling pieces.
     fn on_part(&mut self, k: usize, life: u32, peer: u32, part: usize, answer: Answer) {
-        let now = self.now;
+        let now = Duration::from_micros(self.now);
+        let up = self.up(k);
         let node = &mut self.nodes[k];
         if !node.alive || node.life != life {
             self.report.lost += 1;
             return;
         }
-        let up = node
-            .booted
-            .map_or(Duration::MAX, |b| Duration::from_micros(now - b));
-        let Some(g) = node.gather.as_mut().filter(|g| g.parts[part] != Part::Got) else {
+        let Some(g) = node.gather.as_mut().filter(|g| !g.has(part)) else {
             return;
         };
-        if answer == Answer::Later {
-            g.fetching.insert(peer, now);
+        match answer {
+            Answer::Later => return g.later(peer, part, now),
+            Answer::Missing => {
+                let waited = manifest_waited(up, g.wanted_for(now));
+                return g.missed(part, now, waited);
+            }
+            Answer::Part => {}
         }
-        if answer != Answer::Part {
-            let waited = manifest_waited(up, Duration::from_micros(now - g.since));
-            let after = if answer == Answer::Later || waited < MANIFEST_WAIT {
-                MANIFEST_PART_RETRY
-            } else {
-                MANIFEST_RETRY
-            };
-            g.parts[part] = Part::Want(now + after.as_micros() as u64);
-            return;
-        }
-        g.parts[part] = Part::Got;
-        let complete = g.parts.iter().all(|p| *p == Part::Got);
-        self.trace.update(&now.to_le_bytes());
+        let ready = g.got(part);
+        let complete = g.is_complete();
+        self.trace.update(&self.now.to_le_bytes());
         self.trace.update(&(k as u32).to_le_bytes());
         self.trace.update(&peer.to_le_bytes());
         self.trace.update(&(part as u32 | 1 << 31).to_le_bytes());
-        let (ready, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.nodes[k].held)
-            .into_iter()
-            .partition(|h| h.0 == part);
-        self.nodes[k].held = keep;
-        for (_, _, r, rlife) in ready {
-            self.answer_part(k, r as usize, rlife, part, now);
+        for (r, rlife) in ready {
+            self.answer_part(k, r as usize, rlife, part, self.now);
         }
         if complete {
             self.start(k);

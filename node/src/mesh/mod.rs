@@ -26,14 +26,15 @@ use crate::{fsutil, ReleaseInfo};
 use codec::{ExchangeCodec, PROTOCOL};
 use fleetmesh_policy::doc::{verify_policy, PolicyDoc};
 use fleetmesh_protocol::bucket::TokenBucket;
+pub use fleetmesh_protocol::gather::FIND_SITE;
+use fleetmesh_protocol::gather::{manifest_waited, Gather, PartFetch, PartPeer, MANIFEST_RETRY};
 use fleetmesh_protocol::keys::{Node, PublicKey, Release as ReleaseRole, Root, SecretKey};
 use fleetmesh_protocol::manifest::Manifest;
 use fleetmesh_protocol::member::{Membership, Revocation};
-pub use fleetmesh_protocol::mesh::FIND_SITE;
 use fleetmesh_protocol::mesh::{
-    judge_report, manifest_waited, Accepted, Announcement, Announcements, Have, Hello,
-    ManifestParts, PartFetch, PartPeer, ReleaseProgress, Report, ReportEnvelope, ReportVerdict,
-    Request, Response, MANIFEST_WAIT, MAX_BATCH, MAX_HAVE_ADDED, RESPONSE_BUDGET,
+    judge_report, Accepted, Announcement, Announcements, Have, Hello, ManifestParts,
+    ReleaseProgress, Report, ReportEnvelope, ReportVerdict, Request, Response, MAX_BATCH,
+    MAX_HAVE_ADDED, RESPONSE_BUDGET,
 };
 use fleetmesh_protocol::sched::{self, Bits, PeerInfo, Planned, RequestId, Scheduler};
 use fleetmesh_protocol::TrustState;
@@ -105,16 +106,6 @@ const FEW_PEERS: usize = 8;
 /// How often a node with no member peers dials its bootstrap peers again
 /// (and one with few looks for more).
 const REDIAL_EVERY: Duration = Duration::from_secs(10);
-/// A manifest part asked for and not answered in this long is asked for
-/// again.
-pub const MANIFEST_RETRY: Duration = Duration::from_secs(3);
-/// A peer that did not have a manifest part is asked again after this.
-pub const MANIFEST_PART_RETRY: Duration = Duration::from_millis(100);
-/// A node asked for a manifest part that it is fetching itself holds the
-/// request up to this long, and answers it as soon as the part comes.
-pub const MANIFEST_PART_HOLD: Duration = Duration::from_millis(500);
-/// Most requests for manifest parts a node holds per release.
-pub const MAX_HELD_PARTS: usize = 256;
 /// A report that gossip could not take yet (no peer subscribed) is tried
 /// again this often.
 const REPORT_RETRY: Duration = Duration::from_secs(1);
@@ -391,52 +382,26 @@ struct Mesh {
 /// An announced release whose manifest this node wants.
 #[derive(Debug)]
 struct Wanted {
-    /// When it was first announced to this node.
-    since: Instant,
     /// The manifest's parts as announced.
     parts: ManifestParts,
-    /// What this node has of each part.
-    got: Vec<Part>,
-    /// Requests for parts it is fetching itself, held until they come:
-    /// part, when asked, by whom.
-    held: Vec<(usize, Instant, PeerId, ResponseChannel<Response>)>,
+    /// What this node has of them; the requests it holds for parts it is
+    /// fetching itself (by whom, to answer on).
+    gather: Gather<PeerId, (PeerId, ResponseChannel<Response>)>,
+    /// The bytes of the parts it has, checked against `parts`.
+    bytes: Vec<Option<Vec<u8>>>,
     /// Peers that sent a have-map for it: they hold its manifest.
     holders: BTreeSet<PeerId>,
-    /// Peers that last answered a part request with "later": they gather
-    /// the manifest too. When.
-    fetching: HashMap<PeerId, Instant>,
     /// Their maps, applied when the manifest loads: asking a peer to send
     /// its map again costs [`RETRY_FULL_HAVE`], and the seed's map would
     /// arrive that long after the manifest.
     early: HashMap<PeerId, Bits>,
 }
 
-/// One part of a wanted manifest.
-#[derive(Debug)]
-enum Part {
-    /// Not held: ask for it from this instant on.
-    Want(Instant),
-    /// Asked for at this instant.
-    Asked(Instant),
-    /// Held and checked against its announced hash.
-    Got(Vec<u8>),
-}
-
 impl Wanted {
-    /// How long its manifest has been wanted, not counting a mesh's first
-    /// [`FIND_SITE`] (the mesh started at `start`).
-    fn waited(&self, start: Instant, now: Instant) -> Duration {
-        manifest_waited(now - start, now - self.since)
-    }
-}
-
-impl Part {
-    fn due(&self, now: Instant) -> bool {
-        match self {
-            Part::Want(from) => now >= *from,
-            Part::Asked(at) => now - *at >= MANIFEST_RETRY,
-            Part::Got(_) => false,
-        }
+    /// How long its manifest has been wanted at `now` (the mesh's age), not
+    /// counting the mesh's first [`FIND_SITE`].
+    fn waited(&self, now: Duration) -> Duration {
+        manifest_waited(now, self.gather.wanted_for(now))
     }
 }
 
@@ -928,7 +893,7 @@ impl Mesh {
         let (early, held) = self
             .wanted
             .remove(&id)
-            .map(|w| (w.early, w.held))
+            .map(|mut w| (w.early, w.gather.take_held()))
             .unwrap_or_default();
         self.releases.insert(id, release);
         self.answer_held(id, held);
@@ -1233,14 +1198,12 @@ impl Mesh {
             && a.platforms.contains(&self.p.platform)
             && (self.p.channels.is_empty() || self.p.channels.contains(&a.channel));
         if matches && !self.releases.contains_key(&a.release_id) {
-            let now = Instant::now();
+            let (parts, now) = (a.manifest.ids.len(), self.now());
             self.wanted.entry(a.release_id).or_insert(Wanted {
-                since: now,
-                got: a.manifest.ids.iter().map(|_| Part::Want(now)).collect(),
                 parts: a.manifest,
-                held: Vec::new(),
+                gather: Gather::new(parts, now),
+                bytes: vec![None; parts],
                 holders: BTreeSet::new(),
-                fetching: HashMap::new(),
                 early: HashMap::new(),
             });
         }
@@ -1933,12 +1896,9 @@ impl Mesh {
                 self.on_failure(peer, what)
             }
             (Outbound::ManifestPart(id, part), Response::ManifestPartLater) => {
-                let now = Instant::now();
+                let now = self.now();
                 if let Some(w) = self.wanted.get_mut(&id) {
-                    w.fetching.insert(peer, now);
-                    if let Some(p @ Part::Asked(_)) = w.got.get_mut(part as usize) {
-                        *p = Part::Want(now + MANIFEST_PART_RETRY);
-                    }
+                    w.gather.later(peer, part as usize, now);
                 }
             }
             (
@@ -1978,20 +1938,10 @@ impl Mesh {
                 }
             }
             Outbound::ManifestPart(id, part) => {
-                let Some(w) = self.wanted.get_mut(&id) else {
-                    return;
-                };
-                // Soon while the sites share the parts out, then seldom.
-                let now = Instant::now();
-                let after = if w.waited(self.start, now) < MANIFEST_WAIT {
-                    MANIFEST_PART_RETRY
-                } else {
-                    MANIFEST_RETRY
-                };
-                if let Some(p) = w.got.get_mut(part as usize) {
-                    if !matches!(p, Part::Got(_)) {
-                        *p = Part::Want(now + after);
-                    }
+                let now = self.now();
+                if let Some(w) = self.wanted.get_mut(&id) {
+                    let waited = w.waited(now);
+                    w.gather.missed(part as usize, now, waited);
                 }
             }
             Outbound::Hello => {}
@@ -2008,13 +1958,14 @@ impl Mesh {
         part: usize,
         channel: ResponseChannel<Response>,
     ) {
+        let now = self.now();
+        let mut request = Some((peer, channel));
         if let Some(w) = self.wanted.get_mut(&release) {
-            if matches!(w.got.get(part), Some(Part::Asked(_))) && w.held.len() < MAX_HELD_PARTS {
-                w.held.push((part, Instant::now(), peer, channel));
-                return;
-            }
+            request = request.and_then(|r| w.gather.hold(part, now, r));
         }
-        self.answer_part(peer, channel, release, part);
+        if let Some((peer, channel)) = request {
+            self.answer_part(peer, channel, release, part);
+        }
     }
 
     /// Part `part` of a release's encoded manifest, if this node has it:
@@ -2023,10 +1974,7 @@ impl Mesh {
         if let Some(r) = self.releases.get_mut(&release) {
             return r.manifest_part(part);
         }
-        match self.wanted.get(&release)?.got.get(part)? {
-            Part::Got(bytes) => Some(bytes.clone()),
-            _ => None,
-        }
+        self.wanted.get(&release)?.bytes.get(part)?.clone()
     }
 
     /// Answers with part `part` of `release`'s manifest if this node has
@@ -2057,9 +2005,9 @@ impl Mesh {
     fn answer_held(
         &mut self,
         release: ReleaseId,
-        held: Vec<(usize, Instant, PeerId, ResponseChannel<Response>)>,
+        held: Vec<(usize, (PeerId, ResponseChannel<Response>))>,
     ) {
-        for (part, _, peer, channel) in held {
+        for (part, (peer, channel)) in held {
             self.answer_part(peer, channel, release, part);
         }
     }
@@ -2067,33 +2015,25 @@ impl Mesh {
     /// Takes a manifest part checked against its announced hash; with the
     /// last one, decodes and loads the manifest.
     fn on_manifest_part(&mut self, peer: PeerId, id: ReleaseId, part: usize, bytes: Vec<u8>) {
+        let now = self.now();
         let Some(w) = self.wanted.get_mut(&id) else {
             return;
         };
-        if part >= w.got.len() || matches!(w.got[part], Part::Got(_)) {
+        if part >= w.gather.len() || w.gather.has(part) {
             return;
         }
         if !w.parts.check(part, &bytes) {
-            w.got[part] = Part::Want(Instant::now());
+            w.gather.want(part, now);
             self.strike(peer, "manifest part does not match its announced hash");
             return;
         }
-        w.got[part] = Part::Got(bytes);
-        let (ready, held) = std::mem::take(&mut w.held)
-            .into_iter()
-            .partition(|h| h.0 == part);
-        w.held = held;
+        w.bytes[part] = Some(bytes);
+        let ready = w.gather.got(part).into_iter().map(|r| (part, r)).collect();
         self.answer_held(id, ready);
-        let Some(w) = self.wanted.get(&id) else {
+        let Some(w) = self.wanted.get(&id).filter(|w| w.gather.is_complete()) else {
             return;
         };
-        let mut encoded = Vec::new();
-        for p in &w.got {
-            match p {
-                Part::Got(b) => encoded.extend_from_slice(b),
-                _ => return,
-            }
-        }
+        let encoded: Vec<u8> = w.bytes.iter().flatten().flatten().copied().collect();
         match wire::decode::<Signed<Manifest>>(&encoded) {
             Ok(signed) => self.on_manifest(peer, id, signed),
             Err(e) => tracing::error!(release = %id, "announced manifest parts do not decode: {e}"),
@@ -2101,8 +2041,8 @@ impl Mesh {
         // Still wanted: it did not load, so its parts were wrong as
         // announced; fetch them again later rather than keep them.
         if let Some(w) = self.wanted.get_mut(&id) {
-            let later = Instant::now() + MANIFEST_RETRY;
-            w.got.iter_mut().for_each(|p| *p = Part::Want(later));
+            w.gather.restart(now + MANIFEST_RETRY);
+            w.bytes.iter_mut().for_each(|b| *b = None);
         }
     }
 
@@ -2679,23 +2619,17 @@ impl Mesh {
     /// than [`MANIFEST_PART_HOLD`]. So a site pulls a manifest over its WAN
     /// about once, and the seed sends it about once, not once a site.
     fn fetch_manifests(&mut self) {
-        let now = Instant::now();
+        let now = self.now();
         let mut expired = Vec::new();
         for (id, w) in &mut self.wanted {
-            w.fetching.retain(|_, t| now - *t < MANIFEST_WAIT);
-            let (old, held) = std::mem::take(&mut w.held)
-                .into_iter()
-                .partition(|h| now - h.1 >= MANIFEST_PART_HOLD);
-            w.held = held;
-            expired.push((*id, old));
+            expired.push((*id, w.gather.expired(now)));
         }
         for (id, old) in expired {
             self.answer_held(id, old);
         }
-        let (up, tag) = (now - self.start, self.me.tag);
         let mut sends = Vec::new();
         for (id, w) in &self.wanted {
-            let due: Vec<usize> = (0..w.got.len()).filter(|&i| w.got[i].due(now)).collect();
+            let due = w.gather.due(now);
             if due.is_empty() {
                 continue;
             }
@@ -2710,16 +2644,16 @@ impl Mesh {
                         tag: i.tag,
                         seed: i.seed,
                         holder: w.holders.contains(k),
-                        fetching: w.fetching.get(k).is_some_and(|&t| now - t < MANIFEST_WAIT),
+                        fetching: w.gather.is_fetching(k, now),
                     })
                 })
                 .collect();
             let fetch = PartFetch {
                 release: *id,
                 site: &self.me.site,
-                tag,
-                up,
-                wanted_for: now - w.since,
+                tag: self.me.tag,
+                up: now,
+                wanted_for: w.gather.wanted_for(now),
                 peers,
             };
             sends.extend(
@@ -2730,8 +2664,8 @@ impl Mesh {
             );
         }
         for (peer, id, part) in sends {
-            if let Some(p) = self.wanted.get_mut(&id).and_then(|w| w.got.get_mut(part)) {
-                *p = Part::Asked(now);
+            if let Some(w) = self.wanted.get_mut(&id) {
+                w.gather.asked(part, now);
             }
             let part = part as u32;
             self.send(

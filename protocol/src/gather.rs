@@ -1,0 +1,414 @@
+//! Gathering a release's manifest in parts: where to ask for each part
+//! ([`PartFetch`]) and what a node has of them ([`Gather`]). Pure: the node
+//! and the simulator run the same code, with `now` passed in.
+
+use crate::ReleaseId;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// A part asked for and not answered in this long is asked for again.
+pub const MANIFEST_RETRY: Duration = Duration::from_secs(3);
+/// A peer that did not have a manifest part is asked again after this.
+pub const MANIFEST_PART_RETRY: Duration = Duration::from_millis(100);
+/// A node asked for a manifest part that it is fetching itself holds the
+/// request up to this long, and answers it as soon as the part comes.
+pub const MANIFEST_PART_HOLD: Duration = Duration::from_millis(500);
+/// Most requests for manifest parts a node holds per release.
+pub const MAX_HELD_PARTS: usize = 256;
+
+/// How high `site` ranks for part `part` of a release's manifest. A node
+/// takes a part it lacks from a site that ranks higher for it, so parts
+/// climb towards the sites that rank highest, and a site that knows of
+/// none ranking higher fetches the part from the seed. The ranks move
+/// between parts and releases, so sites share that work.
+pub fn part_rank(release: &ReleaseId, site: &str, part: usize) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(&release.0);
+    h.update(&(part as u64).to_le_bytes());
+    h.update(site.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&h.finalize().as_bytes()[..8]);
+    u64::from_le_bytes(first)
+}
+
+/// A node this young may not have found all of its site yet (when a site
+/// boots at once, each node knows one or two others after a second): it
+/// does not take itself for its site's fetching node, and its
+/// [`MANIFEST_WAIT`] and [`MANIFEST_PART_WAIT`] count from then.
+pub const FIND_SITE: Duration = Duration::from_secs(4);
+/// How long a node waits for a same-site peer to have a manifest before
+/// it asks outside its site (one node per site asks at once).
+pub const MANIFEST_WAIT: Duration = Duration::from_secs(2);
+/// How long a site waits for another site to fetch its share of a
+/// manifest's parts before it asks the seed for them itself.
+pub const MANIFEST_PART_WAIT: Duration = Duration::from_secs(1);
+/// How long a node waits at most for its site's fetching node while that
+/// node says it is still fetching the parts (a seed whose uplink is
+/// queued with chunks can take seconds to send one).
+pub const MANIFEST_WAIT_FETCHING: Duration = Duration::from_secs(10);
+
+/// How long a manifest has been wanted (for `wanted_for`) by a node whose
+/// mesh has run for `up`, not counting the node's first [`FIND_SITE`].
+pub fn manifest_waited(up: Duration, wanted_for: Duration) -> Duration {
+    wanted_for.min(up.saturating_sub(FIND_SITE))
+}
+
+/// A peer as a node sees it when it picks where to ask for manifest parts.
+#[derive(Clone, Copy, Debug)]
+pub struct PartPeer<'a, P> {
+    /// How the caller names the peer.
+    pub id: P,
+    /// The site it says it is in.
+    pub site: &'a str,
+    /// Its rendezvous tag.
+    pub tag: u64,
+    /// It is the seed.
+    pub seed: bool,
+    /// It sent a have-map for the release, so it holds the manifest.
+    pub holder: bool,
+    /// It said lately that it is fetching the parts asked of it.
+    pub fetching: bool,
+}
+
+/// Where a node asks for the parts of one manifest it wants, decided from
+/// what it knows of its peers. Pure, so that the node and the simulator
+/// make the same choices.
+///
+/// A same-site peer that holds the manifest is asked for every part.
+/// Otherwise one node per site (the highest `tag ^ key` among the site's
+/// nodes this one knows, `key` from the release id) asks outside the site
+/// at once, and for up to [`MANIFEST_WAIT`] the others ask it, or as long as
+/// it says it is fetching them (up to [`MANIFEST_WAIT_FETCHING`]): a slow
+/// seed must not send a whole site outside, one node per part. Outside the
+/// site: a peer that holds the manifest; else, for each part, a node in the
+/// peer site that ranks highest for it ([`part_rank`]) if that ranks above
+/// this node's site: that node gathers the manifest too, holds the request
+/// and passes the part on as it comes. A site that knows of none ranking
+/// higher asks the seed, and so does one whose higher site has neither
+/// answered within [`MANIFEST_PART_WAIT`] nor said it is fetching. The
+/// requests climb the ranks, so they never go round in a circle, and the
+/// seed sends each part once for each site that knows of no higher one:
+/// once when every site knows every other.
+#[derive(Clone, Debug)]
+pub struct PartFetch<'a, P> {
+    /// The release whose manifest is wanted.
+    pub release: ReleaseId,
+    /// This node's site.
+    pub site: &'a str,
+    /// This node's rendezvous tag.
+    pub tag: u64,
+    /// How long this node's mesh has run.
+    pub up: Duration,
+    /// How long this node has wanted the manifest.
+    pub wanted_for: Duration,
+    /// Its peers.
+    pub peers: Vec<PartPeer<'a, P>>,
+}
+
+impl<P: Copy> PartFetch<'_, P> {
+    /// How long the manifest has been wanted, not counting the node's
+    /// first [`FIND_SITE`].
+    pub fn waited(&self) -> Duration {
+        manifest_waited(self.up, self.wanted_for)
+    }
+
+    /// The peer matching `pick` with the highest `tag ^ key`: the choice
+    /// moves between releases, and every node that knows it makes it.
+    fn best(&self, pick: impl Fn(&PartPeer<'_, P>) -> bool) -> Option<&PartPeer<'_, P>> {
+        let key = u64::from_le_bytes(self.release.0[..8].try_into().unwrap_or_default());
+        self.peers
+            .iter()
+            .filter(|p| pick(p))
+            .max_by_key(|p| p.tag ^ key)
+    }
+
+    /// Whom to ask for each of `due` (part numbers).
+    pub fn sources(&self, due: &[usize]) -> Vec<(P, usize)> {
+        let key = u64::from_le_bytes(self.release.0[..8].try_into().unwrap_or_default());
+        let waited = self.waited();
+        let id = |p: Option<&PartPeer<'_, P>>| p.map(|p| p.id);
+        let local = id(self.best(|p| p.site == self.site && !p.seed && p.holder));
+        let site_fetcher = self.best(|p| p.site == self.site && !p.seed);
+        let chosen =
+            self.up >= FIND_SITE && site_fetcher.is_none_or(|p| p.tag ^ key < self.tag ^ key);
+        let waits = !chosen
+            && (waited < MANIFEST_WAIT
+                || (waited < MANIFEST_WAIT_FETCHING && site_fetcher.is_some_and(|p| p.fetching)));
+        let remote_holder = id(self.best(|p| p.holder && !p.seed));
+        let seed = id(self.best(|p| p.seed).or_else(|| self.best(|_| true)));
+        let mut sites: Vec<&str> = self
+            .peers
+            .iter()
+            .filter(|p| !p.seed && p.site != self.site)
+            .map(|p| p.site)
+            .collect();
+        sites.sort_unstable();
+        sites.dedup();
+        due.iter()
+            .filter_map(|&part| {
+                let from = local.or_else(|| {
+                    if waits {
+                        return id(site_fetcher);
+                    }
+                    if remote_holder.is_some() {
+                        return remote_holder;
+                    }
+                    let rank = |site: &str| part_rank(&self.release, site, part);
+                    let higher = sites
+                        .iter()
+                        .map(|s| (rank(s), *s))
+                        .max()
+                        .filter(|(r, _)| *r > rank(self.site))
+                        .and_then(|(_, site)| self.best(|p| p.site == site && !p.seed));
+                    match higher {
+                        Some(p)
+                            if waited < MANIFEST_PART_WAIT
+                                || (waited < MANIFEST_WAIT_FETCHING && p.fetching) =>
+                        {
+                            Some(p.id)
+                        }
+                        _ => seed,
+                    }
+                });
+                from.map(|peer| (peer, part))
+            })
+            .collect()
+    }
+}
+
+/// What a node has of one manifest it gathers: each part wanted (from an
+/// instant on), asked for, or got; the requests it holds for parts it is
+/// fetching itself (`H`: whatever the caller answers them with); and the
+/// peers (`P`) that said they are fetching parts too. The caller keeps the
+/// parts' bytes and checks them against the announcement.
+#[derive(Debug)]
+pub struct Gather<P, H> {
+    since: Duration,
+    parts: Vec<PartState>,
+    held: Vec<(usize, Duration, H)>,
+    fetching: BTreeMap<P, Duration>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PartState {
+    /// Ask for it from this instant on.
+    Want(Duration),
+    /// Asked for at this instant.
+    Asked(Duration),
+    Got,
+}
+
+impl<P: Ord, H> Gather<P, H> {
+    /// A manifest of `parts` parts, wanted from `now`.
+    pub fn new(parts: usize, now: Duration) -> Self {
+        Gather {
+            since: now,
+            parts: vec![PartState::Want(now); parts],
+            held: Vec::new(),
+            fetching: BTreeMap::new(),
+        }
+    }
+
+    /// How many parts the manifest has.
+    pub fn len(&self) -> usize {
+        self.parts.len()
+    }
+
+    /// True for a manifest of no parts (which no announcement allows).
+    pub fn is_empty(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    /// How long the manifest has been wanted.
+    pub fn wanted_for(&self, now: Duration) -> Duration {
+        now.saturating_sub(self.since)
+    }
+
+    /// The parts to ask for now: wanted from before `now`, or asked for
+    /// [`MANIFEST_RETRY`] ago and not answered.
+    pub fn due(&self, now: Duration) -> Vec<usize> {
+        (0..self.parts.len())
+            .filter(|&i| match self.parts[i] {
+                PartState::Want(from) => now >= from,
+                PartState::Asked(at) => now.saturating_sub(at) >= MANIFEST_RETRY,
+                PartState::Got => false,
+            })
+            .collect()
+    }
+
+    /// Part `part` was asked for at `now`.
+    pub fn asked(&mut self, part: usize, now: Duration) {
+        if let Some(p) = self.parts.get_mut(part).filter(|p| **p != PartState::Got) {
+            *p = PartState::Asked(now);
+        }
+    }
+
+    /// Whether part `part` is here.
+    pub fn has(&self, part: usize) -> bool {
+        self.parts.get(part) == Some(&PartState::Got)
+    }
+
+    /// Whether every part is here.
+    pub fn is_complete(&self) -> bool {
+        self.parts.iter().all(|p| *p == PartState::Got)
+    }
+
+    /// Part `part` came and checked out: the requests held for it, to
+    /// answer with it.
+    pub fn got(&mut self, part: usize) -> Vec<H> {
+        if let Some(p) = self.parts.get_mut(part) {
+            *p = PartState::Got;
+        }
+        let (ready, held) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|h| h.0 == part);
+        self.held = held;
+        ready.into_iter().map(|h| h.2).collect()
+    }
+
+    /// Part `part` is wanted again from `at` (it came wrong, or it did not
+    /// come: pass `at` = `now` plus the wait).
+    pub fn want(&mut self, part: usize, at: Duration) {
+        if let Some(p) = self.parts.get_mut(part).filter(|p| **p != PartState::Got) {
+            *p = PartState::Want(at);
+        }
+    }
+
+    /// Every part is wanted again from `at`: together they were not the
+    /// manifest announced.
+    pub fn restart(&mut self, at: Duration) {
+        self.parts.iter_mut().for_each(|p| *p = PartState::Want(at));
+    }
+
+    /// A request for `part` went unanswered or was answered without it:
+    /// ask again soon while the sites share the parts out (the manifest
+    /// `waited` less than [`MANIFEST_WAIT`]), then seldom.
+    pub fn missed(&mut self, part: usize, now: Duration, waited: Duration) {
+        let after = if waited < MANIFEST_WAIT {
+            MANIFEST_PART_RETRY
+        } else {
+            MANIFEST_RETRY
+        };
+        self.want(part, now + after);
+    }
+
+    /// `peer` answered "later" for `part`: it is fetching it too; ask again
+    /// soon.
+    pub fn later(&mut self, peer: P, part: usize, now: Duration) {
+        self.fetching.insert(peer, now);
+        self.want(part, now + MANIFEST_PART_RETRY);
+    }
+
+    /// Whether `peer` said lately (within [`MANIFEST_WAIT`]) that it is
+    /// fetching parts.
+    pub fn is_fetching(&self, peer: &P, now: Duration) -> bool {
+        self.fetching
+            .get(peer)
+            .is_some_and(|&t| now.saturating_sub(t) < MANIFEST_WAIT)
+    }
+
+    /// A request for `part` that this node is fetching itself is held
+    /// (up to [`MAX_HELD_PARTS`]); otherwise it comes back, to be answered
+    /// now.
+    pub fn hold(&mut self, part: usize, now: Duration, request: H) -> Option<H> {
+        let fetching = matches!(self.parts.get(part), Some(PartState::Asked(_)));
+        if fetching && self.held.len() < MAX_HELD_PARTS {
+            self.held.push((part, now, request));
+            None
+        } else {
+            Some(request)
+        }
+    }
+
+    /// The requests held [`MANIFEST_PART_HOLD`] or longer, to answer now
+    /// ("later", if the part is still not here); forgets peers that said
+    /// they were fetching longer ago than [`MANIFEST_WAIT`].
+    pub fn expired(&mut self, now: Duration) -> Vec<(usize, H)> {
+        self.fetching
+            .retain(|_, t| now.saturating_sub(*t) < MANIFEST_WAIT);
+        let (old, held) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|h| now.saturating_sub(h.1) >= MANIFEST_PART_HOLD);
+        self.held = held;
+        old.into_iter().map(|h| (h.0, h.2)).collect()
+    }
+
+    /// Every request held, to answer now (the manifest is loaded).
+    pub fn take_held(&mut self) -> Vec<(usize, H)> {
+        std::mem::take(&mut self.held)
+            .into_iter()
+            .map(|h| (h.0, h.2))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// A part is due when wanted, then not until its request is answered
+    /// or [`MANIFEST_RETRY`] has passed; answers without it bring it back
+    /// soon or seldom; a part that came is never due again.
+    #[test]
+    fn parts_are_due_when_wanted_and_again_when_missed() {
+        let mut g: Gather<u32, ()> = Gather::new(3, Duration::ZERO);
+        assert_eq!(g.due(Duration::ZERO), [0, 1, 2]);
+        (0..3).for_each(|i| g.asked(i, Duration::ZERO));
+        assert!(g.due(MANIFEST_RETRY - MS).is_empty());
+        assert_eq!(g.due(MANIFEST_RETRY), [0, 1, 2]);
+        let now = 10 * MS;
+        g.missed(0, now, Duration::ZERO);
+        g.missed(1, now, MANIFEST_WAIT);
+        assert_eq!(g.due(now + MANIFEST_PART_RETRY), [0]);
+        assert_eq!(g.due(now + MANIFEST_RETRY), [0, 1, 2]);
+        assert!(g.got(2).is_empty());
+        g.missed(2, now, Duration::ZERO);
+        assert!(g.has(2) && !g.is_complete());
+        assert_eq!(g.due(now + MANIFEST_RETRY), [0, 1]);
+        g.got(0);
+        g.got(1);
+        assert!(g.is_complete());
+        g.restart(now);
+        assert_eq!(g.due(now), [0, 1, 2]);
+    }
+
+    /// Requests are held only for parts being fetched, at most
+    /// [`MAX_HELD_PARTS`]; a part's arrival releases its own, and the rest
+    /// come back after [`MANIFEST_PART_HOLD`].
+    #[test]
+    fn requests_are_held_while_the_part_is_fetched() {
+        let mut g: Gather<u32, u32> = Gather::new(2, Duration::ZERO);
+        assert_eq!(g.hold(0, Duration::ZERO, 7), Some(7), "not asked yet");
+        g.asked(0, Duration::ZERO);
+        g.asked(1, Duration::ZERO);
+        assert_eq!(g.hold(0, Duration::ZERO, 1), None);
+        assert_eq!(g.hold(1, 100 * MS, 2), None);
+        for r in 3..3 + MAX_HELD_PARTS as u32 - 2 {
+            assert_eq!(g.hold(1, 100 * MS, r), None);
+        }
+        assert_eq!(g.hold(1, 100 * MS, 999), Some(999), "full");
+        assert_eq!(g.got(0), [1]);
+        assert!(g.expired(MANIFEST_PART_HOLD).is_empty());
+        let old = g.expired(100 * MS + MANIFEST_PART_HOLD);
+        assert_eq!(old.len(), MAX_HELD_PARTS - 1);
+        assert!(old.iter().all(|(part, _)| *part == 1));
+        assert!(g.take_held().is_empty());
+    }
+
+    /// A peer that says "later" counts as fetching for [`MANIFEST_WAIT`],
+    /// and the part is asked for again after [`MANIFEST_PART_RETRY`].
+    #[test]
+    fn a_later_answer_marks_the_peer_fetching_for_a_while() {
+        let mut g: Gather<u32, ()> = Gather::new(1, Duration::ZERO);
+        g.asked(0, Duration::ZERO);
+        g.later(5, 0, 10 * MS);
+        assert!(g.is_fetching(&5, 10 * MS) && !g.is_fetching(&6, 10 * MS));
+        assert!(g.due(10 * MS).is_empty());
+        assert_eq!(g.due(10 * MS + MANIFEST_PART_RETRY), [0]);
+        assert!(!g.is_fetching(&5, 10 * MS + MANIFEST_WAIT));
+        g.expired(10 * MS + MANIFEST_WAIT);
+        assert!(g.fetching.is_empty(), "forgotten");
+    }
+}
