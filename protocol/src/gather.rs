@@ -49,7 +49,7 @@ pub const MANIFEST_WAIT_FETCHING: Duration = Duration::from_secs(10);
 
 /// How long a manifest has been wanted (for `wanted_for`) by a node whose
 /// mesh has run for `up`, not counting the node's first [`FIND_SITE`].
-pub fn manifest_waited(up: Duration, wanted_for: Duration) -> Duration {
+fn manifest_waited(up: Duration, wanted_for: Duration) -> Duration {
     wanted_for.min(up.saturating_sub(FIND_SITE))
 }
 
@@ -112,10 +112,15 @@ impl<P: Copy> PartFetch<'_, P> {
         manifest_waited(self.up, self.wanted_for)
     }
 
+    /// The rendezvous key from the release id: `tag ^ key` ranks nodes.
+    fn key(&self) -> u64 {
+        u64::from_le_bytes(self.release.0[..8].try_into().unwrap_or_default())
+    }
+
     /// The peer matching `pick` with the highest `tag ^ key`: the choice
     /// moves between releases, and every node that knows it makes it.
     fn best(&self, pick: impl Fn(&PartPeer<'_, P>) -> bool) -> Option<&PartPeer<'_, P>> {
-        let key = u64::from_le_bytes(self.release.0[..8].try_into().unwrap_or_default());
+        let key = self.key();
         self.peers
             .iter()
             .filter(|p| pick(p))
@@ -124,7 +129,7 @@ impl<P: Copy> PartFetch<'_, P> {
 
     /// Whom to ask for each of `due` (part numbers).
     pub fn sources(&self, due: &[usize]) -> Vec<(P, usize)> {
-        let key = u64::from_le_bytes(self.release.0[..8].try_into().unwrap_or_default());
+        let key = self.key();
         let waited = self.waited();
         let id = |p: Option<&PartPeer<'_, P>>| p.map(|p| p.id);
         let local = id(self.best(|p| p.site == self.site && !p.seed && p.holder));
@@ -177,33 +182,39 @@ impl<P: Copy> PartFetch<'_, P> {
 }
 
 /// What a node has of one manifest it gathers: each part wanted (from an
-/// instant on), asked for, or got; the requests it holds for parts it is
-/// fetching itself (`H`: whatever the caller answers them with); and the
-/// peers (`P`) that said they are fetching parts too. The caller keeps the
-/// parts' bytes and checks them against the announcement.
+/// instant on), asked for, or got (`B`: its bytes, which the caller checked
+/// against the announcement; the simulator keeps none); the requests it
+/// holds for parts it is fetching itself (`H`: whatever the caller answers
+/// them with); and the peers (`P`) that said they are fetching parts too.
 #[derive(Debug)]
-pub struct Gather<P, H> {
+pub struct Gather<P, H, B> {
     since: Duration,
-    parts: Vec<PartState>,
+    parts: Vec<PartState<B>>,
     held: Vec<(usize, Duration, H)>,
     fetching: BTreeMap<P, Duration>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum PartState {
+#[derive(Debug)]
+enum PartState<B> {
     /// Ask for it from this instant on.
     Want(Duration),
     /// Asked for at this instant.
     Asked(Duration),
-    Got,
+    Got(B),
 }
 
-impl<P: Ord, H> Gather<P, H> {
+impl<B> PartState<B> {
+    fn is_got(&self) -> bool {
+        matches!(self, PartState::Got(_))
+    }
+}
+
+impl<P: Ord, H, B> Gather<P, H, B> {
     /// A manifest of `parts` parts, wanted from `now`.
     pub fn new(parts: usize, now: Duration) -> Self {
         Gather {
             since: now,
-            parts: vec![PartState::Want(now); parts],
+            parts: (0..parts).map(|_| PartState::Want(now)).collect(),
             held: Vec::new(),
             fetching: BTreeMap::new(),
         }
@@ -231,33 +242,46 @@ impl<P: Ord, H> Gather<P, H> {
             .filter(|&i| match self.parts[i] {
                 PartState::Want(from) => now >= from,
                 PartState::Asked(at) => now.saturating_sub(at) >= MANIFEST_RETRY,
-                PartState::Got => false,
+                PartState::Got(_) => false,
             })
             .collect()
     }
 
     /// Part `part` was asked for at `now`.
     pub fn asked(&mut self, part: usize, now: Duration) {
-        if let Some(p) = self.parts.get_mut(part).filter(|p| **p != PartState::Got) {
+        if let Some(p) = self.parts.get_mut(part).filter(|p| !p.is_got()) {
             *p = PartState::Asked(now);
+        }
+    }
+
+    /// Part `part`, if it is here.
+    pub fn part(&self, part: usize) -> Option<&B> {
+        match self.parts.get(part)? {
+            PartState::Got(b) => Some(b),
+            _ => None,
         }
     }
 
     /// Whether part `part` is here.
     pub fn has(&self, part: usize) -> bool {
-        self.parts.get(part) == Some(&PartState::Got)
+        self.part(part).is_some()
     }
 
     /// Whether every part is here.
     pub fn is_complete(&self) -> bool {
-        self.parts.iter().all(|p| *p == PartState::Got)
+        self.parts.iter().all(PartState::is_got)
+    }
+
+    /// Every part in order, once all are here.
+    pub fn complete(&self) -> Option<Vec<&B>> {
+        (0..self.parts.len()).map(|i| self.part(i)).collect()
     }
 
     /// Part `part` came and checked out: the requests held for it, to
     /// answer with it.
-    pub fn got(&mut self, part: usize) -> Vec<H> {
+    pub fn got(&mut self, part: usize, bytes: B) -> Vec<H> {
         if let Some(p) = self.parts.get_mut(part) {
-            *p = PartState::Got;
+            *p = PartState::Got(bytes);
         }
         let (ready, held) = std::mem::take(&mut self.held)
             .into_iter()
@@ -269,7 +293,7 @@ impl<P: Ord, H> Gather<P, H> {
     /// Part `part` is wanted again from `at` (it came wrong, or it did not
     /// come: pass `at` = `now` plus the wait).
     pub fn want(&mut self, part: usize, at: Duration) {
-        if let Some(p) = self.parts.get_mut(part).filter(|p| **p != PartState::Got) {
+        if let Some(p) = self.parts.get_mut(part).filter(|p| !p.is_got()) {
             *p = PartState::Want(at);
         }
     }
@@ -280,11 +304,13 @@ impl<P: Ord, H> Gather<P, H> {
         self.parts.iter_mut().for_each(|p| *p = PartState::Want(at));
     }
 
-    /// A request for `part` went unanswered or was answered without it:
-    /// ask again soon while the sites share the parts out (the manifest
-    /// `waited` less than [`MANIFEST_WAIT`]), then seldom.
-    pub fn missed(&mut self, part: usize, now: Duration, waited: Duration) {
-        let after = if waited < MANIFEST_WAIT {
+    /// A request for `part` went unanswered or was answered without it,
+    /// at `now` on a node whose mesh has run for `up`: ask again soon while
+    /// the sites share the parts out (the manifest wanted less than
+    /// [`MANIFEST_WAIT`], not counting the node's first [`FIND_SITE`]),
+    /// then seldom.
+    pub fn missed(&mut self, part: usize, now: Duration, up: Duration) {
+        let after = if manifest_waited(up, self.wanted_for(now)) < MANIFEST_WAIT {
             MANIFEST_PART_RETRY
         } else {
             MANIFEST_RETRY
@@ -353,22 +379,24 @@ mod tests {
     /// soon or seldom; a part that came is never due again.
     #[test]
     fn parts_are_due_when_wanted_and_again_when_missed() {
-        let mut g: Gather<u32, ()> = Gather::new(3, Duration::ZERO);
+        let mut g: Gather<u32, (), ()> = Gather::new(3, Duration::ZERO);
         assert_eq!(g.due(Duration::ZERO), [0, 1, 2]);
         (0..3).for_each(|i| g.asked(i, Duration::ZERO));
         assert!(g.due(MANIFEST_RETRY - MS).is_empty());
         assert_eq!(g.due(MANIFEST_RETRY), [0, 1, 2]);
-        let now = 10 * MS;
+        // Wanted for MANIFEST_WAIT: by a node in its first FIND_SITE (its
+        // wait has not begun), and by one up long before.
+        let now = MANIFEST_WAIT;
         g.missed(0, now, Duration::ZERO);
-        g.missed(1, now, MANIFEST_WAIT);
+        g.missed(1, now, Duration::MAX);
         assert_eq!(g.due(now + MANIFEST_PART_RETRY), [0]);
         assert_eq!(g.due(now + MANIFEST_RETRY), [0, 1, 2]);
-        assert!(g.got(2).is_empty());
+        assert!(g.got(2, ()).is_empty());
         g.missed(2, now, Duration::ZERO);
         assert!(g.has(2) && !g.is_complete());
         assert_eq!(g.due(now + MANIFEST_RETRY), [0, 1]);
-        g.got(0);
-        g.got(1);
+        g.got(0, ());
+        g.got(1, ());
         assert!(g.is_complete());
         g.restart(now);
         assert_eq!(g.due(now), [0, 1, 2]);
@@ -379,7 +407,7 @@ mod tests {
     /// come back after [`MANIFEST_PART_HOLD`].
     #[test]
     fn requests_are_held_while_the_part_is_fetched() {
-        let mut g: Gather<u32, u32> = Gather::new(2, Duration::ZERO);
+        let mut g: Gather<u32, u32, ()> = Gather::new(2, Duration::ZERO);
         assert_eq!(g.hold(0, Duration::ZERO, 7), Some(7), "not asked yet");
         g.asked(0, Duration::ZERO);
         g.asked(1, Duration::ZERO);
@@ -389,7 +417,7 @@ mod tests {
             assert_eq!(g.hold(1, 100 * MS, r), None);
         }
         assert_eq!(g.hold(1, 100 * MS, 999), Some(999), "full");
-        assert_eq!(g.got(0), [1]);
+        assert_eq!(g.got(0, ()), [1]);
         assert!(g.expired(MANIFEST_PART_HOLD).is_empty());
         let old = g.expired(100 * MS + MANIFEST_PART_HOLD);
         assert_eq!(old.len(), MAX_HELD_PARTS - 1);
@@ -401,7 +429,7 @@ mod tests {
     /// and the part is asked for again after [`MANIFEST_PART_RETRY`].
     #[test]
     fn a_later_answer_marks_the_peer_fetching_for_a_while() {
-        let mut g: Gather<u32, ()> = Gather::new(1, Duration::ZERO);
+        let mut g: Gather<u32, (), ()> = Gather::new(1, Duration::ZERO);
         g.asked(0, Duration::ZERO);
         g.later(5, 0, 10 * MS);
         assert!(g.is_fetching(&5, 10 * MS) && !g.is_fetching(&6, 10 * MS));

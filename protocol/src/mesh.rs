@@ -114,17 +114,21 @@ pub struct ManifestParts {
 }
 
 impl ManifestParts {
-    /// The parts of an encoded signed manifest: [`MIN_MANIFEST_PART`] long,
-    /// or longer when that would make more than [`MAX_MANIFEST_PARTS`].
+    /// The parts of an encoded signed manifest, [`Self::part_len`] long.
     pub fn of(encoded: &[u8]) -> Self {
-        let part_len = encoded
-            .len()
-            .div_ceil(MAX_MANIFEST_PARTS)
-            .max(MIN_MANIFEST_PART as usize);
+        let part_len = Self::part_len(encoded.len());
         ManifestParts {
             part_len: u32::try_from(part_len).unwrap_or(u32::MAX),
             ids: encoded.chunks(part_len).map(ChunkId::of).collect(),
         }
+    }
+
+    /// How long the parts of an encoded manifest of `len` bytes are (but
+    /// the last): [`MIN_MANIFEST_PART`], or longer when that would make
+    /// more than [`MAX_MANIFEST_PARTS`].
+    pub fn part_len(len: usize) -> usize {
+        len.div_ceil(MAX_MANIFEST_PARTS)
+            .max(MIN_MANIFEST_PART as usize)
     }
 
     /// Part `i` of `encoded`, the signed manifest these parts describe.

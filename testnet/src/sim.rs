@@ -22,8 +22,8 @@
 //! never fetches a piece over its site's WAN while a same-site copy it has
 //! heard of exists; every node completes.
 
-use fleetmesh_protocol::gather::{manifest_waited, Gather, PartFetch, PartPeer};
-use fleetmesh_protocol::mesh::{MAX_MANIFEST_PARTS, MIN_MANIFEST_PART};
+use fleetmesh_protocol::gather::{Gather, PartFetch, PartPeer};
+use fleetmesh_protocol::mesh::ManifestParts;
 use fleetmesh_protocol::sched::{Config, PeerInfo, RequestId, Scheduler};
 use fleetmesh_protocol::{ChunkId, ReleaseId};
 use rand_chacha::ChaCha8Rng;
@@ -113,10 +113,8 @@ impl SimConfig {
 
     /// The manifest's parts' lengths, cut as the seed cuts them.
     pub fn manifest_parts(&self) -> Vec<u32> {
-        let len = ((self.image_bytes as f64 * self.manifest_share) as u64).max(1);
-        let part = len
-            .div_ceil(MAX_MANIFEST_PARTS as u64)
-            .max(u64::from(MIN_MANIFEST_PART));
+        let len = ((self.image_bytes as f64 * self.manifest_share) as usize).max(1);
+        let part = ManifestParts::part_len(len);
         (0..len.div_ceil(part))
             .map(|i| part.min(len - i * part) as u32)
             .collect()
@@ -227,11 +225,9 @@ struct Node {
     life: u32,
     up_since: u64,
     corrupt: bool,
-    /// When its mesh last started (None: long before the release).
-    booted: Option<u64>,
     /// The manifest's parts while the node gathers them, with the
     /// requests it holds (requester, the requester's life).
-    gather: Option<Gather<u32, (u32, u32)>>,
+    gather: Option<Gather<u32, (u32, u32), ()>>,
     /// When it had the whole manifest (the seed: from the start).
     loaded_at: Option<u64>,
     /// Microseconds at which each piece was stored (u64::MAX: not held).
@@ -449,7 +445,6 @@ impl Sim {
                 life: 0,
                 up_since: 0,
                 corrupt: false,
-                booted: None,
                 gather: None,
                 loaded_at: (k == 0).then_some(0),
                 got_at: vec![if k == 0 { 0 } else { u64::MAX }; count],
@@ -692,7 +687,6 @@ impl Sim {
             Event::Restart(k) => {
                 let k = k as usize;
                 if !self.nodes[k].alive {
-                    self.nodes[k].booted = Some(self.now);
                     if self.nodes[k].loaded_at.is_some() {
                         self.start(k);
                     } else {
@@ -905,12 +899,14 @@ impl Sim {
         }
     }
 
-    /// How long node `k`'s mesh has run (a node up before the release: for
-    /// ever).
+    /// How long node `k`'s mesh has run: since its restart, or for ever in
+    /// its first life (the fleet was up long before the release).
     fn up(&self, k: usize) -> Duration {
-        self.nodes[k]
-            .booted
-            .map_or(Duration::MAX, |b| Duration::from_micros(self.now - b))
+        let node = &self.nodes[k];
+        if node.life == 0 {
+            return Duration::MAX;
+        }
+        Duration::from_micros(self.now - node.up_since)
     }
 
     /// Node `k` asks `peer` for a manifest part: the peer answers with it,
@@ -982,13 +978,10 @@ impl Sim {
         };
         match answer {
             Answer::Later => return g.later(peer, part, now),
-            Answer::Missing => {
-                let waited = manifest_waited(up, g.wanted_for(now));
-                return g.missed(part, now, waited);
-            }
+            Answer::Missing => return g.missed(part, now, up),
             Answer::Part => {}
         }
-        let ready = g.got(part);
+        let ready = g.got(part, ());
         let complete = g.is_complete();
         self.trace.update(&self.now.to_le_bytes());
         self.trace.update(&(k as u32).to_le_bytes());

@@ -27,7 +27,7 @@ use codec::{ExchangeCodec, PROTOCOL};
 use fleetmesh_policy::doc::{verify_policy, PolicyDoc};
 use fleetmesh_protocol::bucket::TokenBucket;
 pub use fleetmesh_protocol::gather::FIND_SITE;
-use fleetmesh_protocol::gather::{manifest_waited, Gather, PartFetch, PartPeer, MANIFEST_RETRY};
+use fleetmesh_protocol::gather::{Gather, PartFetch, PartPeer, MANIFEST_RETRY};
 use fleetmesh_protocol::keys::{Node, PublicKey, Release as ReleaseRole, Root, SecretKey};
 use fleetmesh_protocol::manifest::Manifest;
 use fleetmesh_protocol::member::{Membership, Revocation};
@@ -384,25 +384,16 @@ struct Mesh {
 struct Wanted {
     /// The manifest's parts as announced.
     parts: ManifestParts,
-    /// What this node has of them; the requests it holds for parts it is
-    /// fetching itself (by whom, to answer on).
-    gather: Gather<PeerId, (PeerId, ResponseChannel<Response>)>,
-    /// The bytes of the parts it has, checked against `parts`.
-    bytes: Vec<Option<Vec<u8>>>,
+    /// What this node has of them (their bytes, checked against `parts`);
+    /// the requests it holds for parts it is fetching itself (by whom, to
+    /// answer on).
+    gather: Gather<PeerId, (PeerId, ResponseChannel<Response>), Vec<u8>>,
     /// Peers that sent a have-map for it: they hold its manifest.
     holders: BTreeSet<PeerId>,
     /// Their maps, applied when the manifest loads: asking a peer to send
     /// its map again costs [`RETRY_FULL_HAVE`], and the seed's map would
     /// arrive that long after the manifest.
     early: HashMap<PeerId, Bits>,
-}
-
-impl Wanted {
-    /// How long its manifest has been wanted at `now` (the mesh's age), not
-    /// counting the mesh's first [`FIND_SITE`].
-    fn waited(&self, now: Duration) -> Duration {
-        manifest_waited(now, self.gather.wanted_for(now))
-    }
 }
 
 /// The peer id of a node key.
@@ -1202,7 +1193,6 @@ impl Mesh {
             self.wanted.entry(a.release_id).or_insert(Wanted {
                 parts: a.manifest,
                 gather: Gather::new(parts, now),
-                bytes: vec![None; parts],
                 holders: BTreeSet::new(),
                 early: HashMap::new(),
             });
@@ -1940,8 +1930,8 @@ impl Mesh {
             Outbound::ManifestPart(id, part) => {
                 let now = self.now();
                 if let Some(w) = self.wanted.get_mut(&id) {
-                    let waited = w.waited(now);
-                    w.gather.missed(part as usize, now, waited);
+                    // The mesh's age is `now`.
+                    w.gather.missed(part as usize, now, now);
                 }
             }
             Outbound::Hello => {}
@@ -1959,11 +1949,11 @@ impl Mesh {
         channel: ResponseChannel<Response>,
     ) {
         let now = self.now();
-        let mut request = Some((peer, channel));
-        if let Some(w) = self.wanted.get_mut(&release) {
-            request = request.and_then(|r| w.gather.hold(part, now, r));
-        }
-        if let Some((peer, channel)) = request {
+        let unheld = match self.wanted.get_mut(&release) {
+            Some(w) => w.gather.hold(part, now, (peer, channel)),
+            None => Some((peer, channel)),
+        };
+        if let Some((peer, channel)) = unheld {
             self.answer_part(peer, channel, release, part);
         }
     }
@@ -1974,7 +1964,7 @@ impl Mesh {
         if let Some(r) = self.releases.get_mut(&release) {
             return r.manifest_part(part);
         }
-        self.wanted.get(&release)?.bytes.get(part)?.clone()
+        self.wanted.get(&release)?.gather.part(part).cloned()
     }
 
     /// Answers with part `part` of `release`'s manifest if this node has
@@ -2027,13 +2017,12 @@ impl Mesh {
             self.strike(peer, "manifest part does not match its announced hash");
             return;
         }
-        w.bytes[part] = Some(bytes);
-        let ready = w.gather.got(part).into_iter().map(|r| (part, r)).collect();
-        self.answer_held(id, ready);
-        let Some(w) = self.wanted.get(&id).filter(|w| w.gather.is_complete()) else {
+        let ready = w.gather.got(part, bytes);
+        self.answer_held(id, ready.into_iter().map(|r| (part, r)).collect());
+        let Some(parts) = self.wanted.get(&id).and_then(|w| w.gather.complete()) else {
             return;
         };
-        let encoded: Vec<u8> = w.bytes.iter().flatten().flatten().copied().collect();
+        let encoded: Vec<u8> = parts.into_iter().flatten().copied().collect();
         match wire::decode::<Signed<Manifest>>(&encoded) {
             Ok(signed) => self.on_manifest(peer, id, signed),
             Err(e) => tracing::error!(release = %id, "announced manifest parts do not decode: {e}"),
@@ -2042,7 +2031,6 @@ impl Mesh {
         // announced; fetch them again later rather than keep them.
         if let Some(w) = self.wanted.get_mut(&id) {
             w.gather.restart(now + MANIFEST_RETRY);
-            w.bytes.iter_mut().for_each(|b| *b = None);
         }
     }
 
