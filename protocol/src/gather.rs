@@ -68,6 +68,10 @@ pub struct PartPeer<'a, P> {
     pub holder: bool,
     /// It said lately that it is fetching the parts asked of it.
     pub fetching: bool,
+    /// It answered without the part while not gathering the manifest,
+    /// long after the announcement: it does not want this release (another
+    /// platform or channel), so it is nobody's fetching node for it.
+    pub declined: bool,
 }
 
 /// Where a node asks for the parts of one manifest it wants, decided from
@@ -133,18 +137,18 @@ impl<P: Copy> PartFetch<'_, P> {
         let waited = self.waited();
         let id = |p: Option<&PartPeer<'_, P>>| p.map(|p| p.id);
         let local = id(self.best(|p| p.site == self.site && !p.seed && p.holder));
-        let site_fetcher = self.best(|p| p.site == self.site && !p.seed);
+        let site_fetcher = self.best(|p| p.site == self.site && !p.seed && !p.declined);
         let chosen =
             self.up >= FIND_SITE && site_fetcher.is_none_or(|p| p.tag ^ key < self.tag ^ key);
         let waits = !chosen
             && (waited < MANIFEST_WAIT
                 || (waited < MANIFEST_WAIT_FETCHING && site_fetcher.is_some_and(|p| p.fetching)));
         let remote_holder = id(self.best(|p| p.holder && !p.seed));
-        let seed = id(self.best(|p| p.seed).or_else(|| self.best(|_| true)));
+        let seed = id(self.best(|p| p.seed).or_else(|| self.best(|p| !p.declined)));
         let mut sites: Vec<&str> = self
             .peers
             .iter()
-            .filter(|p| !p.seed && p.site != self.site)
+            .filter(|p| !p.seed && !p.declined && p.site != self.site)
             .map(|p| p.site)
             .collect();
         sites.sort_unstable();
@@ -164,7 +168,9 @@ impl<P: Copy> PartFetch<'_, P> {
                         .map(|s| (rank(s), *s))
                         .max()
                         .filter(|(r, _)| *r > rank(self.site))
-                        .and_then(|(_, site)| self.best(|p| p.site == site && !p.seed));
+                        .and_then(|(_, site)| {
+                            self.best(|p| p.site == site && !p.seed && !p.declined)
+                        });
                     match higher {
                         Some(p)
                             if waited < MANIFEST_PART_WAIT
@@ -192,6 +198,7 @@ pub struct Gather<P, H, B> {
     parts: Vec<PartState<B>>,
     held: Vec<(usize, Duration, H)>,
     fetching: BTreeMap<P, Duration>,
+    declined: BTreeMap<P, Duration>,
 }
 
 #[derive(Debug)]
@@ -217,6 +224,7 @@ impl<P: Ord, H, B> Gather<P, H, B> {
             parts: (0..parts).map(|_| PartState::Want(now)).collect(),
             held: Vec::new(),
             fetching: BTreeMap::new(),
+            declined: BTreeMap::new(),
         }
     }
 
@@ -321,8 +329,32 @@ impl<P: Ord, H, B> Gather<P, H, B> {
     /// `peer` answered "later" for `part`: it is fetching it too; ask again
     /// soon.
     pub fn later(&mut self, peer: P, part: usize, now: Duration) {
+        self.declined.remove(&peer);
         self.fetching.insert(peer, now);
         self.want(part, now + MANIFEST_PART_RETRY);
+    }
+
+    /// `peer` answered without `part` and without "later": it does not
+    /// gather the manifest. Asked again as [`Self::missed`] says. Once the
+    /// manifest has been wanted for [`MANIFEST_PART_HOLD`], long after any
+    /// peer has heard the announcement, the peer is taken not to want the
+    /// release for [`MANIFEST_WAIT_FETCHING`] (at most [`MAX_HELD_PARTS`]
+    /// such peers): a node of another platform or channel must not be a
+    /// site's fetching node whom its site waits for, then passes by one
+    /// node at a time.
+    pub fn none(&mut self, peer: P, part: usize, now: Duration, up: Duration) {
+        self.missed(part, now, up);
+        if self.wanted_for(now) >= MANIFEST_PART_HOLD && self.declined.len() < MAX_HELD_PARTS {
+            self.fetching.remove(&peer);
+            self.declined.insert(peer, now);
+        }
+    }
+
+    /// Whether `peer` answered lately that it does not gather the manifest.
+    pub fn is_declined(&self, peer: &P, now: Duration) -> bool {
+        self.declined
+            .get(peer)
+            .is_some_and(|&t| now.saturating_sub(t) < MANIFEST_WAIT_FETCHING)
     }
 
     /// Whether `peer` said lately (within [`MANIFEST_WAIT`]) that it is
@@ -333,12 +365,15 @@ impl<P: Ord, H, B> Gather<P, H, B> {
             .is_some_and(|&t| now.saturating_sub(t) < MANIFEST_WAIT)
     }
 
-    /// A request for `part` that this node is fetching itself is held
-    /// (up to [`MAX_HELD_PARTS`]); otherwise it comes back, to be answered
-    /// now.
+    /// A request for a part this node lacks is held (up to
+    /// [`MAX_HELD_PARTS`]), whether it has asked for the part or waits to
+    /// ask again: answering "later" at once would send the asker into a
+    /// retry that lands after the part came, one such wait for each level
+    /// the part climbs. A request for a part that is here, or beyond the
+    /// bound, comes back, to be answered now.
     pub fn hold(&mut self, part: usize, now: Duration, request: H) -> Option<H> {
-        let fetching = matches!(self.parts.get(part), Some(PartState::Asked(_)));
-        if fetching && self.held.len() < MAX_HELD_PARTS {
+        let lacks = self.parts.get(part).is_some_and(|p| !p.is_got());
+        if lacks && self.held.len() < MAX_HELD_PARTS {
             self.held.push((part, now, request));
             None
         } else {
@@ -348,10 +383,13 @@ impl<P: Ord, H, B> Gather<P, H, B> {
 
     /// The requests held [`MANIFEST_PART_HOLD`] or longer, to answer now
     /// ("later", if the part is still not here); forgets peers that said
-    /// they were fetching longer ago than [`MANIFEST_WAIT`].
+    /// they were fetching longer ago than [`MANIFEST_WAIT`], and those that
+    /// declined longer ago than [`MANIFEST_WAIT_FETCHING`].
     pub fn expired(&mut self, now: Duration) -> Vec<(usize, H)> {
         self.fetching
             .retain(|_, t| now.saturating_sub(*t) < MANIFEST_WAIT);
+        self.declined
+            .retain(|_, t| now.saturating_sub(*t) < MANIFEST_WAIT_FETCHING);
         let (old, held) = std::mem::take(&mut self.held)
             .into_iter()
             .partition(|h| now.saturating_sub(h.1) >= MANIFEST_PART_HOLD);
@@ -402,16 +440,16 @@ mod tests {
         assert_eq!(g.due(now), [0, 1, 2]);
     }
 
-    /// Requests are held only for parts being fetched, at most
-    /// [`MAX_HELD_PARTS`]; a part's arrival releases its own, and the rest
-    /// come back after [`MANIFEST_PART_HOLD`].
+    /// Requests are held for parts not here, asked for yet or not, at
+    /// most [`MAX_HELD_PARTS`]; a part's arrival releases its own, and the
+    /// rest come back after [`MANIFEST_PART_HOLD`].
     #[test]
     fn requests_are_held_while_the_part_is_fetched() {
-        let mut g: Gather<u32, u32, ()> = Gather::new(2, Duration::ZERO);
-        assert_eq!(g.hold(0, Duration::ZERO, 7), Some(7), "not asked yet");
-        g.asked(0, Duration::ZERO);
+        let mut g: Gather<u32, u32, ()> = Gather::new(3, Duration::ZERO);
+        g.got(2, ());
+        assert_eq!(g.hold(2, Duration::ZERO, 7), Some(7), "here: answered now");
+        assert_eq!(g.hold(0, Duration::ZERO, 1), None, "not asked yet");
         g.asked(1, Duration::ZERO);
-        assert_eq!(g.hold(0, Duration::ZERO, 1), None);
         assert_eq!(g.hold(1, 100 * MS, 2), None);
         for r in 3..3 + MAX_HELD_PARTS as u32 - 2 {
             assert_eq!(g.hold(1, 100 * MS, r), None);
@@ -438,5 +476,27 @@ mod tests {
         assert!(!g.is_fetching(&5, 10 * MS + MANIFEST_WAIT));
         g.expired(10 * MS + MANIFEST_WAIT);
         assert!(g.fetching.is_empty(), "forgotten");
+    }
+
+    /// "None" while the announcement may still be spreading only means
+    /// "ask again"; after [`MANIFEST_PART_HOLD`] it marks the peer as not
+    /// gathering the manifest, until it says "later" or
+    /// [`MANIFEST_WAIT_FETCHING`] has passed.
+    #[test]
+    fn a_none_answer_late_marks_the_peer_declined() {
+        let mut g: Gather<u32, (), ()> = Gather::new(1, Duration::ZERO);
+        let up = Duration::from_secs(60);
+        g.none(5, 0, 10 * MS, up);
+        assert!(!g.is_declined(&5, 10 * MS), "too early to tell");
+        assert_eq!(g.due(10 * MS + MANIFEST_PART_RETRY), [0]);
+        let late = MANIFEST_PART_HOLD;
+        g.none(5, 0, late, up);
+        assert!(g.is_declined(&5, late) && !g.is_declined(&6, late));
+        g.later(5, 0, late + MS);
+        assert!(!g.is_declined(&5, late + MS) && g.is_fetching(&5, late + MS));
+        g.none(6, 0, late, up);
+        assert!(g.is_declined(&6, late + MANIFEST_WAIT_FETCHING - MS));
+        g.expired(late + MANIFEST_WAIT_FETCHING);
+        assert!(g.declined.is_empty(), "forgotten");
     }
 }

@@ -356,6 +356,7 @@ fn manifest_parts_come_from_the_site_then_higher_sites_then_the_seed() {
         seed: id == 0,
         holder: id == 0,
         fetching: false,
+        declined: false,
     };
     // Seed 0; site a: this node (tag 5) and node 1 (tag 9); site b: nodes
     // 2 (tag 3) and 3 (tag 7), so 3 fetches for b.
@@ -426,6 +427,18 @@ fn manifest_parts_come_from_the_site_then_higher_sites_then_the_seed() {
     assert_eq!(by_part(&fetch(10, Duration::ZERO, held.clone())), [2; 8]);
     held[1].holder = true;
     assert_eq!(by_part(&fetch(5, Duration::ZERO, held)), [1; 8]);
+    // A node that declined (another platform) is nobody's fetching node:
+    // with node 1 out, this one (tag 5) fetches for a at once; with node
+    // 3 out, node 2 is the one to ask in b; with both of b out, b is not
+    // there to climb to.
+    let mut other = peers.clone();
+    other[1].declined = true;
+    assert_eq!(by_part(&fetch(5, Duration::ZERO, other.clone())), want);
+    other[3].declined = true;
+    let via_2: Vec<u32> = want.iter().map(|&p| if p == 3 { 2 } else { p }).collect();
+    assert_eq!(by_part(&fetch(5, Duration::ZERO, other.clone())), via_2);
+    other[2].declined = true;
+    assert_eq!(by_part(&fetch(5, Duration::ZERO, other)), [0; 8]);
     // Nobody to ask: no requests.
     assert!(fetch(5, MANIFEST_WAIT, Vec::new())
         .sources(&parts)

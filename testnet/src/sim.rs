@@ -874,6 +874,7 @@ impl Sim {
                     // Its have-map has come: it loaded the manifest a tick ago.
                     holder: o.loaded_at.is_some_and(|t| t <= heard),
                     fetching: g.is_fetching(&j, now),
+                    declined: g.is_declined(&j, now),
                 })
                 .collect();
             let fetch = PartFetch {
@@ -978,7 +979,7 @@ impl Sim {
         };
         match answer {
             Answer::Later => return g.later(peer, part, now),
-            Answer::Missing => return g.missed(part, now, up),
+            Answer::Missing => return g.none(peer, part, now, up),
             Answer::Part => {}
         }
         let ready = g.got(part, ());

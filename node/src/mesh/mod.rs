@@ -1171,6 +1171,9 @@ impl Mesh {
             Ok(Accepted::New(a)) => {
                 tracing::info!(version = %a.version, channel = %a.channel, release = %a.release_id, "release announced");
                 self.want(a);
+                // Ask for its parts now, not at the next tick: every level
+                // a part climbs would wait for one.
+                self.fetch_manifests();
                 Ok(MessageAcceptance::Accept)
             }
             // A validly signed older release: a late relay or a replay.
@@ -1882,10 +1885,16 @@ impl Mesh {
             (Outbound::ManifestPart(id, part), Response::ManifestPart(Some(bytes))) => {
                 self.on_manifest_part(peer, id, part as usize, bytes)
             }
-            (what @ Outbound::ManifestPart(..), Response::ManifestPart(None)) => {
-                self.on_failure(peer, what)
+            (Outbound::ManifestPart(id, part), Response::ManifestPart(None)) => {
+                tracing::debug!(%peer, release = %id, part, "manifest part: none");
+                let now = self.now();
+                if let Some(w) = self.wanted.get_mut(&id) {
+                    // The mesh's age is `now`.
+                    w.gather.none(peer, part as usize, now, now);
+                }
             }
             (Outbound::ManifestPart(id, part), Response::ManifestPartLater) => {
+                tracing::debug!(%peer, release = %id, part, "manifest part: later");
                 let now = self.now();
                 if let Some(w) = self.wanted.get_mut(&id) {
                     w.gather.later(peer, part as usize, now);
@@ -2017,6 +2026,7 @@ impl Mesh {
             self.strike(peer, "manifest part does not match its announced hash");
             return;
         }
+        tracing::debug!(%peer, release = %id, part, "manifest part received");
         let ready = w.gather.got(part, bytes);
         self.answer_held(id, ready.into_iter().map(|r| (part, r)).collect());
         let Some(parts) = self.wanted.get(&id).and_then(|w| w.gather.complete()) else {
@@ -2633,6 +2643,7 @@ impl Mesh {
                         seed: i.seed,
                         holder: w.holders.contains(k),
                         fetching: w.gather.is_fetching(k, now),
+                        declined: w.gather.is_declined(k, now),
                     })
                 })
                 .collect();
@@ -2656,6 +2667,7 @@ impl Mesh {
                 w.gather.asked(part, now);
             }
             let part = part as u32;
+            tracing::debug!(%peer, release = %id, part, "asking for a manifest part");
             self.send(
                 peer,
                 Request::ManifestPart { release: id, part },
