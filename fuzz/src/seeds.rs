@@ -177,6 +177,7 @@ fn main() {
     let part = Request::ManifestPart {
         release: id,
         part: 0,
+        reach: u64::MAX / 3,
     };
     let part_bytes = codec::encode(&signed_manifest).expect("encodes");
     let part_response = Response::ManifestPart(Some(part_bytes[..64].to_vec()));

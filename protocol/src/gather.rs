@@ -42,6 +42,12 @@ pub const MANIFEST_WAIT: Duration = Duration::from_secs(2);
 /// How long a site waits for another site to fetch its share of a
 /// manifest's parts before it asks the seed for them itself.
 pub const MANIFEST_PART_WAIT: Duration = Duration::from_secs(1);
+/// How long a site's fetching node that knows of no site ranking above its
+/// own for a part, while the fleet has one, waits for its site's other
+/// nodes to say that they know of one (see [`PartFetch`]) before it asks
+/// the seed. They say so in their own requests for the parts, which they
+/// send as soon as they hear the announcement.
+pub const MANIFEST_HINT_WAIT: Duration = Duration::from_millis(200);
 /// How long a node waits at most for its site's fetching node while that
 /// node says it is still fetching the parts (a seed whose uplink is
 /// queued with chunks can take seconds to send one).
@@ -93,6 +99,19 @@ pub struct PartPeer<'a, P> {
 /// requests climb the ranks, so they never go round in a circle, and the
 /// seed sends each part once for each site that knows of no higher one:
 /// once when every site knows every other.
+///
+/// A site knows more sites than any one node of it does: with 100 sites,
+/// a node connected to 8 nodes elsewhere knows no site above its own for
+/// one part in 9, and the seed sent each part to 12.7 sites. So each node
+/// tells its site's fetching node, in its requests for the parts, how
+/// high the highest site it has a peer in ranks for that part (its
+/// [`Self::reach`]). A fetching node that knows of no higher site for a
+/// part, while the fleet has one, asks the site node that reaches
+/// highest, if one reaches above the site, and waits
+/// [`MANIFEST_HINT_WAIT`] for the others to say so before it asks the
+/// seed. A node asked by a site node for a part that it reaches higher
+/// for than the asker takes the part up ([`Gather::site_asks`]): it climbs
+/// for it as a fetching node does.
 #[derive(Clone, Debug)]
 pub struct PartFetch<'a, P> {
     /// The release whose manifest is wanted.
@@ -107,9 +126,27 @@ pub struct PartFetch<'a, P> {
     pub wanted_for: Duration,
     /// Its peers.
     pub peers: Vec<PartPeer<'a, P>>,
+    /// The sites it has heard of in the fleet (from status reports).
+    pub fleet: Vec<&'a str>,
+    /// What its site's nodes said of each part ([`Gather::routes`]).
+    pub routes: &'a [Route<P>],
 }
 
-impl<P: Copy> PartFetch<'_, P> {
+/// What a node's site said of one manifest part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route<P> {
+    /// The site node that reaches highest for the part, and how high.
+    pub hint: Option<(P, u64)>,
+    /// A site node asked this node for the part, and this node reaches
+    /// higher: it climbs for the part as its site's fetching node would,
+    /// its waits counting from then (how long the manifest had been
+    /// wanted then).
+    pub taken_up: Option<Duration>,
+    /// The node of `hint` was asked for the part.
+    pub hint_asked: bool,
+}
+
+impl<P: Copy + PartialEq> PartFetch<'_, P> {
     /// How long the manifest has been wanted, not counting the node's
     /// first [`FIND_SITE`].
     pub fn waited(&self) -> Duration {
@@ -131,20 +168,8 @@ impl<P: Copy> PartFetch<'_, P> {
             .max_by_key(|p| p.tag ^ key)
     }
 
-    /// Whom to ask for each of `due` (part numbers).
-    pub fn sources(&self, due: &[usize]) -> Vec<(P, usize)> {
-        let key = self.key();
-        let waited = self.waited();
-        let id = |p: Option<&PartPeer<'_, P>>| p.map(|p| p.id);
-        let local = id(self.best(|p| p.site == self.site && !p.seed && p.holder));
-        let site_fetcher = self.best(|p| p.site == self.site && !p.seed && !p.declined);
-        let chosen =
-            self.up >= FIND_SITE && site_fetcher.is_none_or(|p| p.tag ^ key < self.tag ^ key);
-        let waits = !chosen
-            && (waited < MANIFEST_WAIT
-                || (waited < MANIFEST_WAIT_FETCHING && site_fetcher.is_some_and(|p| p.fetching)));
-        let remote_holder = id(self.best(|p| p.holder && !p.seed));
-        let seed = id(self.best(|p| p.seed).or_else(|| self.best(|p| !p.declined)));
+    /// The sites other than its own that this node has a peer in.
+    fn peer_sites(&self) -> Vec<&str> {
         let mut sites: Vec<&str> = self
             .peers
             .iter()
@@ -153,32 +178,105 @@ impl<P: Copy> PartFetch<'_, P> {
             .collect();
         sites.sort_unstable();
         sites.dedup();
+        sites
+    }
+
+    /// The highest site this node has a peer in for `part`, with its rank.
+    fn highest<'s>(&self, sites: &[&'s str], part: usize) -> Option<(u64, &'s str)> {
+        sites
+            .iter()
+            .map(|s| (part_rank(&self.release, s, part), *s))
+            .max()
+    }
+
+    /// How high the highest site this node has a peer in ranks for
+    /// `part` (0: none): what its requests to its own site say.
+    pub fn reach(&self, part: usize) -> u64 {
+        self.highest(&self.peer_sites(), part).map_or(0, |(r, _)| r)
+    }
+
+    /// The node of this node's site it takes for the site's fetching
+    /// node: the highest `tag ^ key` among its site's nodes it knows that
+    /// did not decline the manifest.
+    fn site_fetcher(&self) -> Option<&PartPeer<'_, P>> {
+        self.best(|p| p.site == self.site && !p.seed && !p.declined)
+    }
+
+    /// Whether this node takes itself for its site's fetching node.
+    pub fn is_site_fetcher(&self) -> bool {
+        let key = self.key();
+        self.up >= FIND_SITE
+            && self
+                .site_fetcher()
+                .is_none_or(|p| p.tag ^ key < self.tag ^ key)
+    }
+
+    /// Whom to ask for each of `due` (part numbers).
+    pub fn sources(&self, due: &[usize]) -> Vec<(P, usize)> {
+        let waited = self.waited();
+        let id = |p: Option<&PartPeer<'_, P>>| p.map(|p| p.id);
+        let local = id(self.best(|p| p.site == self.site && !p.seed && p.holder));
+        let mate = |p: &PartPeer<'_, P>| p.site == self.site && !p.seed && !p.declined;
+        let site_fetcher = self.site_fetcher();
+        let chosen = self.is_site_fetcher();
+        let waits = !chosen
+            && (waited < MANIFEST_WAIT
+                || (waited < MANIFEST_WAIT_FETCHING && site_fetcher.is_some_and(|p| p.fetching)));
+        let remote_holder = id(self.best(|p| p.holder && !p.seed));
+        let seed = id(self.best(|p| p.seed).or_else(|| self.best(|p| !p.declined)));
+        let sites = self.peer_sites();
         due.iter()
             .filter_map(|&part| {
+                let route = self.routes.get(part).copied().unwrap_or(Route {
+                    hint: None,
+                    taken_up: None,
+                    hint_asked: false,
+                });
+                let waited = route
+                    .taken_up
+                    .map_or(waited, |at| self.wanted_for.saturating_sub(at));
                 let from = local.or_else(|| {
-                    if waits {
+                    if waits && route.taken_up.is_none() {
                         return id(site_fetcher);
                     }
                     if remote_holder.is_some() {
                         return remote_holder;
                     }
-                    let rank = |site: &str| part_rank(&self.release, site, part);
-                    let higher = sites
-                        .iter()
-                        .map(|s| (rank(s), *s))
-                        .max()
-                        .filter(|(r, _)| *r > rank(self.site))
-                        .and_then(|(_, site)| {
-                            self.best(|p| p.site == site && !p.seed && !p.declined)
-                        });
-                    match higher {
-                        Some(p)
+                    let own = part_rank(&self.release, self.site, part);
+                    let known = self.highest(&sites, part).filter(|(r, _)| *r > own);
+                    let higher = known.and_then(|(r, site)| {
+                        Some((r, self.best(|p| p.site == site && !p.seed && !p.declined)?))
+                    });
+                    // Knowing of no higher site, a site node that does,
+                    // if it is still a peer: it takes the part up when
+                    // asked. (Not one that reaches higher than a site
+                    // this node knows: the part is asked of one route at
+                    // a time, or two would bring it over the WAN.)
+                    let hinted = route.hint.and_then(|(k, r)| {
+                        let p = self.peers.iter().find(|p| p.id == k && mate(p))?;
+                        (r > own && known.is_none()).then_some((r, p))
+                    });
+                    match higher.or(hinted) {
+                        Some((_, p))
                             if waited < MANIFEST_PART_WAIT
                                 || (waited < MANIFEST_WAIT_FETCHING && p.fetching) =>
                         {
                             Some(p.id)
                         }
-                        _ => seed,
+                        Some(_) => seed,
+                        // The fleet has a higher site that no peer is in:
+                        // give the site's nodes a moment to say they reach
+                        // one.
+                        None if route.taken_up.is_none()
+                            && waited < MANIFEST_HINT_WAIT
+                            && self
+                                .fleet
+                                .iter()
+                                .any(|s| part_rank(&self.release, s, part) > own) =>
+                        {
+                            None
+                        }
+                        None => seed,
                     }
                 });
                 from.map(|peer| (peer, part))
@@ -195,28 +293,29 @@ impl<P: Copy> PartFetch<'_, P> {
 #[derive(Debug)]
 pub struct Gather<P, H, B> {
     since: Duration,
-    parts: Vec<PartState<B>>,
+    parts: Vec<PartState<P, B>>,
     held: Vec<(usize, Duration, H)>,
     fetching: BTreeMap<P, Duration>,
     declined: BTreeMap<P, Duration>,
+    routes: Vec<Route<P>>,
 }
 
 #[derive(Debug)]
-enum PartState<B> {
+enum PartState<P, B> {
     /// Ask for it from this instant on.
     Want(Duration),
-    /// Asked for at this instant.
-    Asked(Duration),
+    /// Asked of this peer at this instant.
+    Asked(Duration, P),
     Got(B),
 }
 
-impl<B> PartState<B> {
+impl<P, B> PartState<P, B> {
     fn is_got(&self) -> bool {
         matches!(self, PartState::Got(_))
     }
 }
 
-impl<P: Ord, H, B> Gather<P, H, B> {
+impl<P: Ord + Copy, H, B> Gather<P, H, B> {
     /// A manifest of `parts` parts, wanted from `now`.
     pub fn new(parts: usize, now: Duration) -> Self {
         Gather {
@@ -225,7 +324,55 @@ impl<P: Ord, H, B> Gather<P, H, B> {
             held: Vec::new(),
             fetching: BTreeMap::new(),
             declined: BTreeMap::new(),
+            routes: vec![
+                Route {
+                    hint: None,
+                    taken_up: None,
+                    hint_asked: false,
+                };
+                parts
+            ],
         }
+    }
+
+    /// What this node's site said of each part, for [`PartFetch::routes`].
+    pub fn routes(&self) -> &[Route<P>] {
+        &self.routes
+    }
+
+    /// `peer`, a node of this node's site whose highest peer site ranks
+    /// `theirs` for `part`, asked for the part; this node's site ranks
+    /// `own`, and its own reach is `mine` (`None` if it takes itself for
+    /// its site's fetching node, which climbs for every part anyway). The
+    /// asker's reach is kept as a hint if it is the highest heard (or it
+    /// is the asker's own, which it updates). If this node reaches higher
+    /// than both, it takes the part up and asks for it again now, by its
+    /// new route: returns true then.
+    pub fn site_asks(
+        &mut self,
+        peer: P,
+        part: usize,
+        theirs: u64,
+        mine: Option<u64>,
+        own: u64,
+        now: Duration,
+    ) -> bool {
+        let lacks = !self.has(part);
+        let Some(route) = self.routes.get_mut(part) else {
+            return false;
+        };
+        if route
+            .hint
+            .is_none_or(|(k, r)| k == peer || (theirs > r && !route.hint_asked))
+        {
+            route.hint = Some((peer, theirs));
+        }
+        let take = mine.is_some_and(|m| m > theirs.max(own)) && route.taken_up.is_none() && lacks;
+        if take {
+            route.taken_up = Some(now.saturating_sub(self.since));
+            self.want(part, now);
+        }
+        take
     }
 
     /// How many parts the manifest has.
@@ -249,16 +396,22 @@ impl<P: Ord, H, B> Gather<P, H, B> {
         (0..self.parts.len())
             .filter(|&i| match self.parts[i] {
                 PartState::Want(from) => now >= from,
-                PartState::Asked(at) => now.saturating_sub(at) >= MANIFEST_RETRY,
+                PartState::Asked(at, _) => now.saturating_sub(at) >= MANIFEST_RETRY,
                 PartState::Got(_) => false,
             })
             .collect()
     }
 
-    /// Part `part` was asked for at `now`.
-    pub fn asked(&mut self, part: usize, now: Duration) {
+    /// Part `part` was asked of `peer` at `now`. A site node asked for
+    /// it as the one that reaches highest keeps that place for the part:
+    /// a higher reach heard later must not have a second node fetch it
+    /// over the site's WAN.
+    pub fn asked(&mut self, part: usize, now: Duration, peer: P) {
         if let Some(p) = self.parts.get_mut(part).filter(|p| !p.is_got()) {
-            *p = PartState::Asked(now);
+            *p = PartState::Asked(now, peer);
+        }
+        if let Some(r) = self.routes.get_mut(part) {
+            r.hint_asked |= r.hint.is_some_and(|(k, _)| k == peer);
         }
     }
 
@@ -317,13 +470,15 @@ impl<P: Ord, H, B> Gather<P, H, B> {
     /// the sites share the parts out (the manifest wanted less than
     /// [`MANIFEST_WAIT`], not counting the node's first [`FIND_SITE`]),
     /// then seldom.
-    pub fn missed(&mut self, part: usize, now: Duration, up: Duration) {
+    /// Only the answer of the peer last asked counts: one that comes after
+    /// the part was asked of another (it was taken up) leaves it asked.
+    pub fn missed(&mut self, peer: P, part: usize, now: Duration, up: Duration) {
         let after = if manifest_waited(up, self.wanted_for(now)) < MANIFEST_WAIT {
             MANIFEST_PART_RETRY
         } else {
             MANIFEST_RETRY
         };
-        self.want(part, now + after);
+        self.answered(peer, part, now + after);
     }
 
     /// `peer` answered "later" for `part`: it is fetching it too; ask again
@@ -331,7 +486,15 @@ impl<P: Ord, H, B> Gather<P, H, B> {
     pub fn later(&mut self, peer: P, part: usize, now: Duration) {
         self.declined.remove(&peer);
         self.fetching.insert(peer, now);
-        self.want(part, now + MANIFEST_PART_RETRY);
+        self.answered(peer, part, now + MANIFEST_PART_RETRY);
+    }
+
+    /// `peer` answered without `part`: wanted again from `at` if it is the
+    /// peer the part was last asked of.
+    fn answered(&mut self, peer: P, part: usize, at: Duration) {
+        if matches!(self.parts.get(part), Some(PartState::Asked(_, p)) if *p == peer) {
+            self.want(part, at);
+        }
     }
 
     /// `peer` answered without `part` and without "later": it does not
@@ -343,7 +506,7 @@ impl<P: Ord, H, B> Gather<P, H, B> {
     /// site's fetching node whom its site waits for, then passes by one
     /// node at a time.
     pub fn none(&mut self, peer: P, part: usize, now: Duration, up: Duration) {
-        self.missed(part, now, up);
+        self.missed(peer, part, now, up);
         if self.wanted_for(now) >= MANIFEST_PART_HOLD && self.declined.len() < MAX_HELD_PARTS {
             self.fetching.remove(&peer);
             self.declined.insert(peer, now);
@@ -419,18 +582,18 @@ mod tests {
     fn parts_are_due_when_wanted_and_again_when_missed() {
         let mut g: Gather<u32, (), ()> = Gather::new(3, Duration::ZERO);
         assert_eq!(g.due(Duration::ZERO), [0, 1, 2]);
-        (0..3).for_each(|i| g.asked(i, Duration::ZERO));
+        (0..3).for_each(|i| g.asked(i, Duration::ZERO, 1));
         assert!(g.due(MANIFEST_RETRY - MS).is_empty());
         assert_eq!(g.due(MANIFEST_RETRY), [0, 1, 2]);
         // Wanted for MANIFEST_WAIT: by a node in its first FIND_SITE (its
         // wait has not begun), and by one up long before.
         let now = MANIFEST_WAIT;
-        g.missed(0, now, Duration::ZERO);
-        g.missed(1, now, Duration::MAX);
+        g.missed(1, 0, now, Duration::ZERO);
+        g.missed(1, 1, now, Duration::MAX);
         assert_eq!(g.due(now + MANIFEST_PART_RETRY), [0]);
         assert_eq!(g.due(now + MANIFEST_RETRY), [0, 1, 2]);
         assert!(g.got(2, ()).is_empty());
-        g.missed(2, now, Duration::ZERO);
+        g.missed(1, 2, now, Duration::ZERO);
         assert!(g.has(2) && !g.is_complete());
         assert_eq!(g.due(now + MANIFEST_RETRY), [0, 1]);
         g.got(0, ());
@@ -449,7 +612,7 @@ mod tests {
         g.got(2, ());
         assert_eq!(g.hold(2, Duration::ZERO, 7), Some(7), "here: answered now");
         assert_eq!(g.hold(0, Duration::ZERO, 1), None, "not asked yet");
-        g.asked(1, Duration::ZERO);
+        g.asked(1, Duration::ZERO, 1);
         assert_eq!(g.hold(1, 100 * MS, 2), None);
         for r in 3..3 + MAX_HELD_PARTS as u32 - 2 {
             assert_eq!(g.hold(1, 100 * MS, r), None);
@@ -468,7 +631,7 @@ mod tests {
     #[test]
     fn a_later_answer_marks_the_peer_fetching_for_a_while() {
         let mut g: Gather<u32, (), ()> = Gather::new(1, Duration::ZERO);
-        g.asked(0, Duration::ZERO);
+        g.asked(0, Duration::ZERO, 5);
         g.later(5, 0, 10 * MS);
         assert!(g.is_fetching(&5, 10 * MS) && !g.is_fetching(&6, 10 * MS));
         assert!(g.due(10 * MS).is_empty());
@@ -476,6 +639,44 @@ mod tests {
         assert!(!g.is_fetching(&5, 10 * MS + MANIFEST_WAIT));
         g.expired(10 * MS + MANIFEST_WAIT);
         assert!(g.fetching.is_empty(), "forgotten");
+    }
+
+    /// A site node's request leaves its reach as a hint (the highest
+    /// heard, or the same node's newer one, until the hinted node is
+    /// asked); a node that reaches higher than the asker and its own site
+    /// takes the part up, unless it is its site's fetching node: the part
+    /// is due again at once, and an answer from the peer it asked before
+    /// no longer moves it.
+    #[test]
+    fn a_site_node_that_reaches_higher_takes_the_part_up() {
+        let mut g: Gather<u32, (), ()> = Gather::new(2, Duration::ZERO);
+        let (own, now) = (100, 10 * MS);
+        assert!(!g.site_asks(7, 0, 300, Some(200), own, now), "reaches less");
+        assert_eq!(g.routes()[0].hint, Some((7, 300)));
+        g.site_asks(8, 0, 250, None, own, now);
+        assert_eq!(g.routes()[0].hint, Some((7, 300)), "lower: kept");
+        g.site_asks(7, 0, 150, None, own, now);
+        assert_eq!(g.routes()[0].hint, Some((7, 150)), "its own, newer");
+        g.asked(0, now, 7);
+        g.site_asks(8, 0, 400, None, own, now);
+        assert_eq!(g.routes()[0].hint, Some((7, 150)), "asked: kept");
+        // Node 5 is asked for part 1 and answers later; meanwhile node 7
+        // asks for it, reaching less than this node: taken up.
+        g.asked(1, now, 5);
+        assert!(
+            !g.site_asks(7, 1, 300, None, own, now),
+            "site's fetching node"
+        );
+        assert!(g.due(now).is_empty());
+        assert!(g.site_asks(7, 1, 300, Some(500), own, now));
+        assert_eq!(g.routes()[1].taken_up, Some(now));
+        assert_eq!(g.due(now), [1]);
+        g.asked(1, now, 9);
+        g.later(5, 1, now + MS);
+        assert!(g.due(now + MANIFEST_PART_RETRY + MS).is_empty(), "stale");
+        assert!(!g.site_asks(7, 1, 300, Some(500), own, now), "once");
+        g.got(1, ());
+        assert!(!g.site_asks(6, 1, 0, Some(500), own, now), "here");
     }
 
     /// "None" while the announcement may still be spreading only means

@@ -264,6 +264,10 @@ pub enum Request {
         release: ReleaseId,
         /// The part's index.
         part: u32,
+        /// How high the highest site the asker has a peer in ranks for
+        /// the part ([`crate::gather::PartFetch::reach`]): a node of its
+        /// own site that reaches higher takes the part up.
+        reach: u64,
     },
     /// Chunks of a release by piece index, at most [`MAX_BATCH`]: the
     /// responder finds their ids in its manifest.

@@ -337,19 +337,9 @@ fn sites_rank_differently_for_each_part() {
     );
 }
 
-/// Where a node asks for manifest parts, rule by rule: a same-site holder
-/// first; else the site's fetching node (the highest tag) asks outside at
-/// once and the others wait for it; outside, a holder, else a node in a
-/// higher-ranked site for the part, else the seed.
-#[test]
-fn manifest_parts_come_from_the_site_then_higher_sites_then_the_seed() {
-    use crate::gather::{
-        part_rank, PartFetch, PartPeer, FIND_SITE, MANIFEST_PART_WAIT, MANIFEST_WAIT,
-        MANIFEST_WAIT_FETCHING,
-    };
-    use std::time::Duration;
-    let release = ReleaseId([0; 32]);
-    let peer = |id: u32, site: &'static str, tag: u64| PartPeer {
+/// A peer for `PartFetch`: node 0 is the seed, which holds the manifest.
+fn part_peer(id: u32, site: &'static str, tag: u64) -> crate::gather::PartPeer<'static, u32> {
+    crate::gather::PartPeer {
         id,
         site,
         tag,
@@ -357,7 +347,22 @@ fn manifest_parts_come_from_the_site_then_higher_sites_then_the_seed() {
         holder: id == 0,
         fetching: false,
         declined: false,
+    }
+}
+
+/// Where a node asks for manifest parts, rule by rule: a same-site holder
+/// first; else the site's fetching node (the highest tag) asks outside at
+/// once and the others wait for it; outside, a holder, else a node in a
+/// higher-ranked site for the part, else the seed.
+#[test]
+fn manifest_parts_come_from_the_site_then_higher_sites_then_the_seed() {
+    use crate::gather::{
+        part_rank, PartFetch, PartPeer, FIND_SITE, MANIFEST_HINT_WAIT, MANIFEST_PART_WAIT,
+        MANIFEST_WAIT, MANIFEST_WAIT_FETCHING,
     };
+    use std::time::Duration;
+    let release = ReleaseId([0; 32]);
+    let peer = part_peer;
     // Seed 0; site a: this node (tag 5) and node 1 (tag 9); site b: nodes
     // 2 (tag 3) and 3 (tag 7), so 3 fetches for b.
     let peers = vec![
@@ -374,6 +379,8 @@ fn manifest_parts_come_from_the_site_then_higher_sites_then_the_seed() {
         up,
         wanted_for,
         peers,
+        fleet: vec!["a", "b"],
+        routes: &[],
     };
     let parts: Vec<usize> = (0..8).collect();
     let by_part = |f: &PartFetch<'_, u32>| -> Vec<u32> {
@@ -438,11 +445,87 @@ fn manifest_parts_come_from_the_site_then_higher_sites_then_the_seed() {
     let via_2: Vec<u32> = want.iter().map(|&p| if p == 3 { 2 } else { p }).collect();
     assert_eq!(by_part(&fetch(5, Duration::ZERO, other.clone())), via_2);
     other[2].declined = true;
-    assert_eq!(by_part(&fetch(5, Duration::ZERO, other)), [0; 8]);
+    assert_eq!(by_part(&fetch(5, MANIFEST_HINT_WAIT, other)), [0; 8]);
     // Nobody to ask: no requests.
     assert!(fetch(5, MANIFEST_WAIT, Vec::new())
         .sources(&parts)
         .is_empty());
+}
+
+/// A site's fetching node that knows no site above its own for a part,
+/// while the fleet has one, waits a moment for its site's nodes to say
+/// they reach one, asks the one that does, and the seed if none does. A
+/// site it knows itself comes first.
+#[test]
+fn a_fetching_node_climbs_through_a_site_node_that_reaches_higher() {
+    use crate::gather::{part_rank, PartFetch, PartPeer, Route, MANIFEST_HINT_WAIT};
+    use std::time::Duration;
+    let release = ReleaseId([3; 32]);
+    let peer = part_peer;
+    // This node (tag 10) fetches for site a; node 1 is in a too. The
+    // fleet has sites a, b and c; this node has no peer in b or c.
+    let peers = vec![peer(0, "seed", 1), peer(1, "a", 0)];
+    let parts: Vec<usize> = (0..16).collect();
+    let rank = |site: &str, part: usize| part_rank(&release, site, part);
+    let above = |part: usize| rank("b", part).max(rank("c", part)) > rank("a", part);
+    assert!(parts.iter().any(|&p| above(p)) && parts.iter().any(|&p| !above(p)));
+    let fetch =
+        |wanted_for: Duration, routes: &[Route<u32>], peers: Vec<PartPeer<'static, u32>>| {
+            PartFetch {
+                release,
+                site: "a",
+                tag: u64::MAX,
+                up: Duration::from_secs(60),
+                wanted_for,
+                peers,
+                fleet: vec!["a", "b", "c"],
+                routes,
+            }
+            .sources(&parts)
+        };
+    let none = Route {
+        hint: None,
+        taken_up: None,
+        hint_asked: false,
+    };
+    // No hint yet: the parts a higher site could bring wait, the rest
+    // come from the seed.
+    let asked = fetch(Duration::ZERO, &[none; 16], peers.clone());
+    let want: Vec<usize> = parts.iter().copied().filter(|&p| !above(p)).collect();
+    assert_eq!(asked.iter().map(|a| a.1).collect::<Vec<_>>(), want);
+    assert!(asked.iter().all(|a| a.0 == 0));
+    // After MANIFEST_HINT_WAIT without a hint: all from the seed.
+    let asked = fetch(MANIFEST_HINT_WAIT, &[none; 16], peers.clone());
+    assert_eq!(asked.len(), 16);
+    assert!(asked.iter().all(|a| a.0 == 0));
+    // Node 1 said it reaches b for every part: the parts above a go to
+    // node 1, which will take them up.
+    let routes: Vec<Route<u32>> = parts
+        .iter()
+        .map(|&p| Route {
+            hint: Some((1, rank("b", p))),
+            ..none
+        })
+        .collect();
+    let asked = fetch(MANIFEST_HINT_WAIT, &routes, peers.clone());
+    for (from, part) in asked {
+        let via_1 = rank("b", part) > rank("a", part);
+        assert_eq!(from, if via_1 { 1 } else { 0 }, "part {part}");
+    }
+    // A peer of its own in c: the parts c ranks above a go there, however
+    // high node 1 reaches; the hint serves only the rest.
+    let mut with_c = peers.clone();
+    with_c.push(peer(2, "c", 4));
+    for (from, part) in fetch(Duration::ZERO, &routes, with_c) {
+        let want = if rank("c", part) > rank("a", part) {
+            2
+        } else if rank("b", part) > rank("a", part) {
+            1
+        } else {
+            0
+        };
+        assert_eq!(from, want, "part {part}");
+    }
 }
 
 #[test]

@@ -27,7 +27,7 @@ use codec::{ExchangeCodec, PROTOCOL};
 use fleetmesh_policy::doc::{verify_policy, PolicyDoc};
 use fleetmesh_protocol::bucket::TokenBucket;
 pub use fleetmesh_protocol::gather::FIND_SITE;
-use fleetmesh_protocol::gather::{Gather, PartFetch, PartPeer, MANIFEST_RETRY};
+use fleetmesh_protocol::gather::{part_rank, Gather, PartFetch, PartPeer, MANIFEST_RETRY};
 use fleetmesh_protocol::keys::{Node, PublicKey, Release as ReleaseRole, Root, SecretKey};
 use fleetmesh_protocol::manifest::Manifest;
 use fleetmesh_protocol::member::{Membership, Revocation};
@@ -1695,9 +1695,11 @@ impl Mesh {
             Request::Have(have) => Response::HaveAck {
                 need_full: self.on_have(peer, have),
             },
-            Request::ManifestPart { release, part } => {
-                return self.serve_manifest_part(peer, release, part as usize, channel)
-            }
+            Request::ManifestPart {
+                release,
+                part,
+                reach,
+            } => return self.serve_manifest_part(peer, release, part as usize, reach, channel),
             Request::Chunks { release, pieces } => {
                 return self.serve_chunks(peer, release, &pieces, channel)
             }
@@ -1940,7 +1942,7 @@ impl Mesh {
                 let now = self.now();
                 if let Some(w) = self.wanted.get_mut(&id) {
                     // The mesh's age is `now`.
-                    w.gather.missed(part as usize, now, now);
+                    w.gather.missed(peer, part as usize, now, now);
                 }
             }
             Outbound::Hello => {}
@@ -1955,9 +1957,28 @@ impl Mesh {
         peer: PeerId,
         release: ReleaseId,
         part: usize,
+        reach: u64,
         channel: ResponseChannel<Response>,
     ) {
         let now = self.now();
+        let mate = self
+            .peers
+            .get(&peer)
+            .and_then(|p| p.info.as_ref())
+            .is_some_and(|i| i.site == self.me.site && !i.seed);
+        let mine = self.wanted.get(&release).filter(|_| mate).map(|w| {
+            let f = self.part_fetch(release, w, now);
+            (!f.is_site_fetcher()).then(|| f.reach(part))
+        });
+        let own = part_rank(&release, &self.me.site, part);
+        let mut taken_up = false;
+        if let (Some(mine), Some(w)) = (mine, self.wanted.get_mut(&release)) {
+            taken_up = w.gather.site_asks(peer, part, reach, mine, own, now);
+        }
+        if taken_up {
+            tracing::debug!(%peer, %release, part, "taking up a manifest part for the site");
+            self.fetch_manifests();
+        }
         let unheld = match self.wanted.get_mut(&release) {
             Some(w) => w.gather.hold(part, now, (peer, channel)),
             None => Some((peer, channel)),
@@ -2631,48 +2652,65 @@ impl Mesh {
             if due.is_empty() {
                 continue;
             }
-            let peers = self
-                .peers
-                .iter()
-                .filter_map(|(k, p)| {
-                    let i = p.info.as_ref()?;
-                    Some(PartPeer {
-                        id: *k,
-                        site: &i.site,
-                        tag: i.tag,
-                        seed: i.seed,
-                        holder: w.holders.contains(k),
-                        fetching: w.gather.is_fetching(k, now),
-                        declined: w.gather.is_declined(k, now),
-                    })
-                })
-                .collect();
-            let fetch = PartFetch {
-                release: *id,
-                site: &self.me.site,
-                tag: self.me.tag,
-                up: now,
-                wanted_for: w.gather.wanted_for(now),
-                peers,
-            };
+            let fetch = self.part_fetch(*id, w, now);
             sends.extend(
                 fetch
                     .sources(&due)
                     .into_iter()
-                    .map(|(peer, part)| (peer, *id, part)),
+                    .map(|(peer, part)| (peer, *id, part, fetch.reach(part))),
             );
         }
-        for (peer, id, part) in sends {
+        for (peer, id, part, reach) in sends {
             if let Some(w) = self.wanted.get_mut(&id) {
-                w.gather.asked(part, now);
+                w.gather.asked(part, now, peer);
             }
             let part = part as u32;
             tracing::debug!(%peer, release = %id, part, "asking for a manifest part");
             self.send(
                 peer,
-                Request::ManifestPart { release: id, part },
+                Request::ManifestPart {
+                    release: id,
+                    part,
+                    reach,
+                },
                 Outbound::ManifestPart(id, part),
             );
+        }
+    }
+
+    /// What [`PartFetch`] needs to know to pick where to ask for the parts
+    /// of release `id`'s manifest.
+    fn part_fetch<'a>(
+        &'a self,
+        id: ReleaseId,
+        w: &'a Wanted,
+        now: Duration,
+    ) -> PartFetch<'a, PeerId> {
+        let peers = self
+            .peers
+            .iter()
+            .filter_map(|(k, p)| {
+                let i = p.info.as_ref()?;
+                Some(PartPeer {
+                    id: *k,
+                    site: &i.site,
+                    tag: i.tag,
+                    seed: i.seed,
+                    holder: w.holders.contains(k),
+                    fetching: w.gather.is_fetching(k, now),
+                    declined: w.gather.is_declined(k, now),
+                })
+            })
+            .collect();
+        PartFetch {
+            release: id,
+            site: &self.me.site,
+            tag: self.me.tag,
+            up: now,
+            wanted_for: w.gather.wanted_for(now),
+            peers,
+            fleet: self.sites.iter().map(String::as_str).collect(),
+            routes: w.gather.routes(),
         }
     }
 
