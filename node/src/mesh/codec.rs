@@ -10,7 +10,7 @@ use libp2p::StreamProtocol;
 use std::io;
 
 /// The protocol name; a new incompatible version gets a new name.
-pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/fleetmesh/exchange/2");
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/fleetmesh/exchange/3");
 
 /// The codec; it has no state.
 #[derive(Clone, Copy, Debug, Default)]
