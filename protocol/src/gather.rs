@@ -146,6 +146,21 @@ pub struct Route<P> {
     pub hint_asked: bool,
 }
 
+impl<P> Route<P> {
+    /// Nothing said of the part yet.
+    pub const NONE: Route<P> = Route {
+        hint: None,
+        taken_up: None,
+        hint_asked: false,
+    };
+}
+
+/// A node of `site` that may be asked for parts: not the seed, and it did
+/// not decline the manifest.
+fn in_site<P>(p: &PartPeer<'_, P>, site: &str) -> bool {
+    p.site == site && !p.seed && !p.declined
+}
+
 impl<P: Copy + PartialEq> PartFetch<'_, P> {
     /// How long the manifest has been wanted, not counting the node's
     /// first [`FIND_SITE`].
@@ -199,7 +214,7 @@ impl<P: Copy + PartialEq> PartFetch<'_, P> {
     /// node: the highest `tag ^ key` among its site's nodes it knows that
     /// did not decline the manifest.
     fn site_fetcher(&self) -> Option<&PartPeer<'_, P>> {
-        self.best(|p| p.site == self.site && !p.seed && !p.declined)
+        self.best(|p| in_site(p, self.site))
     }
 
     /// Whether this node takes itself for its site's fetching node.
@@ -216,7 +231,6 @@ impl<P: Copy + PartialEq> PartFetch<'_, P> {
         let waited = self.waited();
         let id = |p: Option<&PartPeer<'_, P>>| p.map(|p| p.id);
         let local = id(self.best(|p| p.site == self.site && !p.seed && p.holder));
-        let mate = |p: &PartPeer<'_, P>| p.site == self.site && !p.seed && !p.declined;
         let site_fetcher = self.site_fetcher();
         let chosen = self.is_site_fetcher();
         let waits = !chosen
@@ -227,11 +241,7 @@ impl<P: Copy + PartialEq> PartFetch<'_, P> {
         let sites = self.peer_sites();
         due.iter()
             .filter_map(|&part| {
-                let route = self.routes.get(part).copied().unwrap_or(Route {
-                    hint: None,
-                    taken_up: None,
-                    hint_asked: false,
-                });
+                let route = self.routes.get(part).copied().unwrap_or(Route::NONE);
                 let waited = route
                     .taken_up
                     .map_or(waited, |at| self.wanted_for.saturating_sub(at));
@@ -244,16 +254,18 @@ impl<P: Copy + PartialEq> PartFetch<'_, P> {
                     }
                     let own = part_rank(&self.release, self.site, part);
                     let known = self.highest(&sites, part).filter(|(r, _)| *r > own);
-                    let higher = known.and_then(|(r, site)| {
-                        Some((r, self.best(|p| p.site == site && !p.seed && !p.declined)?))
-                    });
+                    let higher =
+                        known.and_then(|(r, site)| Some((r, self.best(|p| in_site(p, site))?)));
                     // Knowing of no higher site, a site node that does,
                     // if it is still a peer: it takes the part up when
                     // asked. (Not one that reaches higher than a site
                     // this node knows: the part is asked of one route at
                     // a time, or two would bring it over the WAN.)
                     let hinted = route.hint.and_then(|(k, r)| {
-                        let p = self.peers.iter().find(|p| p.id == k && mate(p))?;
+                        let p = self
+                            .peers
+                            .iter()
+                            .find(|p| p.id == k && in_site(p, self.site))?;
                         (r > own && known.is_none()).then_some((r, p))
                     });
                     match higher.or(hinted) {
@@ -324,14 +336,7 @@ impl<P: Ord + Copy, H, B> Gather<P, H, B> {
             held: Vec::new(),
             fetching: BTreeMap::new(),
             declined: BTreeMap::new(),
-            routes: vec![
-                Route {
-                    hint: None,
-                    taken_up: None,
-                    hint_asked: false,
-                };
-                parts
-            ],
+            routes: vec![Route::NONE; parts],
         }
     }
 

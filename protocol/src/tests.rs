@@ -483,11 +483,7 @@ fn a_fetching_node_climbs_through_a_site_node_that_reaches_higher() {
             }
             .sources(&parts)
         };
-    let none = Route {
-        hint: None,
-        taken_up: None,
-        hint_asked: false,
-    };
+    let none = Route::NONE;
     // No hint yet: the parts a higher site could bring wait, the rest
     // come from the seed.
     let asked = fetch(Duration::ZERO, &[none; 16], peers.clone());
