@@ -74,6 +74,9 @@ pub struct Counters {
     pub tx: u64,
     /// Packets its shaper dropped on the way out (queue full).
     pub drops: u64,
+    /// For a site's WAN link: packets the site router's shaper dropped on
+    /// the way out of the site.
+    pub out_drops: u64,
 }
 
 /// The namespaces and links of one lab.
@@ -198,7 +201,14 @@ fn counters(ns: &str) -> Result<BTreeMap<String, Counters>> {
             stats["rx"]["bytes"].as_u64(),
             stats["tx"]["bytes"].as_u64(),
         ) {
-            all.insert(dev.to_owned(), Counters { rx, tx, drops: 0 });
+            all.insert(
+                dev.to_owned(),
+                Counters {
+                    rx,
+                    tx,
+                    ..Counters::default()
+                },
+            );
         }
     }
     let qdiscs = ip(&["netns", "exec", ns, "tc", "-s", "-j", "qdisc", "show"])?;
@@ -396,7 +406,13 @@ impl Net {
         let sites = (0..self.sites)
             .map(|s| {
                 let dev = format!("s{s}");
-                wan.remove(&dev).ok_or_else(|| missing(&dev, &core))
+                let mut link = wan.remove(&dev).ok_or_else(|| missing(&dev, &core))?;
+                let router = self.router(s);
+                link.out_drops = counters(&router)?
+                    .remove("wan")
+                    .ok_or_else(|| missing("wan", &router))?
+                    .drops;
+                Ok(link)
             })
             .collect::<Result<_>>()?;
         Ok((seed, sites))

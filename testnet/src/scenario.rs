@@ -349,6 +349,10 @@ pub struct LinkSample {
     pub site_in_mbit: Vec<f64>,
     /// Out of each site over its WAN link, Mbit/s.
     pub site_out_mbit: Vec<f64>,
+    /// Packets each site's WAN shapers dropped in that time, into the site
+    /// and out of it.
+    pub site_in_drops: Vec<u64>,
+    pub site_out_drops: Vec<u64>,
 }
 
 /// One site's WAN link.
@@ -362,6 +366,8 @@ pub struct SiteLink {
     pub out_ratio: f64,
     /// Packets into the site its WAN shaper dropped (queue full).
     pub in_drops: u64,
+    /// Packets out of the site its router's shaper dropped.
+    pub out_drops: u64,
 }
 
 /// What the run measured.
@@ -605,6 +611,8 @@ pub fn run(
                     seed_mbit: mbit(prev.1 .0.tx, now.0.tx),
                     site_in_mbit: sites().map(|(a, b)| mbit(a.tx, b.tx)).collect(),
                     site_out_mbit: sites().map(|(a, b)| mbit(a.rx, b.rx)).collect(),
+                    site_in_drops: sites().map(|(a, b)| b.drops - a.drops).collect(),
+                    site_out_drops: sites().map(|(a, b)| b.out_drops - a.out_drops).collect(),
                 });
                 *prev = (Instant::now(), now);
             }
@@ -654,6 +662,7 @@ pub fn run(
                     in_ratio: ratio(b.tx - a.tx),
                     out_ratio: ratio(b.rx - a.rx),
                     in_drops: b.drops - a.drops,
+                    out_drops: b.out_drops - a.out_drops,
                 })
                 .collect(),
         });
