@@ -4,7 +4,8 @@
 //! strings: a peer that sent [`Error::InvalidMessage`] or [`Error::BadSignature`]
 //! misbehaved; [`Error::Expired`] and [`Error::VersionRollback`] are replay or
 //! freeze attempts (or a stale authority); [`Error::Incompatible`] means the
-//! other side speaks something this build does not.
+//! other side speaks something this build does not; [`Error::NoTrust`] is
+//! nobody's fault: this side has nothing to check signatures against yet.
 
 use crate::time::UnixTime;
 
@@ -29,6 +30,11 @@ pub enum Error {
         /// What was wrong with the signatures.
         reason: String,
     },
+    /// This side has accepted no trust document yet (a node before its
+    /// first chain arrives from the seed or a peer), so no signature can be
+    /// checked.
+    #[error("no trust chain yet: it comes from the seed or a peer that has one")]
+    NoTrust,
     /// A signed document whose expiry has passed.
     #[error("{what} expired at {expired_at} (now {now})")]
     Expired {

@@ -126,9 +126,7 @@ impl TrustState {
 
     /// The newest trust document, if it has not expired at `now`.
     pub fn current(&self, now: UnixTime) -> Result<&TrustDoc> {
-        let doc = self.current.as_ref().ok_or_else(|| {
-            Error::bad_signature(TrustDoc::WHAT, "no trust document has been accepted yet")
-        })?;
+        let doc = self.current.as_ref().ok_or(Error::NoTrust)?;
         if now >= doc.expires_at {
             return Err(Error::Expired {
                 what: TrustDoc::WHAT,
@@ -223,6 +221,8 @@ mod tests {
     #[test]
     fn expired_trust_doc_is_not_current() {
         let a = keys(1);
+        let anchored = TrustState::anchored(RoleKeys::single(a.root.public())).expect("valid");
+        assert!(matches!(anchored.current(UnixTime(0)), Err(Error::NoTrust)));
         let chain = TrustChain {
             docs: vec![Signed::sign(&doc(1, &a), &[&a.root]).expect("signs")],
         };

@@ -1684,7 +1684,12 @@ impl Mesh {
                         }
                     }
                     None => {
-                        tracing::warn!(%peer, "not a fleet member: {why}");
+                        if self.trust.version() == 0 {
+                            // Nothing to check against yet: the node is new.
+                            tracing::info!(%peer, "cannot check its credential yet: {why}");
+                        } else {
+                            tracing::warn!(%peer, "not a fleet member: {why}");
+                        }
                         Response::NotMember(why)
                     }
                 },
@@ -1859,16 +1864,24 @@ impl Mesh {
 
     fn on_response(&mut self, peer: PeerId, what: Outbound, response: Response) {
         match (what, response) {
-            (Outbound::Hello, Response::Hello(hello)) => {
-                if let Err(why) = self.on_hello(peer, hello) {
-                    self.refuse(peer, &why);
+            (Outbound::Hello, Response::Hello(hello)) => match self.on_hello(peer, hello) {
+                // No trust chain here, and the peer brought none: nobody is
+                // at fault, and a newer chain says hello again.
+                Err(why) if self.trust.version() == 0 => {
+                    tracing::info!(%peer, "cannot check its credential yet: {why}");
                 }
-            }
+                Err(why) => self.refuse(peer, &why),
+                Ok(()) => {}
+            },
             (Outbound::Hello, Response::Renewal { trust, member }) => {
                 self.on_renewal(peer, trust, member)
             }
             (what, Response::NotMember(why)) => {
-                tracing::warn!(%peer, "the peer refuses this node as a fleet member: {why}");
+                if why == fleetmesh_protocol::Error::NoTrust.to_string() {
+                    tracing::info!(%peer, "the peer cannot check this node's credential yet: {why}");
+                } else {
+                    tracing::warn!(%peer, "the peer refuses this node as a fleet member: {why}");
+                }
                 self.on_failure(peer, what);
             }
             (Outbound::Have { release, upto }, Response::HaveAck { need_full }) => {
