@@ -349,9 +349,9 @@ pub struct LinkSample {
     pub site_in_mbit: Vec<f64>,
     /// Out of each site over its WAN link, Mbit/s.
     pub site_out_mbit: Vec<f64>,
-    /// Packets each site's WAN shapers dropped in that time, into the site
-    /// and out of it.
+    /// Packets dropped into each site in that time (its WAN shaper).
     pub site_in_drops: Vec<u64>,
+    /// Packets dropped out of each site in that time (its router's shaper).
     pub site_out_drops: Vec<u64>,
 }
 

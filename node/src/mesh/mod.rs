@@ -1864,15 +1864,11 @@ impl Mesh {
 
     fn on_response(&mut self, peer: PeerId, what: Outbound, response: Response) {
         match (what, response) {
-            (Outbound::Hello, Response::Hello(hello)) => match self.on_hello(peer, hello) {
-                // No trust chain here, and the peer brought none: nobody is
-                // at fault, and a newer chain says hello again.
-                Err(why) if self.trust.version() == 0 => {
-                    tracing::info!(%peer, "cannot check its credential yet: {why}");
+            (Outbound::Hello, Response::Hello(hello)) => {
+                if let Err(why) = self.on_hello(peer, hello) {
+                    self.refuse(peer, &why);
                 }
-                Err(why) => self.refuse(peer, &why),
-                Ok(()) => {}
-            },
+            }
             (Outbound::Hello, Response::Renewal { trust, member }) => {
                 self.on_renewal(peer, trust, member)
             }
