@@ -35,15 +35,20 @@
 //!    whole site waits for the last piece its owner fetches.
 //! 8. Over the WAN (cross-site peers and the seed together), a node keeps
 //!    in flight about `wan_queue` of what it has been receiving over the WAN
-//!    lately, at least `wan_floor` bytes: enough to keep its share of the
-//!    link busy, and little enough that a response is not queued behind
-//!    seconds of others at a remote uplink, where it times out, is fetched
-//!    twice and holds up the site's last pieces. Each remote peer gets at
-//!    most `wan_queue` of its own measured rate (at least a quarter of
-//!    `wan_floor`), so a slow site's peers cannot hold the whole budget;
-//!    the seed at most `seed_queue` of it: its flows cross every site's
-//!    inbound link, and what they keep queued there is dropped and sent
-//!    again, and delays the other flows' acknowledgements.
+//!    lately, and at least a floor: enough to keep its share of the link
+//!    busy, and little enough that a response is not queued behind seconds
+//!    of others at a remote uplink, where it times out, is fetched twice
+//!    and holds up the site's last pieces. The floor is `wan_floor` bytes
+//!    until that rate is measured, then `wan_floor_time` of the rate
+//!    (between `wan_floor_min` and `wan_floor`): a fixed floor is seconds
+//!    of a thin site's link once its nodes share it, and what they keep
+//!    queued beyond it is dropped at its inbound queue and sent again.
+//!    Each remote peer gets at most `wan_queue` of its own measured rate
+//!    (at least a quarter of `wan_floor`), so a slow site's peers cannot
+//!    hold the whole budget; the seed at most `seed_queue` of it: its flows
+//!    cross every site's inbound link, and what they keep queued there is
+//!    dropped and sent again, and delays the other flows'
+//!    acknowledgements.
 //! 9. Seed first: while the seed is delivering pieces this node fetches from
 //!    it that no other peer has yet, the node asks cross-site peers only for
 //!    those pieces. Every site's inbound WAN link then carries the seed's
@@ -87,8 +92,12 @@ pub struct Config {
     pub wan_fallback_after: Duration,
     /// WAN bytes in flight: this long at the recent WAN receive rate...
     pub wan_queue: Duration,
-    /// ...and at least this many.
+    /// ...and at least this many until that rate is measured...
     pub wan_floor: u64,
+    /// ...then at least this long at it, within `wan_floor_min..=wan_floor`.
+    pub wan_floor_time: Duration,
+    /// The least the floor falls to.
+    pub wan_floor_min: u64,
     /// In flight to the seed: this long at its measured rate (at least a
     /// quarter of `wan_floor`).
     pub seed_queue: Duration,
@@ -111,6 +120,8 @@ impl Default for Config {
             wan_fallback_after: Duration::from_secs(10),
             wan_queue: Duration::from_secs(1),
             wan_floor: 1 << 20,
+            wan_floor_time: Duration::from_secs(2),
+            wan_floor_min: 128 << 10,
             seed_queue: Duration::from_millis(400),
             seed_first: true,
             seed_first_cross: 128 << 10,
@@ -922,8 +933,17 @@ impl<P: Ord + Clone> Scheduler<P> {
         }
         let cap = (self.wan_rate * self.cfg.wan_queue.as_secs_f64()) as u64;
         let in_flight = self.in_flight_to(|p| !p.lan);
-        let free = cap.max(self.cfg.wan_floor).saturating_sub(in_flight);
-        (in_halves(free, self.cfg.wan_floor), in_flight == 0)
+        let floor = if self.wan_rate > 0.0 {
+            let follow = (self.wan_rate * self.cfg.wan_floor_time.as_secs_f64()) as u64;
+            follow.clamp(
+                self.cfg.wan_floor_min.min(self.cfg.wan_floor),
+                self.cfg.wan_floor,
+            )
+        } else {
+            self.cfg.wan_floor
+        };
+        let free = cap.max(floor).saturating_sub(in_flight);
+        (in_halves(free, floor), in_flight == 0)
     }
 
     /// Rule 9's cross-site room: its allowance less the bytes in flight to

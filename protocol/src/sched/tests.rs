@@ -486,6 +486,55 @@ fn wan_requests_are_capped_by_recent_wan_throughput() {
     );
 }
 
+/// The most WAN bytes in flight over the last 10 of 40 s on a link that
+/// delivers 1,000 bytes a second, in request order, to a node with eight
+/// remote peers.
+fn in_flight_on_a_thin_link(cfg: Config) -> u64 {
+    let mut s: Scheduler<u32> = Scheduler::new(cfg, info("a", 1), &pieces(1000), |_| false);
+    for tag in 2..10u32 {
+        s.add_peer(tag, info("b", u64::from(tag)));
+        s.peer_has(&tag, 0..1000);
+    }
+    let mut link = std::collections::VecDeque::<Planned<u32>>::new();
+    let (mut credit, mut most) = (0, 0);
+    for tick in 0..160u32 {
+        let now = Duration::from_millis(250) * tick;
+        while let Some(p) = link
+            .front()
+            .filter(|p| p.pieces.len() as u64 * 1000 <= credit)
+        {
+            credit -= p.pieces.len() as u64 * 1000;
+            s.finish(now, p.id, &p.pieces.clone(), &[]);
+            link.pop_front();
+        }
+        link.extend(s.plan(now, u64::MAX));
+        if tick >= 120 {
+            most = most.max(s.bytes_in_flight());
+        }
+        credit += 250;
+    }
+    most
+}
+
+#[test]
+fn the_wan_floor_follows_a_thin_links_rate() {
+    // A piece a request, so the link delivers evenly.
+    let cfg = || Config {
+        batch: 1,
+        wan_floor: 8000,
+        wan_floor_min: 2000,
+        ..Config::default()
+    };
+    let fixed = in_flight_on_a_thin_link(Config {
+        wan_floor_min: 8000,
+        ..cfg()
+    });
+    let follows = in_flight_on_a_thin_link(cfg());
+    assert!(fixed >= 6000, "a fixed floor keeps ~8 s queued: {fixed}");
+    // Two seconds at 1,000 B/s, with a request's worth of slack.
+    assert!((1000..=3000).contains(&follows), "{follows} in flight");
+}
+
 #[test]
 fn same_site_requests_are_not_capped_by_the_wan() {
     let mut s = sched("a", 1, 100);
