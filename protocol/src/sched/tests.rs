@@ -504,7 +504,7 @@ fn in_flight_on_a_thin_link(cfg: Config) -> u64 {
             .filter(|p| p.pieces.len() as u64 * 1000 <= credit)
         {
             credit -= p.pieces.len() as u64 * 1000;
-            s.finish(now, p.id, &p.pieces.clone(), &[]);
+            s.finish(now, p.id, &p.pieces, &[]);
             link.pop_front();
         }
         link.extend(s.plan(now, u64::MAX));
