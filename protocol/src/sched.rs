@@ -935,10 +935,7 @@ impl<P: Ord + Clone> Scheduler<P> {
         let in_flight = self.in_flight_to(|p| !p.lan);
         let floor = if self.wan_rate > 0.0 {
             let follow = (self.wan_rate * self.cfg.wan_floor_time.as_secs_f64()) as u64;
-            follow.clamp(
-                self.cfg.wan_floor_min.min(self.cfg.wan_floor),
-                self.cfg.wan_floor,
-            )
+            follow.max(self.cfg.wan_floor_min).min(self.cfg.wan_floor)
         } else {
             self.cfg.wan_floor
         };

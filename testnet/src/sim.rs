@@ -528,10 +528,11 @@ impl Sim {
         // kept at two pieces at least, so that a node's WAN pipeline is not
         // a single piece. Rule 9's cross-site allowance is kept at one
         // piece for the same reason.
+        let piece = u64::from(self.cfg.piece_bytes);
         let mut cfg = Config::default();
-        cfg.wan_floor = cfg.wan_floor.max(2 * u64::from(self.cfg.piece_bytes));
-        cfg.wan_floor_min = cfg.wan_floor_min.max(2 * u64::from(self.cfg.piece_bytes));
-        cfg.seed_first_cross = cfg.seed_first_cross.max(u64::from(self.cfg.piece_bytes));
+        cfg.wan_floor = cfg.wan_floor.max(2 * piece);
+        cfg.wan_floor_min = cfg.wan_floor_min.max(2 * piece);
+        cfg.seed_first_cross = cfg.seed_first_cross.max(piece);
         let held = self.nodes[k].got_at.clone();
         let mut s = Scheduler::new(cfg, self.info_of(k), &self.pieces, |i| held[i] != u64::MAX);
         // Status reports have told it every site (the fleet was up before
