@@ -523,11 +523,10 @@ impl Sim {
     /// pieces it holds, told what its live peers hold (as hello's have-maps
     /// do); they learn of it.
     fn start(&mut self, k: usize) {
-        // The WAN floor is 16 of the node's 64 KiB chunks, and falls to
-        // two on a thin link; with the simulator's coarser pieces both are
-        // kept at two pieces at least, so that a node's WAN pipeline is not
-        // a single piece. Rule 9's cross-site allowance is kept at one
-        // piece for the same reason.
+        // The WAN floor is 1 MiB, and falls to 128 KiB on a thin link; with
+        // the simulator's coarser pieces both are kept at two pieces at
+        // least, so that a node's WAN pipeline is not a single piece. Rule
+        // 9's cross-site allowance is kept at one piece for the same reason.
         let piece = u64::from(self.cfg.piece_bytes);
         let mut cfg = Config::default();
         cfg.wan_floor = cfg.wan_floor.max(2 * piece);

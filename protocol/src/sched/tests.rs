@@ -490,7 +490,8 @@ fn wan_requests_are_capped_by_recent_wan_throughput() {
 /// delivers 1,000 bytes a second, in request order, to a node with eight
 /// remote peers.
 fn in_flight_on_a_thin_link(cfg: Config) -> u64 {
-    let mut s: Scheduler<u32> = Scheduler::new(cfg, info("a", 1), &pieces(1000), |_| false);
+    let mut s = sched("a", 1, 1000);
+    s.cfg = cfg;
     for tag in 2..10u32 {
         s.add_peer(tag, info("b", u64::from(tag)));
         s.peer_has(&tag, 0..1000);
