@@ -336,6 +336,10 @@ pub struct LinkBytes {
     pub site_wan: Vec<SiteLink>,
     /// About every second: the links' rates.
     pub series: Vec<LinkSample>,
+    /// When the counters were read before publish and at completion, in
+    /// seconds since the Unix epoch: the window to cut a packet capture
+    /// to (bench/linkmix.sh).
+    pub window_unix_secs: [f64; 2],
 }
 
 /// Link rates over about a second.
@@ -439,6 +443,13 @@ impl ScenarioReport {
 }
 
 /// Counters of the seed's uplink and every site's WAN link (`--netns`).
+/// The wall clock, in seconds since the Unix epoch.
+fn unix_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 fn read_links(lab: &Lab) -> Result<Option<(Counters, Vec<Counters>)>> {
     lab.net.as_ref().map(Net::links).transpose()
 }
@@ -500,7 +511,7 @@ pub fn run(
     let bad: Vec<usize> = (0..n).filter(|&i| corrupt(i)).collect();
     let timeout = Duration::from_secs(s.timeout_secs);
     let sites = s.site.len();
-    let (published, before) = if bad.is_empty() {
+    let (published, before, from) = if bad.is_empty() {
         // The fleet is up and connected before the release exists, as in
         // production.
         for i in 0..n {
@@ -521,7 +532,8 @@ pub fn run(
             }
         }
         let before = read_links(&lab)?;
-        (lab.publish(image, first)?, before)
+        let from = unix_secs();
+        (lab.publish(image, first)?, before, from)
     } else {
         // Corrupt nodes get the image honestly first, so that they have
         // chunks to serve when the others start.
@@ -532,11 +544,12 @@ pub fn run(
         lab.wait_complete(&bad, first, timeout)?;
         say(&format!("corrupt nodes {bad:?} have the release"));
         let before = read_links(&lab)?;
+        let from = unix_secs();
         for i in (0..n).filter(|&i| !corrupt(i)) {
             lab.start_node(i, &[])?;
         }
         say(&format!("{n} nodes started in {sites} sites"));
-        (published, before)
+        (published, before, from)
     };
     let start = Instant::now();
     let mut last = before.clone().map(|b| (Instant::now(), b));
@@ -620,6 +633,7 @@ pub fn run(
     }
     let completion = start.elapsed().as_secs_f64();
     let after = read_links(&lab)?;
+    let to = unix_secs();
     say(&format!(
         "every running honest node complete at {completion:.1} s"
     ));
@@ -665,6 +679,7 @@ pub fn run(
                     out_drops: b.out_drops - a.out_drops,
                 })
                 .collect(),
+            window_unix_secs: [from, to],
         });
     let t_min = s.t_min(wire, netns);
     let outcomes = follow_releases(

@@ -127,6 +127,23 @@ fn a_partitioned_site_heals_and_every_node_ends_with_the_image() {
         t_min > 0.0 && took > 5.0,
         "b cannot finish before the heal: {r}"
     );
+    // The counters' window, on the wall clock, spans the publish and the
+    // run and ended before the report was read.
+    let window: Vec<f64> = links["window_unix_secs"]
+        .as_array()
+        .expect("window")
+        .iter()
+        .filter_map(serde_json::Value::as_f64)
+        .collect();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    assert!(
+        window.len() == 2 && window[1] - window[0] >= took && window[1] - window[0] < took + 60.0,
+        "window {window:?} for a {took} s run"
+    );
+    assert!(window[1] <= now, "window {window:?} ends after {now}");
 }
 
 #[test]
