@@ -16,7 +16,11 @@ SMALL = 200
 def frames(path, window):
     """(frame length, IPv4 header bytes) of every IPv4 frame in a pcap
     captured within `window` (seconds since the Unix epoch)."""
-    with open(path, "rb") as f:
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        sys.exit(f"linkmix: cannot read the capture {path}: {e}")
+    with f:
         head = f.read(24)
         if len(head) < 24:
             sys.exit(f"linkmix: {path} is not a pcap file")
@@ -38,9 +42,14 @@ def frames(path, window):
 def main():
     if len(sys.argv) != 3:
         sys.exit(__doc__.strip())
-    run = json.load(open(sys.argv[1]))
+    try:
+        run = json.load(open(sys.argv[1]))
+    except (OSError, ValueError) as e:
+        sys.exit(f"linkmix: cannot read the run report {sys.argv[1]}: {e}")
     if not run.get("links"):
         sys.exit(f"linkmix: {sys.argv[1]} has no link counters (not a --netns run)")
+    if "window_unix_secs" not in run["links"]:
+        sys.exit(f"linkmix: {sys.argv[1]} has no links.window_unix_secs (a report older than the capture window; run again)")
     release = run["wire_bytes"]
     chunk_in = run["site_wan_ratio"][0][1] * release
     tally = {d: {"frames": 0, "bytes": 0, "headers": 0, "small": 0, "small_frames": 0}
