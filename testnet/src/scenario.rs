@@ -442,7 +442,6 @@ impl ScenarioReport {
     }
 }
 
-/// Counters of the seed's uplink and every site's WAN link (`--netns`).
 /// The wall clock, in seconds since the Unix epoch.
 fn unix_secs() -> f64 {
     std::time::SystemTime::now()
@@ -450,6 +449,7 @@ fn unix_secs() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// Counters of the seed's uplink and every site's WAN link (`--netns`).
 fn read_links(lab: &Lab) -> Result<Option<(Counters, Vec<Counters>)>> {
     lab.net.as_ref().map(Net::links).transpose()
 }
