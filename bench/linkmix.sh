@@ -7,7 +7,7 @@
 # tags, stream framing, the manifest, hellos, have-maps), and frames of
 # 200 bytes or less (acknowledgements and control). The same for the bytes
 # out of the site. Shows where the link bytes above the release go; the
-# interface counters the lab reports give only the total. About 2 minutes;
+# interface counters the lab reports give only the total. About 2.5 minutes;
 # root only; not part of CI. See docs/benchmarks.md.
 #
 # Usage: bench/linkmix.sh [SCENARIO] [OUT_DIR]
