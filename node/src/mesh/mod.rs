@@ -262,19 +262,8 @@ struct Peer {
     /// The connection it last said hello on.
     hello_on: Option<ConnectionId>,
     /// Its open connections, oldest first (at most
-    /// [`MAX_CONNECTIONS_PER_PEER`]), each with its [`conn_rank`].
-    conns: Vec<(ConnectionId, (bool, bool))>,
-}
-
-/// How worth keeping a connection is when a peer has several (crossed
-/// dials, over QUIC and TCP): QUIC before TCP, then the one the smaller
-/// peer id dialed. Both ends work out the same ranks.
-fn conn_rank(endpoint: &libp2p::core::ConnectedPoint, me: &PeerId, peer: &PeerId) -> (bool, bool) {
-    let quic = endpoint
-        .get_remote_address()
-        .iter()
-        .any(|p| matches!(p, libp2p::multiaddr::Protocol::QuicV1));
-    (quic, endpoint.is_dialer() == (me < peer))
+    /// [`MAX_CONNECTIONS_PER_PEER`]).
+    conns: Vec<ConnectionId>,
 }
 
 #[derive(Debug)]
@@ -927,7 +916,6 @@ impl Mesh {
                 peer_id,
                 connection_id,
                 num_established,
-                endpoint,
                 ..
             } => {
                 let known = self.peers.contains_key(&peer_id);
@@ -939,23 +927,7 @@ impl Mesh {
                     connected_at: Some(Instant::now()),
                     ..Peer::default()
                 });
-                let rank = conn_rank(&endpoint, self.swarm.local_peer_id(), &peer_id);
-                state.conns.push((connection_id, rank));
-                // libp2p spreads requests over a peer's connections in
-                // turn: each then has its own congestion control and
-                // acknowledgements, and a TCP one costs more of both. The
-                // peer closes the same ones; equals stay, as before.
-                let best = state.conns.iter().map(|c| c.1).max().unwrap_or(rank);
-                let worse: Vec<ConnectionId> = state
-                    .conns
-                    .iter()
-                    .filter(|c| c.1 < best)
-                    .map(|c| c.0)
-                    .collect();
-                for c in worse {
-                    tracing::debug!(%peer_id, "closing a duplicate connection");
-                    self.swarm.close_connection(c);
-                }
+                state.conns.push(connection_id);
                 if num_established.get() == 1 {
                     let hello = Request::Hello(self.hello());
                     self.send(peer_id, hello, Outbound::Hello);
@@ -970,7 +942,7 @@ impl Mesh {
                 if num_established == 0 {
                     self.forget_peer(&peer_id);
                 } else if let Some(state) = self.peers.get_mut(&peer_id) {
-                    state.conns.retain(|c| c.0 != connection_id);
+                    state.conns.retain(|&c| c != connection_id);
                 }
             }
             SwarmEvent::NewListenAddr { address, .. } => {
@@ -1620,12 +1592,7 @@ impl Mesh {
         if state.hello_on.replace(conn).is_none_or(|last| last > conn) {
             return;
         }
-        let older: Vec<ConnectionId> = state
-            .conns
-            .iter()
-            .map(|c| c.0)
-            .filter(|&c| c < conn)
-            .collect();
+        let older: Vec<ConnectionId> = state.conns.iter().copied().filter(|&c| c < conn).collect();
         if !older.is_empty() {
             tracing::info!(%peer, n = older.len(), "hello on a newer connection: closing the older ones");
         }
@@ -1677,17 +1644,6 @@ impl Mesh {
             } => {
                 if let Some(what) = self.outbound.remove(&request_id) {
                     tracing::debug!(%peer, %connection_id, "request failed: {error}");
-                    // A hello lost with a connection that closed (a
-                    // duplicate, or an old one) goes again on another:
-                    // without it the peer serves us nothing.
-                    if matches!(what, Outbound::Hello)
-                        && matches!(error, request_response::OutboundFailure::ConnectionClosed)
-                        && self.swarm.is_connected(&peer)
-                    {
-                        let hello = Request::Hello(self.hello());
-                        self.send(peer, hello, Outbound::Hello);
-                        return;
-                    }
                     self.on_failure(peer, what);
                 }
             }
@@ -2901,49 +2857,4 @@ fn read_for_peer(files: &ChunkFiles, ids: &[ChunkId], corrupt: bool) -> Vec<Opti
         }
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::conn_rank;
-    use libp2p::core::{transport::PortUse, ConnectedPoint, Endpoint};
-    use libp2p::{identity::Keypair, Multiaddr, PeerId};
-
-    /// The connection `dialer` opened to `listener`, as each end sees it.
-    fn ends(address: &str) -> (ConnectedPoint, ConnectedPoint) {
-        let address: Multiaddr = address.parse().expect("address");
-        let dialer = ConnectedPoint::Dialer {
-            address: address.clone(),
-            role_override: Endpoint::Dialer,
-            port_use: PortUse::Reuse,
-        };
-        let listener = ConnectedPoint::Listener {
-            local_addr: address.clone(),
-            send_back_addr: address,
-        };
-        (dialer, listener)
-    }
-
-    #[test]
-    fn both_ends_rank_duplicate_connections_alike() {
-        let mut ids = [0, 1].map(|_| PeerId::from(Keypair::generate_ed25519().public()));
-        ids.sort();
-        let [small, big] = ids;
-        let quic = "/ip4/10.1.0.10/udp/4001/quic-v1";
-        let tcp = "/ip4/10.1.0.10/tcp/4001";
-        for (address, is_quic) in [(quic, true), (tcp, false)] {
-            // Dialed by the smaller id, and by the bigger one.
-            let (d, l) = ends(address);
-            let by_small = conn_rank(&d, &small, &big);
-            assert_eq!(by_small, conn_rank(&l, &big, &small));
-            let by_big = conn_rank(&d, &big, &small);
-            assert_eq!(by_big, conn_rank(&l, &small, &big));
-            assert_eq!(by_small, (is_quic, true));
-            assert!(by_big < by_small, "crossed dials rank apart");
-        }
-        // Any QUIC connection outranks any TCP one.
-        let (q, _) = ends(quic);
-        let (t, _) = ends(tcp);
-        assert!(conn_rank(&q, &big, &small) > conn_rank(&t, &small, &big));
-    }
 }
