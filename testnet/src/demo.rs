@@ -148,7 +148,9 @@ pub fn run(cfg: &DemoConfig, say: &mut dyn FnMut(&str)) -> Result<DemoReport> {
     }
     let seed_bin = sibling_binary("fleetmesh-seed")?;
     let node_bin = sibling_binary("fleetmesh-node")?;
-    prepare_work_dir(&cfg.work)?;
+    // Declared before the lab, so dropped after it: removed once every
+    // process has stopped.
+    let _earlier = prepare_work_dir(&cfg.work)?;
     let images: Vec<PathBuf> = VERSIONS
         .iter()
         .map(|v| cfg.work.join(format!("v{v}.img")))
@@ -720,23 +722,63 @@ pub fn sibling_binary(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-fn prepare_work_dir(work: &Path) -> Result<()> {
-    if work.join(MARKER).is_file() {
-        fs::remove_dir_all(work)
-            .with_context(|| format!("remove earlier demo {}", work.display()))?;
-    } else if fs::read_dir(work)
-        .map(|mut d| d.next().is_some())
-        .unwrap_or(false)
-    {
-        bail!(
-            "{} is not empty and not an earlier demo; choose another --work",
-            work.display()
-        );
+/// Makes `work` an empty demo directory. An earlier demo there is moved
+/// aside and removed only when this one ends ([`Earlier`]): deleting tens
+/// of thousands of chunk files just before the nodes create as many slows
+/// file creation (ext4 without a journal skips recently freed inodes one by
+/// one), which would show up as a slower distribution.
+fn prepare_work_dir(work: &Path) -> Result<Earlier> {
+    let name = work
+        .file_name()
+        .with_context(|| format!("--work {} names no directory", work.display()))?;
+    let aside = work.with_file_name(format!("{}.old", name.to_string_lossy()));
+    for dir in [&aside, work] {
+        if dir.join(MARKER).is_file() {
+            continue;
+        }
+        if fs::read_dir(dir)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false)
+        {
+            bail!(
+                "{} is not empty and not an earlier demo; choose another --work",
+                dir.display()
+            );
+        }
     }
+    if aside.exists() {
+        fs::remove_dir_all(&aside)
+            .with_context(|| format!("remove earlier demo {}", aside.display()))?;
+    }
+    let earlier = if work.join(MARKER).is_file() {
+        fs::rename(work, &aside).with_context(|| {
+            format!(
+                "move earlier demo {} to {}",
+                work.display(),
+                aside.display()
+            )
+        })?;
+        Earlier(Some(aside))
+    } else {
+        Earlier(None)
+    };
     fs::create_dir_all(work).with_context(|| format!("create {}", work.display()))?;
     fs::write(
         work.join(MARKER),
         b"fleetmesh-testnet demo working directory\n",
     )?;
-    Ok(())
+    Ok(earlier)
+}
+
+/// An earlier demo's directory, moved aside; removed when dropped.
+struct Earlier(Option<PathBuf>);
+
+impl Drop for Earlier {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            if let Err(e) = fs::remove_dir_all(&dir) {
+                eprintln!("demo: could not remove earlier demo {}: {e}", dir.display());
+            }
+        }
+    }
 }

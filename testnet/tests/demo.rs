@@ -37,6 +37,9 @@ fn demo_runs_and_writes_a_passing_report() {
         .output()
         .expect("run demo");
     assert!(again.status.success());
+    // The first run was moved aside and removed once the second ended.
+    assert!(!work.path().join("demo.old").exists());
+    assert!(dir.join("report.json").is_file());
     let refused = Command::new(env!("CARGO_BIN_EXE_fleetmesh-testnet"))
         .args(["demo", "--work"])
         .arg(work.path())
@@ -44,4 +47,16 @@ fn demo_runs_and_writes_a_passing_report() {
         .expect("run demo");
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("not an earlier demo"));
+    // So is a foreign directory where the earlier demo would be moved aside.
+    let aside = work.path().join("demo.old");
+    std::fs::create_dir(&aside).expect("mkdir");
+    std::fs::write(aside.join("mine"), b"keep").expect("write");
+    let refused = Command::new(env!("CARGO_BIN_EXE_fleetmesh-testnet"))
+        .args(["demo", "--work"])
+        .arg(&dir)
+        .output()
+        .expect("run demo");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("demo.old is not empty"));
+    assert!(aside.join("mine").is_file() && dir.join("report.json").is_file());
 }
