@@ -8,8 +8,9 @@
 # docs/benchmarks.md.
 #
 # Usage: bench/testnet.sh [OUT_DIR]          (default: bench/out)
-#   WORK=DIR   lab directories go here (default: under /dev/shm, since chunk
-#              files on a disk that many runs have churned slow the lab down)
+#   WORK=DIR   lab directories go here (default: under /dev/shm: on ext4
+#              without a journal, as on the project's VM, creating files
+#              soon after deleting many is slow; docs/benchmarks.md#demo)
 #   ONLY=LIST  a comma-separated subset of sim1k,sim10k,loopback50,netns34,
 #              netns11,netns65
 set -euo pipefail
