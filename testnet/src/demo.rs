@@ -730,18 +730,13 @@ pub fn sibling_binary(name: &str) -> Result<PathBuf> {
 fn prepare_work_dir(work: &Path) -> Result<Earlier> {
     let name = work
         .file_name()
-        .with_context(|| format!("--work {} names no directory", work.display()))?;
+        .with_context(|| format!("--work {}: name a directory (not / or ..)", work.display()))?;
     let aside = work.with_file_name(format!("{}.old", name.to_string_lossy()));
+    let empty_dir = |d: &Path| fs::read_dir(d).is_ok_and(|mut e| e.next().is_none());
     for dir in [&aside, work] {
-        if dir.join(MARKER).is_file() {
-            continue;
-        }
-        if fs::read_dir(dir)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(false)
-        {
+        if dir.exists() && !dir.join(MARKER).is_file() && !empty_dir(dir) {
             bail!(
-                "{} is not empty and not an earlier demo; choose another --work",
+                "{} is neither an empty directory nor an earlier demo; choose another --work",
                 dir.display()
             );
         }

@@ -46,7 +46,8 @@ fn demo_runs_and_writes_a_passing_report() {
         .output()
         .expect("run demo");
     assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("not an earlier demo"));
+    assert!(String::from_utf8_lossy(&refused.stderr)
+        .contains("neither an empty directory nor an earlier demo"));
     // So is a foreign directory where the earlier demo would be moved aside.
     let aside = work.path().join("demo.old");
     std::fs::create_dir(&aside).expect("mkdir");
@@ -57,6 +58,6 @@ fn demo_runs_and_writes_a_passing_report() {
         .output()
         .expect("run demo");
     assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("demo.old is not empty"));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("demo.old is neither"));
     assert!(aside.join("mine").is_file() && dir.join("report.json").is_file());
 }
