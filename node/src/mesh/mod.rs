@@ -119,6 +119,8 @@ const MEMBERS_EVERY: Duration = Duration::from_secs(1);
 const TOPIC_ANNOUNCE: &str = "fleetmesh/announce/1";
 const TOPIC_STATUS: &str = "fleetmesh/status/1";
 const TOPIC_POLICY: &str = "fleetmesh/policy/1";
+/// Every topic a node subscribes to.
+const TOPICS: [&str; 3] = [TOPIC_ANNOUNCE, TOPIC_STATUS, TOPIC_POLICY];
 
 /// Whether this process is an edge node or the seed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -435,18 +437,24 @@ fn agent_field(agent: &str, key: &str) -> Option<String> {
         .map(|(_, v)| v.to_owned())
 }
 
-/// Peer scoring that only punishes invalid messages (P4): the topics carry
-/// too few messages for delivery-rate scores to mean anything. Three
-/// invalid messages push a peer below the graylist threshold (-80), and
-/// [`MAX_STRIKES`] bans it.
+/// Peer scoring that punishes invalid messages (P4) and protocol
+/// misbehaviour (P7), not delivery rates: the topics carry too few
+/// messages for those to mean anything. Three invalid messages push a peer
+/// below the graylist threshold (-80), and [`MAX_STRIKES`] bans it.
 fn gossip_score() -> gossipsub::PeerScoreParams {
     let mut params = gossipsub::PeerScoreParams {
         // Many nodes behind one address (NAT, a lab on loopback) is normal
         // for a fleet, not a Sybil attack.
         ip_colocation_factor_weight: 0.0,
+        // A node that restarts (every install does) has forgotten the
+        // backoff a peer set when it pruned the node from its mesh, and
+        // grafts again on every topic at once: up to two penalties a
+        // topic. Counted from the first, they would graylist it for a
+        // second; only more than that is misbehaviour.
+        behaviour_penalty_threshold: 2.0 * TOPICS.len() as f64,
         ..Default::default()
     };
-    for topic in [TOPIC_ANNOUNCE, TOPIC_STATUS, TOPIC_POLICY] {
+    for topic in TOPICS {
         let t = gossipsub::TopicScoreParams {
             topic_weight: 1.0,
             time_in_mesh_weight: 0.0,
@@ -672,7 +680,7 @@ impl Mesh {
     }
 
     fn start_network(&mut self) -> Result<(), MeshError> {
-        for topic in [TOPIC_ANNOUNCE, TOPIC_STATUS, TOPIC_POLICY] {
+        for topic in TOPICS {
             self.swarm
                 .behaviour_mut()
                 .gossip
@@ -2857,4 +2865,21 @@ fn read_for_peer(files: &ChunkFiles, ids: &[ChunkId], corrupt: bool) -> Vec<Opti
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{gossip_score, TOPICS};
+
+    #[test]
+    fn a_restarted_peer_grafting_within_backoff_keeps_its_score() {
+        let params = gossip_score();
+        assert_eq!(params.validate(), Ok(()));
+        // One restart: a graft on every topic, each penalised twice early
+        // in the backoff (libp2p-gossipsub's extra graft-flood penalty).
+        assert!(params.behaviour_penalty_threshold >= 2.0 * TOPICS.len() as f64);
+        // More than that still counts.
+        assert!(params.behaviour_penalty_weight < 0.0);
+        assert_eq!(params.topics.len(), TOPICS.len());
+    }
 }
